@@ -1,0 +1,56 @@
+"""Errors raised on the Airflow side. Each message says what went wrong and what to do next.
+
+Errors that a retry cannot fix (bad input, a rejected token) derive from ``AirflowFailException`` so
+Airflow fails the task at once instead of spending its retries.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+
+class RayTrainError(AirflowException):
+    """Base class for airflow-ray-train errors."""
+
+
+class RayTrainConfigError(RayTrainError, AirflowFailException):
+    """The task's input is invalid; raised before anything is submitted. ``field`` names the culprit."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class RayTrainClusterError(RayTrainError):
+    """The Ray cluster could not be reached, or answered with an error."""
+
+    def __init__(self, message: str, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+
+
+class RayTrainAuthError(RayTrainClusterError, AirflowFailException):
+    """The cluster rejected the token (HTTP 401/403)."""
+
+
+class RayTrainJobError(RayTrainError):
+    """The Ray job ended without success. Carries the job's id, status, Ray's error type and the manifest."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        job_id: str,
+        status: str,
+        error_type: str | None = None,
+        manifest: dict[str, Any] | None = None,
+        manifest_path: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.status = status
+        self.error_type = error_type
+        self.manifest = manifest
+        self.manifest_path = manifest_path

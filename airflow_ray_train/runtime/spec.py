@@ -1,0 +1,404 @@
+"""The seam between Airflow and Ray: ``TrainSpec`` goes in with the job, ``ResultManifest`` comes back.
+
+Standard library only: this module is imported on both sides, by an Airflow worker that has no ``ray``
+and by a Ray job driver that has no Airflow. Both documents are versioned, reject unknown keys and say,
+for every bad value, which field is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import json
+import math
+import re
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+#: The fields of Ray 2.60's ``ray.train.ScalingConfig`` that a JSON spec can set. ``trainer_resources`` is
+#: left out on purpose: Train V2 raises when it is used.
+SCALING_CONFIG_FIELDS: dict[str, tuple[type, ...]] = {
+    "num_workers": (int,),
+    "use_gpu": (bool,),
+    "resources_per_worker": (dict,),
+    "placement_strategy": (str,),
+    "accelerator_type": (str,),
+    "label_selector": (dict,),
+    "use_tpu": (bool,),
+    "topology": (str,),
+    "elastic_resize_monitor_interval_s": (int, float),
+}
+#: ``ray.train.RunConfig`` fields a spec can set; ``callbacks``/``storage_filesystem`` are not JSON, and
+#: ``sync_config``, ``verbose``, ``stop``, ``progress_reporter``, ``log_to_file`` raise in Train V2.
+RUN_CONFIG_FIELDS: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "storage_path": (str,),
+    "checkpoint_config": (dict,),
+    "failure_config": (dict,),
+    "worker_runtime_env": (dict,),
+}
+CHECKPOINT_CONFIG_FIELDS: dict[str, tuple[type, ...]] = {
+    "num_to_keep": (int,),
+    "checkpoint_score_attribute": (str,),
+    "checkpoint_score_order": (str,),
+}
+FAILURE_CONFIG_FIELDS: dict[str, tuple[type, ...]] = {
+    "max_failures": (int,),
+    "controller_failure_limit": (int,),
+    "max_preemption_failures": (int,),
+}
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+JOB_STATUSES = ("SUCCEEDED", "FAILED", "STOPPED")
+
+_TRAIN_FUNC_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+_RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]*$")
+_URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_B64_PREFIX = "b64:"
+#: The job driver prints its manifest on one log line behind this marker, so the Airflow side gets it
+#: through the Jobs API even where it cannot read the cluster's storage.
+MANIFEST_MARKER = "AIRFLOW_RAY_TRAIN_MANIFEST="
+
+
+class SpecError(ValueError):
+    """A spec or manifest value is wrong. ``field`` is the dotted path of the offending value."""
+
+    def __init__(self, document: str, field_path: str, problem: str, fix: str) -> None:
+        self.document = document
+        self.field = field_path
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"Invalid {document}: {field_path} {problem}. Fix: {fix}")
+
+
+def _type_names(types: tuple[type, ...]) -> str:
+    return " or ".join(t.__name__ for t in types)
+
+
+def _check_keys(document: str, prefix: str, given: dict[str, Any], allowed: dict[str, Any], what: str) -> None:
+    for key in given:
+        if key in allowed:
+            continue
+        close = difflib.get_close_matches(str(key), list(allowed), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise SpecError(
+            document,
+            f"{prefix}{key}",
+            f"is not a {what} field",
+            f"{hint}use one of {sorted(allowed)}",
+        )
+
+
+def _check_types(document: str, prefix: str, given: dict[str, Any], allowed: dict[str, tuple[type, ...]]) -> None:
+    for key, value in given.items():
+        if value is None:
+            continue
+        types = allowed[key]
+        # bool is an int in Python; a flag passed where a count is expected is a mistake, not a count.
+        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        if not ok:
+            raise SpecError(
+                document,
+                f"{prefix}{key}",
+                f"is {value!r} ({type(value).__name__})",
+                f"pass a {_type_names(types)}",
+            )
+
+
+def check_json_value(document: str, path: str, value: Any) -> None:
+    """Raise a ``SpecError`` naming the exact path of the first value that JSON cannot carry."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise SpecError(document, path, f"is {value!r}", "use a finite number (JSON has no NaN or Infinity)")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise SpecError(document, f"{path}[{key!r}]", "has a non-string key", "use string keys")
+            check_json_value(document, f"{path}[{key!r}]", item)
+        return
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            check_json_value(document, f"{path}[{index}]", item)
+        return
+    raise SpecError(
+        document,
+        path,
+        f"is a {type(value).__module__}.{type(value).__qualname__}, which cannot cross to the cluster as JSON",
+        "pass plain numbers, strings, lists and dicts (a path or a name) and build the object inside train_func",
+    )
+
+
+def _is_uri(path: str) -> bool:
+    return bool(_URI_RE.match(path))
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """What to run: everything the job driver needs to build and fit a ``TorchTrainer``.
+
+    :param train_func: ``"package.module:function"``, the per-worker training loop, importable on the cluster.
+    :param run_name: Ray Train run name; stable across Airflow tries so a retry resumes from its checkpoint.
+    :param submission_id: the Ray job's submission id; names the manifest of this job.
+    :param train_loop_config: the dict every worker's ``train_func(config)`` receives.
+    :param scaling_config: ``ray.train.ScalingConfig`` fields.
+    :param run_config: ``ray.train.RunConfig`` fields (``checkpoint_config``/``failure_config`` as dicts).
+    """
+
+    train_func: str
+    run_name: str
+    submission_id: str
+    train_loop_config: dict[str, Any] = field(default_factory=dict)
+    scaling_config: dict[str, Any] = field(default_factory=dict)
+    run_config: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        doc = "TrainSpec"
+        if self.schema_version != SCHEMA_VERSION:
+            raise SpecError(
+                doc,
+                "schema_version",
+                f"is {self.schema_version!r}, this runtime reads {SCHEMA_VERSION}",
+                "use the same airflow-ray-train version on both sides (the hook ships the runtime itself)",
+            )
+        if not isinstance(self.train_func, str) or not _TRAIN_FUNC_RE.match(self.train_func):
+            raise SpecError(
+                doc,
+                "train_func",
+                f"is {self.train_func!r}",
+                "give an import path 'package.module:function', e.g. 'my_models.digits:train_func'",
+            )
+        for name, value in (("run_name", self.run_name), ("submission_id", self.submission_id)):
+            if not isinstance(value, str) or not _RUN_NAME_RE.match(value) or len(value) > 200:
+                raise SpecError(
+                    doc,
+                    name,
+                    f"is {value!r}",
+                    "use 1-200 characters from letters, digits, '_', '.', '=' and '-', starting with a letter or digit",
+                )
+        for name in ("train_loop_config", "scaling_config", "run_config"):
+            if not isinstance(getattr(self, name), dict):
+                raise SpecError(
+                    doc, name, f"is a {type(getattr(self, name)).__name__}", "pass a dict (or leave it out)"
+                )
+        check_json_value(doc, "train_loop_config", self.train_loop_config)
+        self._check_scaling_config()
+        self._check_run_config()
+
+    def _check_scaling_config(self) -> None:
+        doc, sc = "TrainSpec", self.scaling_config
+        _check_keys(doc, "scaling_config.", sc, SCALING_CONFIG_FIELDS, "ray.train.ScalingConfig")
+        _check_types(doc, "scaling_config.", sc, SCALING_CONFIG_FIELDS)
+        workers = sc.get("num_workers")
+        if workers is not None and workers < 1:
+            raise SpecError(doc, "scaling_config.num_workers", f"is {workers}", "use 1 or more workers")
+        strategy = sc.get("placement_strategy")
+        if strategy is not None and strategy not in PLACEMENT_STRATEGIES:
+            raise SpecError(
+                doc, "scaling_config.placement_strategy", f"is {strategy!r}", f"use one of {PLACEMENT_STRATEGIES}"
+            )
+        for key, amount in (sc.get("resources_per_worker") or {}).items():
+            if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
+                raise SpecError(
+                    doc, f"scaling_config.resources_per_worker[{key!r}]", f"is {amount!r}", "use a number >= 0"
+                )
+        check_json_value(doc, "scaling_config", sc)
+
+    def _check_run_config(self) -> None:
+        doc, rc = "TrainSpec", self.run_config
+        _check_keys(doc, "run_config.", rc, RUN_CONFIG_FIELDS, "ray.train.RunConfig")
+        _check_types(doc, "run_config.", rc, RUN_CONFIG_FIELDS)
+        storage = rc.get("storage_path")
+        if storage is not None and not (_is_uri(storage) or storage.startswith(("/", "~"))):
+            raise SpecError(
+                doc,
+                "run_config.storage_path",
+                f"is the relative path {storage!r}, which Ray resolves on the cluster, not here",
+                "use an absolute path every node sees (e.g. '/shared/ray_results') or a URI like 's3://bucket/runs'",
+            )
+        name = rc.get("name")
+        if name is not None and (not _RUN_NAME_RE.match(name) or len(name) > 200):
+            raise SpecError(doc, "run_config.name", f"is {name!r}", "use letters, digits, '_', '.', '=' and '-'")
+        checkpoint = rc.get("checkpoint_config") or {}
+        _check_keys(
+            doc, "run_config.checkpoint_config.", checkpoint, CHECKPOINT_CONFIG_FIELDS, "ray.train.CheckpointConfig"
+        )
+        _check_types(doc, "run_config.checkpoint_config.", checkpoint, CHECKPOINT_CONFIG_FIELDS)
+        keep = checkpoint.get("num_to_keep")
+        if keep is not None and keep < 1:
+            raise SpecError(
+                doc,
+                "run_config.checkpoint_config.num_to_keep",
+                f"is {keep}",
+                "use 1 or more, or leave it out to keep all",
+            )
+        order = checkpoint.get("checkpoint_score_order")
+        if order is not None and order not in ("max", "min"):
+            raise SpecError(
+                doc, "run_config.checkpoint_config.checkpoint_score_order", f"is {order!r}", "use 'max' or 'min'"
+            )
+        failure = rc.get("failure_config") or {}
+        _check_keys(doc, "run_config.failure_config.", failure, FAILURE_CONFIG_FIELDS, "ray.train.FailureConfig")
+        _check_types(doc, "run_config.failure_config.", failure, FAILURE_CONFIG_FIELDS)
+        for key in ("max_failures", "controller_failure_limit", "max_preemption_failures"):
+            value = failure.get(key)
+            if value is not None and value < -1:
+                raise SpecError(doc, f"run_config.failure_config.{key}", f"is {value}", "use -1 (no limit) or 0 and up")
+        check_json_value(doc, "run_config", rc)
+
+    @property
+    def effective_run_name(self) -> str:
+        """The Ray Train run name: ``run_config.name`` if the user set one, else ``run_name``."""
+        return str(self.run_config.get("name") or self.run_name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> TrainSpec:
+        return cls(**_document_kwargs("TrainSpec", cls, data))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainSpec:
+        return cls.from_dict(_loads("TrainSpec", text))
+
+    def to_arg(self) -> str:
+        """The spec as one shell-safe command-line word: ``b64:<urlsafe base64 of the JSON>``."""
+        return _B64_PREFIX + base64.urlsafe_b64encode(self.to_json().encode()).decode()
+
+    @classmethod
+    def from_arg(cls, arg: str) -> TrainSpec:
+        """Read the driver's argument: ``b64:...`` (what the hook sends), inline JSON, or a JSON file path."""
+        if arg.startswith(_B64_PREFIX):
+            return cls.from_json(base64.urlsafe_b64decode(arg[len(_B64_PREFIX) :].encode()).decode())
+        if arg.lstrip().startswith("{"):
+            return cls.from_json(arg)
+        with open(arg, encoding="utf-8") as handle:
+            return cls.from_json(handle.read())
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """One kept checkpoint and the metrics reported with it."""
+
+    path: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ResultManifest:
+    """What happened: written by the job driver next to the run, on success and on failure.
+
+    ``status`` is ``SUCCEEDED``, ``FAILED`` or ``STOPPED``. Paths are plain on local and shared
+    filesystems and keep their scheme (``s3://...``) on remote storage. ``error`` is ``None`` on success,
+    else ``{"type", "message", "traceback"}`` (the traceback's tail).
+    """
+
+    status: str
+    submission_id: str
+    run_name: str
+    run_path: str
+    manifest_path: str
+    checkpoint_path: str | None = None
+    best_checkpoint_path: str | None = None
+    best_checkpoints: list[CheckpointRecord] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    metrics_history_path: str | None = None
+    num_reports: int = 0
+    error: dict[str, str] | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    ray_version: str | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        doc = "ResultManifest"
+        if self.schema_version != SCHEMA_VERSION:
+            raise SpecError(
+                doc,
+                "schema_version",
+                f"is {self.schema_version!r}, this reader knows {SCHEMA_VERSION}",
+                "use the same airflow-ray-train version on both sides",
+            )
+        if self.status not in JOB_STATUSES:
+            raise SpecError(doc, "status", f"is {self.status!r}", f"use one of {JOB_STATUSES}")
+        if self.status == "SUCCEEDED" and self.error is not None:
+            raise SpecError(doc, "error", "is set on a SUCCEEDED manifest", "leave error None when the run succeeded")
+        if self.error is not None:
+            _check_keys(doc, "error.", self.error, {"type": 0, "message": 0, "traceback": 0}, "error")
+        if not isinstance(self.metrics, dict):
+            raise SpecError(doc, "metrics", f"is a {type(self.metrics).__name__}", "pass a dict")
+        check_json_value(doc, "metrics", self.metrics)
+        records = [r if isinstance(r, CheckpointRecord) else _checkpoint_record(r) for r in self.best_checkpoints]
+        object.__setattr__(self, "best_checkpoints", records)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "SUCCEEDED"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ResultManifest:
+        return cls(**_document_kwargs("ResultManifest", cls, data))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ResultManifest:
+        return cls.from_dict(_loads("ResultManifest", text))
+
+
+def _checkpoint_record(data: Any) -> CheckpointRecord:
+    if not isinstance(data, dict):
+        raise SpecError("ResultManifest", "best_checkpoints[]", f"is a {type(data).__name__}", "use {path, metrics}")
+    _check_keys("ResultManifest", "best_checkpoints[].", data, {"path": 0, "metrics": 0}, "checkpoint record")
+    return CheckpointRecord(path=str(data["path"]), metrics=dict(data.get("metrics") or {}))
+
+
+def _loads(document: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SpecError(
+            document, "(document)", f"is not valid JSON ({exc})", "send the JSON the other side wrote"
+        ) from exc
+
+
+def _document_kwargs(document: str, cls: type, data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise SpecError(document, "(document)", f"is a {type(data).__name__}", "send a JSON object")
+    allowed = {f.name: None for f in fields(cls)}
+    _check_keys(document, "", data, allowed, document)
+    version = data.get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise SpecError(
+            document,
+            "schema_version",
+            f"is {version!r}, this side reads {SCHEMA_VERSION}",
+            "use the same airflow-ray-train version on both sides (the hook ships the runtime itself)",
+        )
+    required = [
+        f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING and f.name not in data
+    ]
+    if required:
+        raise SpecError(document, required[0], "is missing", f"set {required[0]}")
+    return dict(data)
+
+
+def manifest_from_log(log_text: str) -> ResultManifest | None:
+    """The last manifest the driver printed in its job log, or None if it printed none."""
+    for line in reversed(log_text.splitlines()):
+        index = line.find(MANIFEST_MARKER)
+        if index != -1:
+            return ResultManifest.from_json(line[index + len(MANIFEST_MARKER) :])
+    return None

@@ -1,0 +1,347 @@
+"""The job driver: ``TrainSpec`` -> ``TorchTrainer.fit()`` -> ``ResultManifest`` written next to the run.
+
+Runs on the Ray cluster (``python -m airflow_ray_train.runtime SPEC``). Never imports Airflow.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import io
+import json
+import math
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from airflow_ray_train.runtime.spec import MANIFEST_MARKER, CheckpointRecord, ResultManifest, SpecError, TrainSpec
+
+#: Each ``ray.train.report`` is echoed in the job log behind this prefix, so a person can follow training.
+REPORT_PREFIX = "[airflow-ray-train] report"
+MANIFEST_DIR = "airflow_ray_train"
+TRACEBACK_TAIL_CHARS = 4000
+
+_SCHEMES = {"local": "", "s3": "s3", "gcs": "gs", "hdfs": "hdfs", "abfs": "abfs"}
+
+
+class TrainFuncImportError(ImportError):
+    """``train_func`` could not be imported on the cluster."""
+
+
+class JobStopped(BaseException):
+    """Raised in the driver when Ray stops the job (SIGTERM), so the manifest still gets written."""
+
+
+def load_train_func(path: str) -> Callable[..., Any]:
+    """Import ``package.module:function`` and return the function."""
+    module_name, _, attr_path = path.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise TrainFuncImportError(
+            f"train_func {path!r}: module {module_name!r} is not importable on the cluster ({exc}). "
+            "Fix: let the operator ship your code (ship_code=True, the default) from where Airflow imports it, "
+            "or install the module in the cluster's image."
+        ) from exc
+    for attr in attr_path.split("."):
+        try:
+            target = getattr(target, attr)
+        except AttributeError as exc:
+            raise TrainFuncImportError(
+                f"train_func {path!r}: {module_name!r} has no attribute {attr_path!r}. "
+                "Fix: check the function name after the ':'."
+            ) from exc
+    if not callable(target):
+        raise TrainFuncImportError(f"train_func {path!r} is a {type(target).__name__}, not a function.")
+    return target  # type: ignore[no-any-return]
+
+
+def uri_for(filesystem: Any, path: str | None) -> str | None:
+    """Give a storage path back its scheme: Ray drops it (``s3://b/p`` comes back as ``b/p``)."""
+    if path is None:
+        return None
+    type_name = str(getattr(filesystem, "type_name", "local"))
+    if type_name.startswith("py::fsspec+"):
+        scheme = type_name.removeprefix("py::fsspec+").split("+")[0].split(",")[0].strip("()'\"")
+    else:
+        scheme = _SCHEMES.get(type_name, type_name)
+    if not scheme or scheme in ("file", "local"):
+        return path
+    return f"{scheme}://{path.lstrip('/')}" if "://" not in path else path
+
+
+def json_safe(value: Any) -> Any:
+    """Metrics as JSON: numpy/torch scalars become numbers, NaN/inf become None, anything else a string."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    item = getattr(value, "item", None)
+    if callable(item):
+        try:
+            return json_safe(item())
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    return str(value)
+
+
+class Storage:
+    """Writes small files into the run's storage: a local/shared path or a ``pyarrow.fs`` URI."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.is_uri = "://" in root and not root.startswith("file://")
+        self._fs: Any = None
+        self._fs_root = root.removeprefix("file://")
+        if self.is_uri:
+            import pyarrow.fs
+
+            self._fs, self._fs_root = pyarrow.fs.FileSystem.from_uri(root)
+
+    def join(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    def write_text(self, relative: str, text: str) -> str:
+        """Write then rename, so a reader never sees half a file. Returns the file's path or URI."""
+        target = "/".join([self._fs_root.rstrip("/"), relative])
+        tmp = f"{target}.tmp-{os.getpid()}"
+        if self._fs is None:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(tmp, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            os.replace(tmp, target)
+        else:
+            self._fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+            with self._fs.open_output_stream(tmp) as stream:
+                stream.write(text.encode())
+            self._fs.move(tmp, target)
+        return self.join(relative)
+
+
+def _make_recorder_actor() -> Any:
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class ReportRecorder:
+        """Holds every report; lives beside the driver so the controller's callback can hand them over."""
+
+        def __init__(self) -> None:
+            self.reports: list[dict[str, Any]] = []
+
+        def record(self, report: dict[str, Any]) -> int:
+            self.reports.append(report)
+            return len(self.reports)
+
+        def get(self) -> list[dict[str, Any]]:
+            return self.reports
+
+    return ReportRecorder.remote()  # type: ignore[attr-defined]
+
+
+def _make_report_callback(recorder: Any) -> Any:
+    import ray
+    from ray.train import UserCallback
+
+    class RecordReports(UserCallback):
+        """Sees every ``ray.train.report`` (``Result.metrics`` keeps only the last checkpointed one)."""
+
+        def __init__(self, handle: Any) -> None:
+            self.recorder = handle
+
+        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+            rank0 = json_safe(metrics[0]) if metrics else {}
+            path = uri_for(checkpoint.filesystem, checkpoint.path) if checkpoint is not None else None
+            report = {"time": time.time(), "metrics": rank0, "checkpoint_path": path}
+            index = ray.get(self.recorder.record.remote(report))
+            shown = " ".join(f"{k}={_fmt(v)}" for k, v in rank0.items())
+            suffix = f" checkpoint={path}" if path else ""
+            print(f"{REPORT_PREFIX} {index}: {shown}{suffix}", flush=True)
+
+    return RecordReports(recorder)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _history_csv(reports: list[dict[str, Any]]) -> str:
+    columns: list[str] = []
+    for report in reports:
+        columns.extend(k for k in report["metrics"] if k not in columns)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["report", "time", *columns, "checkpoint_path"])
+    for index, report in enumerate(reports, 1):
+        metrics = report["metrics"]
+        row = [json.dumps(metrics[c]) if isinstance(metrics.get(c), (dict, list)) else metrics.get(c) for c in columns]
+        writer.writerow([index, f"{report['time']:.3f}", *row, report.get("checkpoint_path") or ""])
+    return out.getvalue()
+
+
+def _error_dict(exc: BaseException) -> dict[str, str]:
+    # Ray wraps worker errors (WorkerGroupError); the root cause is what the user needs to see first.
+    root: BaseException = exc
+    failures = getattr(exc, "worker_failures", None)
+    if isinstance(failures, dict) and failures:
+        root = next(iter(failures.values()))
+    tb = "".join(traceback.format_exception(type(root), root, root.__traceback__))
+    message = str(root) if root is exc else f"{type(exc).__name__}: {str(root).strip()}"
+    return {
+        "type": type(root).__name__ if root is not exc else type(exc).__name__,
+        "message": message.strip()[-2000:],
+        "traceback": tb[-TRACEBACK_TAIL_CHARS:],
+    }
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise JobStopped(f"the Ray job was stopped (signal {signum})")
+
+
+def run(spec: TrainSpec) -> ResultManifest:
+    """Fit the trainer the spec describes and write its manifest; never raises for a training failure."""
+    import ray
+    import ray.train
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.constants import DEFAULT_STORAGE_PATH
+    from ray.train.torch import TorchTrainer
+
+    started = time.time()
+    run_name = spec.effective_run_name
+    storage_path = os.path.expanduser(spec.run_config.get("storage_path") or DEFAULT_STORAGE_PATH)
+    storage = Storage(storage_path)
+    run_path = storage.join(run_name)
+    manifest_rel = f"{run_name}/{MANIFEST_DIR}/{spec.submission_id}/manifest.json"
+    history_rel = f"{run_name}/{MANIFEST_DIR}/{spec.submission_id}/metrics_history.csv"
+    manifest_path = storage.join(manifest_rel)
+
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    reports: list[dict[str, Any]] = []
+    recorder: Any = None
+    result: Any = None
+    status, error = "SUCCEEDED", None
+    try:
+        if not ray.is_initialized():
+            ray.init(log_to_driver=True)
+        recorder = _make_recorder_actor()
+        train_func = load_train_func(spec.train_func)
+        rc = dict(spec.run_config)
+        run_config = RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            checkpoint_config=CheckpointConfig(**(rc.get("checkpoint_config") or {})),
+            failure_config=FailureConfig(**(rc.get("failure_config") or {})),
+            worker_runtime_env=rc.get("worker_runtime_env"),  # type: ignore[call-arg]
+            callbacks=[_make_report_callback(recorder)],
+        )
+        trainer = TorchTrainer(
+            train_loop_per_worker=train_func,
+            train_loop_config=spec.train_loop_config,
+            scaling_config=ScalingConfig(**spec.scaling_config),
+            run_config=run_config,
+        )
+        print(f"[airflow-ray-train] run {run_name!r} in {storage_path} with {spec.scaling_config}", flush=True)
+        result = trainer.fit()
+        if getattr(result, "error", None) is not None:
+            status, error = "FAILED", _error_dict(result.error)
+    except JobStopped as exc:
+        status, error = "STOPPED", _error_dict(exc)
+    except BaseException as exc:  # noqa: BLE001 - every failure must still leave a manifest
+        status, error = "FAILED", _error_dict(exc)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if recorder is not None:
+        try:
+            reports = ray.get(recorder.get.remote(), timeout=30)
+        except Exception as exc:  # noqa: BLE001 - losing history must not lose the manifest
+            print(f"[airflow-ray-train] could not read the report history: {exc!r}", file=sys.stderr)
+
+    checkpoint_path = next((r["checkpoint_path"] for r in reversed(reports) if r["checkpoint_path"]), None)
+    best: list[CheckpointRecord] = []
+    if result is not None:
+        if result.checkpoint is not None:
+            checkpoint_path = uri_for(result.checkpoint.filesystem, result.checkpoint.path)
+        run_path = uri_for(getattr(result, "filesystem", None), result.path) or run_path
+        for ckpt, metrics in result.best_checkpoints or []:
+            path = uri_for(ckpt.filesystem, ckpt.path)
+            if path:
+                best.append(CheckpointRecord(path=path, metrics=json_safe(metrics)))
+    else:
+        best = [
+            CheckpointRecord(path=r["checkpoint_path"], metrics=r["metrics"]) for r in reports if r["checkpoint_path"]
+        ]
+        keep = (spec.run_config.get("checkpoint_config") or {}).get("num_to_keep")
+        best = best[-keep:] if keep else best
+    best_checkpoint_path = _best_path(spec, best) or checkpoint_path
+
+    history_path = None
+    try:
+        if reports:
+            history_path = storage.write_text(history_rel, _history_csv(reports))
+    except OSError as exc:
+        print(f"[airflow-ray-train] could not write the metrics history: {exc!r}", file=sys.stderr)
+    manifest = ResultManifest(
+        status=status,
+        submission_id=spec.submission_id,
+        run_name=run_name,
+        run_path=run_path,
+        manifest_path=manifest_path,
+        checkpoint_path=checkpoint_path,
+        best_checkpoint_path=best_checkpoint_path,
+        best_checkpoints=best,
+        metrics=reports[-1]["metrics"] if reports else {},
+        metrics_history_path=history_path,
+        num_reports=len(reports),
+        error=error,
+        started_at=started,
+        finished_at=time.time(),
+        ray_version=ray.__version__,
+    )
+    try:
+        storage.write_text(manifest_rel, manifest.to_json())
+    except OSError as exc:
+        # The manifest still reaches Airflow through the job log (MANIFEST_MARKER).
+        print(f"[airflow-ray-train] could not write the manifest to {manifest_path}: {exc!r}", file=sys.stderr)
+    return manifest
+
+
+def _best_path(spec: TrainSpec, best: list[CheckpointRecord]) -> str | None:
+    checkpoint_config = spec.run_config.get("checkpoint_config") or {}
+    attribute = checkpoint_config.get("checkpoint_score_attribute")
+    if not best:
+        return None
+    if not attribute:
+        return best[-1].path
+    scored = [r for r in best if isinstance(r.metrics.get(attribute), (int, float))]
+    if not scored:
+        return best[-1].path
+    pick = max if checkpoint_config.get("checkpoint_score_order", "max") == "max" else min
+    return pick(scored, key=lambda r: r.metrics[attribute]).path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print(
+            "usage: python -m airflow_ray_train.runtime SPEC  (b64:..., inline JSON, or a JSON file)", file=sys.stderr
+        )
+        return 2
+    try:
+        spec = TrainSpec.from_arg(args[0])
+    except (SpecError, OSError, ValueError) as exc:
+        print(f"[airflow-ray-train] {exc}", file=sys.stderr)
+        return 2
+    manifest = run(spec)
+    print(MANIFEST_MARKER + manifest.to_json(), flush=True)
+    if manifest.error:
+        print(f"[airflow-ray-train] {manifest.status}: {manifest.error['message']}", file=sys.stderr)
+        print(manifest.error["traceback"], file=sys.stderr)
+    print(f"[airflow-ray-train] {manifest.status}; manifest at {manifest.manifest_path}", flush=True)
+    return 0 if manifest.succeeded else 1

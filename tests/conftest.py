@@ -1,0 +1,88 @@
+"""Test environment: a private Airflow home and metadata DB, and (for integration tests) one real local Ray
+head per session with its own temp dir, ports and token, stopped by its process group when the session ends.
+
+Airflow reads its configuration at import, so the environment is set here, before any test imports it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+_ROOT = Path(tempfile.mkdtemp(prefix="art_tests_"))
+AIRFLOW_HOME = _ROOT / "airflow"
+DAGS_FOLDER = _ROOT / "dags"
+STORAGE_PATH = _ROOT / "ray_results"
+RESULTS_DIR = _ROOT / "results"
+for folder in (AIRFLOW_HOME, DAGS_FOLDER, STORAGE_PATH, RESULTS_DIR):
+    folder.mkdir(parents=True)
+# The dags folder holds the example DAGs and the test DAGs side by side (dag.test() needs them in a bundle).
+for source in [*(REPO / "example_dags").iterdir(), *(REPO / "tests" / "dags").iterdir()]:
+    if source.name != "__pycache__":
+        (DAGS_FOLDER / source.name).symlink_to(source)
+
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(AIRFLOW_HOME),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{AIRFLOW_HOME / 'airflow.db'}",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__RAY_TRAIN__DEFAULT_STORAGE_PATH": str(STORAGE_PATH),
+        "ART_TEST_RESULTS_DIR": str(RESULTS_DIR),
+        # The embedded cluster of a test run never touches the user's own (~/.airflow_ray_train).
+        "AIRFLOW_RAY_TRAIN_LOCAL_DIR": str(_ROOT / "embedded"),
+    }
+)
+for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "AIRFLOW_CONN_RAY_TRAIN_DEFAULT"):
+    os.environ.pop(key, None)
+sys.path.insert(0, str(DAGS_FOLDER))
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """A real local Ray head (dashboard + Jobs API) with token auth, shared by the whole session."""
+    from airflow_ray_train.local_cluster import start_ray_head
+
+    temp_dir = tempfile.mkdtemp(prefix="art_ray_")
+    head = start_ray_head(temp_dir=temp_dir, token=secrets.token_hex(16), num_cpus=4)
+    try:
+        yield head
+    finally:
+        head.stop()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_conn(ray_head):
+    """Point ``ray_train_default`` at the session's head (as an env connection, the way users may)."""
+    import json
+
+    os.environ["AIRFLOW_CONN_RAY_TRAIN_DEFAULT"] = json.dumps(
+        {"conn_type": "ray_train", "host": ray_head.dashboard_url, "password": ray_head.token}
+    )
+    yield ray_head
+    os.environ.pop("AIRFLOW_CONN_RAY_TRAIN_DEFAULT", None)
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """A fresh Airflow metadata DB (SQLite) for the session."""
+    from airflow.utils import db
+
+    db.resetdb()
+    yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cleanup_root():
+    yield
+    shutil.rmtree(_ROOT, ignore_errors=True)

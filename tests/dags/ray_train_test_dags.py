@@ -1,0 +1,41 @@
+"""DAGs the test suite runs through dag.test(): a train function that fails after its first checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime
+from typing import Any
+
+from airflow.sdk import DAG
+
+from airflow_ray_train.operators.ray_train import RayTrainOperator
+
+
+def record_failure(context: dict[str, Any]) -> None:
+    """Keep the exception the task failed with, so a test can read what the user would see."""
+    exc = context.get("exception")
+    path = os.path.join(os.environ["ART_TEST_RESULTS_DIR"], f"{context['ti'].task_id}.failure.json")
+    with open(path, "w") as handle:
+        json.dump(
+            {"type": type(exc).__name__, "message": str(exc), "mro": [c.__name__ for c in type(exc).__mro__]}, handle
+        )
+
+
+with DAG(dag_id="test_ray_train_failing", schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+    RayTrainOperator(
+        task_id="train_fails",
+        train_func="ray_train_examples.pytorch_classifier:train_func",
+        train_loop_config={"epochs": 3, "fail_at_epoch": 0, "train_size": 256},
+        scaling_config={"num_workers": 2},
+        poll_interval=1.0,
+        retries=0,
+        on_failure_callback=record_failure,
+    )
+    RayTrainOperator(
+        task_id="bad_scaling_key",
+        train_func="ray_train_examples.pytorch_classifier:train_func",
+        scaling_config={"num_wokers": 2},
+        retries=0,
+        on_failure_callback=record_failure,
+    )
