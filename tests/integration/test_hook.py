@@ -1,0 +1,126 @@
+"""RayTrainHook against a real local Ray head: submit, status, logs, stop, code shipping, the driver."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from airflow_ray_train.hooks.ray_train import TERMINAL_STATUSES, RayTrainHook
+from airflow_ray_train.runtime.spec import TrainSpec, manifest_from_log
+
+pytestmark = [pytest.mark.integration]
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def hook(ray_conn):
+    hook = RayTrainHook()
+    yield hook
+    hook.close()
+
+
+def _python(code: str) -> str:
+    return f"{sys.executable} -c {shlex.quote(code)}"
+
+
+def test_submit_status_and_logs(hook):
+    job_id = hook.submit_job(
+        entrypoint=_python("print('hello from the driver')"),
+        submission_id=_id("hello"),
+        metadata={"airflow_task_id": "t"},
+    )
+    info = hook.wait_for_job(job_id, poll_interval=0.5, timeout=120)
+    assert info["status"] == "SUCCEEDED"
+    assert hook.get_job_status(job_id) == "SUCCEEDED"
+    assert info["metadata"] == {"airflow_task_id": "t"}
+    assert "hello from the driver" in hook.get_job_logs(job_id)
+    assert hook.find_job(_id("never-submitted")) is None
+
+
+def test_logs_stream_in_pieces_while_the_job_runs(hook):
+    code = "import time\nfor i in range(4):\n    print(f'line {i}', flush=True)\n    time.sleep(1)"
+    job_id = hook.submit_job(entrypoint=_python(code), submission_id=_id("stream"))
+    pieces: list[str] = []
+    info = hook.wait_for_job(job_id, poll_interval=0.3, on_logs=pieces.append, timeout=120)
+    assert info["status"] == "SUCCEEDED"
+    streamed = "".join(pieces)
+    assert all(f"line {i}" in streamed for i in range(4))
+    assert len(pieces) >= 2, "the log arrived in one piece at the end, not as the job ran"
+    assert streamed == hook.get_job_logs(job_id)
+
+
+def test_stop_leaves_the_job_stopped(hook):
+    job_id = hook.submit_job(entrypoint=_python("import time; time.sleep(300)"), submission_id=_id("stop"))
+    deadline = time.monotonic() + 60
+    while hook.get_job_status(job_id) != "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert hook.get_job_status(job_id) == "RUNNING"
+    assert hook.stop_job_and_wait(job_id) == "STOPPED"
+    assert hook.get_job_status(job_id) in TERMINAL_STATUSES
+
+
+def test_a_repeat_submit_uploads_nothing_and_changed_code_uploads_again(hook, tmp_path, monkeypatch):
+    package = tmp_path / "shipped_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    first = RayTrainHook()
+    env = first.build_runtime_env({"env_vars": {"A": "1"}}, ["shipped_pkg"])
+    assert env["env_vars"] == {"A": "1"} and len(env["py_modules"]) == 2
+    assert first.bytes_uploaded > 0
+
+    again = RayTrainHook()
+    assert again.build_runtime_env({"env_vars": {"A": "1"}}, ["shipped_pkg"]) == env
+    assert again.bytes_uploaded == 0
+
+    (package / "__init__.py").write_text("VALUE = 2\n")
+    changed = RayTrainHook()
+    env2 = changed.build_runtime_env(None, ["shipped_pkg"])
+    assert env2["py_modules"][0] == env["py_modules"][0]  # the runtime did not change
+    assert env2["py_modules"][1] != env["py_modules"][1]
+    assert 0 < changed.bytes_uploaded < first.bytes_uploaded
+
+    # The shipped code is what the job imports on the cluster.
+    job_id = hook.submit_job(
+        entrypoint=_python(
+            "import shipped_pkg, airflow_ray_train.runtime.spec as s; print('VALUE', shipped_pkg.VALUE)"
+        ),
+        submission_id=_id("shipped"),
+        runtime_env=env2,
+    )
+    assert hook.wait_for_job(job_id, poll_interval=0.5, timeout=120)["status"] == "SUCCEEDED"
+    assert "VALUE 2" in hook.get_job_logs(job_id)
+
+
+def test_driver_writes_a_failed_manifest_when_train_func_is_not_on_the_cluster(hook):
+    storage = Path(os.environ["AIRFLOW__RAY_TRAIN__DEFAULT_STORAGE_PATH"])
+    spec = TrainSpec(
+        train_func="not_shipped_anywhere.models:train_func",
+        run_name=_id("missing-code"),
+        submission_id=_id("missing-code-try1"),
+        scaling_config={"num_workers": 1},
+        run_config={"storage_path": str(storage)},
+    )
+    env = hook.build_runtime_env(None, [])
+    job_id = hook.submit_job(
+        entrypoint=hook.runtime_entrypoint(spec.to_arg()), submission_id=spec.submission_id, runtime_env=env
+    )
+    info = hook.wait_for_job(job_id, poll_interval=0.5, timeout=180)
+    assert info["status"] == "FAILED" and info["driver_exit_code"] == 1
+    manifest = manifest_from_log(hook.get_job_logs(job_id))
+    assert manifest is not None and manifest.status == "FAILED"
+    assert manifest.error is not None and manifest.error["type"] == "TrainFuncImportError"
+    assert "not importable on the cluster" in manifest.error["message"]
+    assert json.loads(Path(manifest.manifest_path).read_text())["status"] == "FAILED"
+    assert manifest.manifest_path.startswith(str(storage / spec.run_name))
