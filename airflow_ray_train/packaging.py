@@ -11,12 +11,16 @@ import ast
 import difflib
 import hashlib
 import importlib.util
+import inspect
 import io
 import os
+import sys
 import sysconfig
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 _SKIP_DIRS = {"__pycache__", ".git", ".hg", ".svn", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".ipynb_checkpoints"}
@@ -44,19 +48,20 @@ class Package:
         return f"gcs://{self.name}"
 
 
-def _zip(entries: list[tuple[str, Path]]) -> bytes:
+def _zip(entries: list[tuple[str, Path | str]]) -> bytes:
+    """A reproducible zip: sorted entries, fixed timestamps and modes. Each entry is a file or a text."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for arcname, path in sorted(entries):
+        for arcname, content in sorted(entries, key=lambda entry: entry[0]):
             info = zipfile.ZipInfo(arcname, date_time=_FIXED_TIME)
             info.external_attr = 0o644 << 16
             info.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(info, path.read_bytes())
+            archive.writestr(info, content.read_bytes() if isinstance(content, Path) else content)
     return buffer.getvalue()
 
 
-def _tree(root: Path, arc_root: str) -> list[tuple[str, Path]]:
-    entries = []
+def _tree(root: Path, arc_root: str) -> list[tuple[str, Path | str]]:
+    entries: list[tuple[str, Path | str]] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
         for filename in filenames:
@@ -70,7 +75,7 @@ def _tree(root: Path, arc_root: str) -> list[tuple[str, Path]]:
 def runtime_package() -> Package:
     """The Ray-side core: ``airflow_ray_train/__init__.py`` and ``airflow_ray_train/runtime/``."""
     root = Path(__file__).resolve().parent
-    entries = [(f"{RUNTIME_PACKAGE}/__init__.py", root / "__init__.py")]
+    entries: list[tuple[str, Path | str]] = [(f"{RUNTIME_PACKAGE}/__init__.py", root / "__init__.py")]
     entries += _tree(root / "runtime", f"{RUNTIME_PACKAGE}/runtime")
     return Package(source=str(root / "runtime"), data=_zip(entries))
 
@@ -128,7 +133,7 @@ def code_package(module_name: str) -> Package | None:
     imports it. Returns None for code installed in site-packages (it must be installed on the cluster too)
     and for this provider's own runtime (shipped separately)."""
     top = module_name.split(".")[0]
-    if top == RUNTIME_PACKAGE:
+    if top == RUNTIME_PACKAGE or top in sys.stdlib_module_names:
         return None
     spec = importlib.util.find_spec(top)
     if spec is None:
@@ -150,3 +155,101 @@ def code_package(module_name: str) -> Package | None:
     if _is_installed(origin):
         return None
     return Package(source=str(origin), data=_zip([(origin.name, origin)]))
+
+
+_AIRFLOW_ROOTS = ("airflow", "airflow_ray_train")
+
+
+def _binds(node: ast.stmt) -> set[str]:
+    """Names a module-level statement binds."""
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return {node.name}
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        return {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+    if isinstance(node, ast.Assign):
+        return {n.id for t in node.targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+        return {node.target.id}
+    return set()
+
+
+def _is_airflow_import(node: ast.stmt) -> bool:
+    if isinstance(node, ast.Import):
+        return any(alias.name.split(".")[0] in _AIRFLOW_ROOTS for alias in node.names)
+    if isinstance(node, ast.ImportFrom):
+        return (node.module or "").split(".")[0] in _AIRFLOW_ROOTS and node.level == 0
+    return False
+
+
+def _used_names(node: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+
+
+def _find_def(body: list[ast.stmt], name: str, first_line: int) -> ast.FunctionDef | None:
+    """The ``def name`` whose first line (its first decorator, if any) is ``first_line``, searched through
+    ``with``/``if``/``try`` blocks (a TaskFlow function usually sits inside ``with DAG(...)``)."""
+    for node in body:
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            if start == first_line:
+                return node
+        for child in ("body", "orelse", "finalbody", "handlers"):
+            found = (
+                _find_def(getattr(node, child, []) or [], name, first_line)
+                if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                else None
+            )
+            if found is not None:
+                return found
+    return None
+
+
+def function_package(func: Callable[..., Any]) -> tuple[Package, str, list[str]]:
+    """Ship a function defined in a DAG file without the DAG file: a generated module holding the function
+    (decorators stripped) and the module-level imports, functions, classes and constants it uses, found by
+    walking the syntax tree. Airflow imports are left behind: the cluster has no Airflow.
+
+    Returns the package, the ``module:function`` path to run, and the top-level modules the generated code
+    imports (local ones among them must be shipped too: see ``code_package``).
+    """
+    source_file = inspect.getsourcefile(func)
+    if source_file is None:
+        raise CodeLookupError(f"cannot find the source of {func.__qualname__}; define it in a .py file")
+    tree = ast.parse(Path(source_file).read_text(encoding="utf-8"), filename=source_file)
+    definition = _find_def(tree.body, func.__name__, func.__code__.co_firstlineno)
+    if definition is None:
+        raise CodeLookupError(f"cannot find `def {func.__name__}` in {source_file}; define it at module level")
+    definition.decorator_list = []
+
+    top_level = [n for n in tree.body if _binds(n)]
+    keep: list[ast.stmt] = []
+    wanted: set[str] = _used_names(definition) - {func.__name__}
+    seen: set[str] = set()
+    while wanted - seen:
+        name = (wanted - seen).pop()
+        seen.add(name)
+        for node in top_level:
+            if name in _binds(node) and node not in keep:
+                if _is_airflow_import(node):
+                    raise CodeLookupError(
+                        f"{func.__name__} uses {name!r}, imported from Airflow in {source_file}; the Ray cluster "
+                        "has no Airflow. Fix: use only non-Airflow code inside the training function."
+                    )
+                keep.append(node)
+                wanted |= _used_names(node)
+    future = [n for n in tree.body if isinstance(n, ast.ImportFrom) and n.module == "__future__"]
+    ordered = future + [n for n in tree.body if n in keep and n not in future]
+    module = ast.Module(body=[*ordered, definition], type_ignores=[])
+    code = f'"""Generated by airflow-ray-train from {Path(source_file).name}:{func.__name__}."""\n' + ast.unparse(
+        module
+    )
+    digest = hashlib.sha256(code.encode()).hexdigest()[:16]
+    module_name = f"_airflow_ray_train_fn_{digest}"
+    package = Package(source=f"{source_file}:{func.__name__}", data=_zip([(f"{module_name}.py", code)]))
+    imported = []
+    for node in [*ordered, *(n for n in ast.walk(definition) if isinstance(n, (ast.Import, ast.ImportFrom)))]:
+        if isinstance(node, ast.Import):
+            imported += [alias.name.split(".")[0] for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module != "__future__":
+            imported.append(node.module.split(".")[0])
+    return package, f"{module_name}:{func.__name__}", sorted(set(imported))
