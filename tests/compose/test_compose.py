@@ -1,0 +1,610 @@
+"""The docker-compose stack (docker-compose.yml, docker-compose.gpu.yml, docker/).
+
+Static checks run everywhere: they parse the Compose files and read the Dockerfiles as text, so a stack that
+cannot start (a missing Dockerfile, a connection pointing at the wrong service or port, a checkpoint path
+the Airflow containers cannot open, versions drifting from the ones the project tests) fails here, on a
+machine without Docker. ``docker compose config`` runs too where the Compose CLI is installed.
+
+``test_example_dag_trains_on_the_compose_stack`` builds and starts the real stack with pytest-docker and runs
+the PyTorch example DAG through the Airflow REST API. It is skipped, with the reason, where no Docker engine
+runs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from compose_support import COMPOSE_FILE, GPU_COMPOSE_FILE, REPO, compose_command, docker_unavailable_reason
+
+AIRFLOW_SERVICES = (
+    "airflow-init",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+)
+RAY_SERVICES = ("ray-head", "ray-worker")
+LONG_RUNNING = ("postgres", *AIRFLOW_SERVICES[1:], *RAY_SERVICES)
+AIRFLOW_DOCKERFILE = REPO / "docker" / "airflow" / "Dockerfile"
+RAY_DOCKERFILE = REPO / "docker" / "ray" / "Dockerfile"
+FRAMEWORKS_FILE = REPO / "docker" / "requirements-frameworks.txt"
+ENV_EXAMPLE = REPO / ".env.example"
+EXAMPLE_DAG = "example_ray_train_pytorch"
+
+_VAR = re.compile(r"\$\$|\$\{(?P<name>\w+)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}|\$(?P<bare>\w+)")
+
+
+# -- helpers --------------------------------------------------------------------------------------------------
+
+
+def interpolate(value: str, env: dict[str, str] | None = None) -> str:
+    """Compose's variable interpolation, with ``env`` (default: nothing set, so every default applies)."""
+    env = env or {}
+
+    def sub(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group("name") or match.group("bare")
+        op, arg = match.group("op"), match.group("arg") or ""
+        current = env.get(name)
+        if op in (":-", "-"):
+            return current if (current if op == ":-" else current is not None) else arg
+        if current is None:
+            raise AssertionError(f"${{{name}}} has no default and is not set")
+        return current
+
+    return _VAR.sub(sub, value)
+
+
+def deep_merge(base: Any, override: Any) -> Any:
+    """Compose's merge of an override file into a base file (mappings merge key by key)."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            merged[key] = deep_merge(base.get(key), value) if key in base else value
+        return merged
+    return override
+
+
+def load(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return load(COMPOSE_FILE)
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+@pytest.fixture(scope="module")
+def gpu_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The services of ``-f docker-compose.yml -f docker-compose.gpu.yml``."""
+    return deep_merge(compose, load(GPU_COMPOSE_FILE))["services"]
+
+
+def env_of(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {key: interpolate(str(value)) for key, value in env.items()}
+
+
+def volume_mounts(service: dict[str, Any]) -> dict[str, str]:
+    """target -> source of a service's volumes (short or long syntax)."""
+    mounts = {}
+    for volume in service.get("volumes") or []:
+        if isinstance(volume, dict):
+            mounts[volume["target"]] = volume.get("source", "")
+        else:
+            source, target = interpolate(volume).split(":")[:2]
+            mounts[target] = source
+    return mounts
+
+
+def published_ports(service: dict[str, Any]) -> dict[int, int]:
+    """container port -> host port."""
+    ports = {}
+    for port in service.get("ports") or []:
+        if isinstance(port, dict):
+            ports[int(port["target"])] = int(port["published"])
+        else:
+            *_, host, container = interpolate(str(port)).split(":")
+            ports[int(container.split("/")[0])] = int(host)
+    return ports
+
+
+def dockerfile_args(path: Path) -> dict[str, str]:
+    return dict(re.findall(r"^ARG\s+(\w+)=(\S*)\s*$", path.read_text(), flags=re.MULTILINE))
+
+
+def env_example() -> dict[str, str]:
+    values = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+def project_ray_minor() -> str:
+    """The Ray version the project tests against, from the `local` extra (ray[...]>=2.60,<2.61)."""
+    local = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["local"]
+    spec = next(req for req in local if re.match(r"ray\b", req))
+    match = re.search(r">=\s*(\d+\.\d+)", spec)
+    assert match, f"no lower bound on ray in {spec!r}"
+    return match.group(1)
+
+
+def image_tag(image: str) -> str:
+    return image.rsplit(":", 1)[1]
+
+
+# -- static checks of the Compose files --------------------------------------------------------------------
+
+
+def test_the_stack_has_airflow_postgres_and_a_ray_head_and_worker(services):
+    assert set(services) == {"postgres", *AIRFLOW_SERVICES, *RAY_SERVICES}
+
+
+@pytest.mark.parametrize("variant", ["cpu", "gpu"])
+def test_every_service_has_an_image_or_a_build_whose_dockerfile_exists(variant, services, gpu_services):
+    for name, service in (services if variant == "cpu" else gpu_services).items():
+        assert service.get("image") or service.get("build"), f"{name}: neither image nor build"
+        build = service.get("build")
+        if build is None:
+            continue
+        build = {"context": build} if isinstance(build, str) else build
+        context = REPO / build.get("context", ".")
+        dockerfile = context / build.get("dockerfile", "Dockerfile")
+        assert context.is_dir(), f"{name}: build context {context} does not exist"
+        assert dockerfile.is_file(), f"{name}: Dockerfile {dockerfile} does not exist"
+        # A locally built image must never be pulled from a registry under the same name.
+        assert service.get("pull_policy") == "build", f"{name}: set pull_policy: build"
+        for arg in build.get("args") or {}:
+            assert arg in dockerfile_args(dockerfile), f"{name}: build arg {arg} is not an ARG of {dockerfile}"
+
+
+def _anchored(node: yaml.Node, key: str) -> yaml.Node:
+    for key_node, value_node in node.value:
+        if key_node.value == key:
+            return value_node
+    raise KeyError(key)
+
+
+def _merges(node: yaml.Node) -> list[yaml.Node]:
+    return [value for key, value in node.value if key.tag == "tag:yaml.org,2002:merge" or key.value == "<<"]
+
+
+def test_airflow_services_share_one_image_and_environment_anchor(services):
+    root = yaml.compose(COMPOSE_FILE.read_text(), Loader=yaml.SafeLoader)
+    common = _anchored(root, "x-airflow-common")
+    common_env = _anchored(common, "environment")
+    service_nodes = _anchored(root, "services")
+    for name in AIRFLOW_SERVICES:
+        node = _anchored(service_nodes, name)
+        assert any(merged is common for merged in _merges(node)), f"{name} does not merge <<: *airflow-common"
+        try:
+            env_node = _anchored(node, "environment")
+        except KeyError:
+            continue  # inherits the common environment as it is
+        assert any(merged is common_env for merged in _merges(env_node)), f"{name}: <<: *airflow-common-env"
+    # And after YAML's merge: one image, one build, one user, the common environment everywhere.
+    first = services[AIRFLOW_SERVICES[0]]
+    for name in AIRFLOW_SERVICES:
+        service = services[name]
+        assert (service["image"], service["build"], service["user"]) == (first["image"], first["build"], first["user"])
+        common_items = env_of(services["airflow-apiserver"]).items()
+        assert common_items <= env_of(service).items(), name
+    ray_images = {services[name]["image"] for name in RAY_SERVICES}
+    assert len(ray_images) == 1, ray_images
+
+
+def test_airflow_runs_local_executor_on_postgres_with_low_parallelism(services):
+    env = env_of(services["airflow-scheduler"])
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert int(env["AIRFLOW__CORE__PARALLELISM"]) <= 8
+    assert env["AIRFLOW__CORE__LOAD_EXAMPLES"].lower() == "false"
+    db = urlsplit(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    assert db.scheme == "postgresql+psycopg2" and db.hostname == "postgres"
+    postgres_env = env_of(services["postgres"])
+    assert (db.username, db.password, db.path.lstrip("/")) == (
+        postgres_env["POSTGRES_USER"],
+        postgres_env["POSTGRES_PASSWORD"],
+        postgres_env["POSTGRES_DB"],
+    )
+    # Task runners in the scheduler container reach the Task Execution API of the api-server service.
+    execution_api = urlsplit(env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"])
+    assert execution_api.hostname == "airflow-apiserver" and execution_api.port == 8080
+    assert env["AIRFLOW__API_AUTH__JWT_SECRET"], "every component must share one JWT secret"
+
+
+def test_the_connection_env_var_points_at_the_ray_head_with_the_cluster_token(services):
+    from airflow.sdk import Connection
+
+    from airflow_ray_train.hooks.ray_train import settings_from_connection
+
+    env = env_of(services["airflow-scheduler"])
+    conn = json.loads(env["AIRFLOW_CONN_RAY_TRAIN_DEFAULT"])
+    assert conn["conn_type"] == "ray_train"
+    host = urlsplit(conn["host"])
+    assert host.hostname == "ray-head" and host.hostname in services
+    head = services["ray-head"]
+    command = head["command"] if isinstance(head["command"], list) else shlex.split(head["command"])
+    dashboard_port = int(next((a.split("=", 1)[1] for a in command if a.startswith("--dashboard-port=")), 8265))
+    assert host.port == dashboard_port == 8265
+    assert dashboard_port in published_ports(head), "the head does not publish its dashboard port"
+    assert "--dashboard-host=0.0.0.0" in command, "the dashboard must listen beyond the head's localhost"
+
+    # The same token on every Ray node, in the connection and in .env.example, with token auth on.
+    token = env_of(head)["RAY_AUTH_TOKEN"]
+    assert token and conn["password"] == token == env_example()["RAY_AUTH_TOKEN"]
+    for name in RAY_SERVICES:
+        assert env_of(services[name])["RAY_AUTH_MODE"] == "token", name
+        assert env_of(services[name])["RAY_AUTH_TOKEN"] == token, name
+
+    # The hook reads it as the dashboard address and the bearer token.
+    settings = settings_from_connection(Connection(conn_id="ray_train_default", **conn), {}, "ray_train_default")
+    assert (settings.address, settings.token, settings.embedded) == ("http://ray-head:8265", token, False)
+
+
+def test_the_shared_volume_has_one_path_in_every_airflow_and_ray_container(compose, services, gpu_services):
+    assert "shared" in compose["volumes"]
+    paths = set()
+    for variant in (services, gpu_services):
+        for name in (*AIRFLOW_SERVICES, *RAY_SERVICES):
+            targets = [target for target, source in volume_mounts(variant[name]).items() if source == "shared"]
+            assert len(targets) == 1, f"{name} does not mount the shared volume"
+            paths.update(targets)
+    assert len(paths) == 1, f"the shared volume is mounted at different paths: {paths}"
+    (shared,) = paths
+    for name in AIRFLOW_SERVICES:
+        storage = env_of(services[name])["AIRFLOW__RAY_TRAIN__DEFAULT_STORAGE_PATH"]
+        assert storage.startswith(shared.rstrip("/") + "/"), f"{name}: checkpoints at {storage}, not under {shared}"
+    # Both images create the directory, world-writable, so the volume starts writable from either side, and
+    # Airflow runs with the Ray image's uid (1000) so files either side writes stay writable by the other.
+    for dockerfile in (AIRFLOW_DOCKERFILE, RAY_DOCKERFILE):
+        text = dockerfile.read_text()
+        assert re.search(rf"mkdir -p {re.escape(shared)}\b", text) and "chmod -R 0777 /shared" in text, dockerfile
+    assert {services[name]["user"] for name in AIRFLOW_SERVICES} == {"1000:0"}
+
+
+def test_the_dags_folder_is_the_example_dags(services):
+    for name in AIRFLOW_SERVICES:
+        mounts = volume_mounts(services[name])
+        assert mounts.get("/opt/airflow/dags") == "./example_dags", name
+    assert (REPO / "example_dags" / f"{EXAMPLE_DAG}.py").is_file()
+
+
+@pytest.mark.parametrize("variant", ["cpu", "gpu"])
+def test_depends_on_names_services_that_exist_and_can_satisfy_the_condition(variant, services, gpu_services):
+    stack = services if variant == "cpu" else gpu_services
+    graph: dict[str, set[str]] = {}
+    for name, service in stack.items():
+        depends = service.get("depends_on") or {}
+        depends = {dep: {"condition": "service_started"} for dep in depends} if isinstance(depends, list) else depends
+        graph[name] = set(depends)
+        for dep, spec in depends.items():
+            assert dep in stack, f"{name} depends on unknown service {dep}"
+            assert dep != name, f"{name} depends on itself"
+            condition = spec["condition"]
+            if condition == "service_healthy":
+                assert (stack[dep].get("healthcheck") or {}).get("test"), f"{name} waits on {dep}: no healthcheck"
+            elif condition == "service_completed_successfully":
+                assert stack[dep].get("restart", "no") == "no", f"{dep} is one-shot: it must not restart"
+            else:
+                assert condition == "service_started", condition
+    # No cycle: Compose could never start it.
+    done: set[str] = set()
+    while len(done) < len(graph):
+        ready = {name for name, deps in graph.items() if name not in done and deps <= done}
+        assert ready, f"dependency cycle among {set(graph) - done}"
+        done |= ready
+    for name in AIRFLOW_SERVICES[1:]:
+        assert stack[name]["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
+        assert stack[name]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert stack["ray-worker"]["depends_on"]["ray-head"]["condition"] == "service_healthy"
+
+
+def test_long_running_services_have_healthchecks_that_check_the_right_thing(services):
+    for name in LONG_RUNNING:
+        assert (services[name].get("healthcheck") or {}).get("test"), f"{name} has no healthcheck"
+    assert "pg_isready" in services["postgres"]["healthcheck"]["test"]
+    assert any("/api/v2/monitor/health" in part for part in services["airflow-apiserver"]["healthcheck"]["test"])
+    head_check = services["ray-head"]["healthcheck"]["test"]
+    assert head_check[:3] == ["CMD", "python", "-c"]
+    compile(head_check[3], "ray-head healthcheck", "exec")
+    assert "localhost:8265/api/version" in head_check[3] and "Bearer" in head_check[3]
+
+
+@pytest.mark.parametrize("variant", ["cpu", "gpu"])
+def test_published_ports_are_unique_and_include_the_ui_and_the_dashboard(variant, services, gpu_services):
+    stack = services if variant == "cpu" else gpu_services
+    host_ports = [port for service in stack.values() for port in published_ports(service).values()]
+    assert len(host_ports) == len(set(host_ports)), f"a host port is published twice: {host_ports}"
+    assert published_ports(stack["airflow-apiserver"]) == {8080: 8080}
+    assert published_ports(stack["ray-head"]) == {8265: 8265}
+
+
+def test_env_example_and_the_compose_defaults_agree():
+    text = COMPOSE_FILE.read_text()
+    defaults: dict[str, set[str]] = {}
+    for match in _VAR.finditer(text):
+        if match.group("name"):
+            assert match.group("op") in (":-", "-"), f"${{{match.group('name')}}} needs a default"
+            defaults.setdefault(match.group("name"), set()).add(match.group("arg"))
+    example = env_example()
+    assert set(example) == set(defaults), "every variable of docker-compose.yml belongs in .env.example"
+    for name, values in defaults.items():
+        assert values == {example[name]}, f"{name}: compose defaults {values} vs .env.example {example[name]!r}"
+
+
+def test_the_gpu_override_puts_the_worker_on_the_ray_gpu_image_with_nvidia_gpus(services, gpu_services):
+    override = load(GPU_COMPOSE_FILE)["services"]
+    assert set(override) == {"ray-worker"}, "the GPU override changes the worker only"
+    worker = gpu_services["ray-worker"]
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices), devices
+    args = worker["build"]["args"]
+    assert re.fullmatch(rf"rayproject/ray:{re.escape(project_ray_minor())}\.\d+-py311-gpu", args["RAY_IMAGE"])
+    assert args["TORCH_VARIANT"] == "" and "cpu" not in args["TORCH_INDEX_URL"]
+    # Same Dockerfile and context as the CPU worker, another image name (neither overwrites the other).
+    assert worker["build"]["dockerfile"] == services["ray-worker"]["build"]["dockerfile"]
+    assert worker["build"]["context"] == services["ray-worker"]["build"]["context"]
+    assert worker["image"] != services["ray-worker"]["image"] and "gpu" in worker["image"]
+    assert gpu_services["ray-head"] == services["ray-head"]
+
+
+def test_the_init_service_migrates_the_db_and_writes_the_admin_password(services, tmp_path):
+    """Runs airflow-init's script as Compose would, against a fresh SQLite DB (the local Airflow install)."""
+    import os
+    import sys
+
+    init = services["airflow-init"]
+    command = [interpolate(part) for part in init["command"]]
+    assert command[:2] == ["bash", "-c"] and "airflow db migrate" in command[2]
+    env = {
+        **os.environ,
+        **env_of(init),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "AIRFLOW_HOME": str(tmp_path / "home"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path / 'airflow.db'}",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(tmp_path / "passwords.json"),
+    }
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert json.loads((tmp_path / "passwords.json").read_text()) == {"admin": "admin"}
+    assert "airflow-ray-train" in result.stdout
+    users = env_of(init)["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"]
+    assert users == "admin:admin", "user admin with role admin"
+
+
+# -- the images ----------------------------------------------------------------------------------------------
+
+
+def test_the_ray_image_is_the_ray_version_the_project_tests(services):
+    minor = project_ray_minor()
+    args = dockerfile_args(RAY_DOCKERFILE)
+    assert re.fullmatch(rf"rayproject/ray:{re.escape(minor)}\.\d+-py311-cpu", args["RAY_IMAGE"]), args["RAY_IMAGE"]
+    assert args["RAY_VERSION"] == image_tag(args["RAY_IMAGE"]).split("-")[0]
+    assert re.search(r'"ray\[default,train\]==\$\{RAY_VERSION\}"', RAY_DOCKERFILE.read_text())
+    for name in RAY_SERVICES:
+        assert image_tag(services[name]["image"]).startswith(f"{minor}."), services[name]["image"]
+
+
+def test_the_airflow_image_is_airflow_3_3_like_the_tested_one(services):
+    image = dockerfile_args(AIRFLOW_DOCKERFILE)["AIRFLOW_IMAGE"]
+    match = re.fullmatch(r"apache/airflow:(\d+\.\d+\.\d+)-python3\.11", image)
+    assert match, image
+    assert match.group(1).startswith("3.3."), image
+    installed = ".".join(version("apache-airflow").split(".")[:2])
+    assert match.group(1).startswith(f"{installed}."), f"image {image} vs installed apache-airflow {installed}"
+    for name in AIRFLOW_SERVICES:
+        assert image_tag(services[name]["image"]).startswith(match.group(1)), services[name]["image"]
+
+
+def _pip_lines(dockerfile: Path) -> str:
+    """The RUN instructions (continuation lines joined)."""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    return "\n".join(line for line in text.splitlines() if line.lstrip().startswith("RUN"))
+
+
+def test_the_airflow_dockerfile_installs_this_package_and_torch_cpu_but_not_ray():
+    text = AIRFLOW_DOCKERFILE.read_text()
+    runs = _pip_lines(AIRFLOW_DOCKERFILE)
+    assert re.search(r"^COPY .*\bpyproject\.toml\b.* /tmp/airflow-ray-train/$", text, re.MULTILINE)
+    assert re.search(r"^COPY .*\bairflow_ray_train /tmp/airflow-ray-train/airflow_ray_train$", text, re.MULTILINE)
+    assert re.search(r"pip install [^\n]*\s/tmp/airflow-ray-train(\s|$)", runs), "the provider is not installed"
+    assert re.search(r"pip install [^\n]*--index-url https://download\.pytorch\.org/whl/cpu[^\n]*torch==", runs)
+    assert '"apache-airflow==${AIRFLOW_VERSION}"' in runs, "pin Airflow in every pip install"
+    assert not re.search(r"\bray(\[|==|>=|\s)", runs), "the Airflow side does not need ray"
+    assert "requirements-frameworks.txt" in runs
+
+
+def test_the_ray_dockerfile_installs_torch_and_the_example_frameworks():
+    runs = _pip_lines(RAY_DOCKERFILE)
+    assert re.search(r'--index-url "\$\{TORCH_INDEX_URL\}"[^\n]*"torch==\$\{TORCH_VERSION\}\$\{TORCH_VARIANT\}"', runs)
+    assert dockerfile_args(RAY_DOCKERFILE)["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    assert "-r /tmp/requirements-frameworks.txt" in runs
+    assert "airflow" not in runs.replace("airflow_ray_train", ""), "the cluster needs neither Airflow nor the provider"
+    pins = dict(
+        line.split("==", 1)
+        for line in FRAMEWORKS_FILE.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
+    assert {"pytorch-lightning", "scikit-learn", "transformers", "accelerate", "datasets", "matplotlib"} <= set(pins)
+    assert "torch" not in pins and "ray" not in pins
+
+
+def test_both_images_use_the_torch_version_the_project_pins():
+    airflow_torch = dockerfile_args(AIRFLOW_DOCKERFILE)["TORCH_VERSION"]
+    assert airflow_torch == dockerfile_args(RAY_DOCKERFILE)["TORCH_VERSION"]
+    makefile_pin = re.search(r"torch==([\d.]+)", (REPO / "Makefile").read_text())
+    if makefile_pin:
+        assert airflow_torch == makefile_pin.group(1)
+
+
+def test_the_airflow_build_context_sends_only_what_the_image_copies():
+    ignore = (REPO / "docker" / "airflow" / "Dockerfile.dockerignore").read_text().splitlines()
+    assert next(line for line in ignore if line and not line.startswith("#")) == "*", "exclude everything first"
+    allowed = {line[1:] for line in ignore if line.startswith("!")}
+    for match in re.finditer(r"^COPY (?:--\S+ )*(.+) \S+$", AIRFLOW_DOCKERFILE.read_text(), re.MULTILINE):
+        for source in match.group(1).split():
+            name = re.sub(r"\[(.)\]", r"\1", source)  # README.m[d] -> README.md
+            assert name in allowed, f"COPY {source}: not let through by Dockerfile.dockerignore"
+            if "[" not in source:
+                assert (REPO / name).exists(), f"COPY {source}: not in the repository"
+
+
+# -- Compose itself ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("files", [[COMPOSE_FILE], [COMPOSE_FILE, GPU_COMPOSE_FILE]], ids=["cpu", "gpu"])
+def test_docker_compose_config_accepts_the_files(files):
+    command = compose_command()
+    if command is None:
+        pytest.skip("the Docker Compose CLI is not installed (`docker compose version` failed): cannot run config")
+    args = [arg for path in files for arg in ("-f", str(path))]
+    result = subprocess.run(
+        [*command, *args, "config", "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
+# -- the real stack --------------------------------------------------------------------------------------------
+
+_reason = docker_unavailable_reason()
+STACK_STORAGE_PATH = env_of(load(COMPOSE_FILE)["services"]["airflow-scheduler"])[
+    "AIRFLOW__RAY_TRAIN__DEFAULT_STORAGE_PATH"
+]
+
+
+def _wait(what: str, check: Callable[[], Any], timeout: float, interval: float = 3.0) -> Any:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except httpx.HTTPError as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture(scope="module")
+def stack(docker_services, docker_ip, compose_env, docker_compose_command, docker_compose_project_name) -> Iterator:
+    """The running stack's Airflow REST API, logged in as the admin; Compose's logs on failure."""
+    import httpx
+
+    def logs() -> str:
+        command = f"{docker_compose_command} -f {shlex.quote(str(COMPOSE_FILE))} -p {docker_compose_project_name}"
+        result = subprocess.run(f"{command} logs --no-color --tail 150", shell=True, capture_output=True, text=True)
+        return result.stdout[-20000:]
+
+    base_url = f"http://{docker_ip}:{docker_services.port_for('airflow-apiserver', 8080)}"
+    dashboard = f"http://{docker_ip}:{docker_services.port_for('ray-head', 8265)}"
+    client = httpx.Client(base_url=base_url, timeout=30)
+    try:
+        _wait("the Airflow api-server", lambda: client.get("/api/v2/monitor/health").status_code == 200, 900)
+
+        def healthy() -> bool:
+            health = client.get("/api/v2/monitor/health").json()
+            return all(health.get(part, {}).get("status") == "healthy" for part in ("metadatabase", "scheduler"))
+
+        _wait("the scheduler to report healthy", healthy, 300)
+        token = compose_env["RAY_AUTH_TOKEN"]
+        version = _wait(
+            "the Ray Jobs API",
+            lambda: httpx.get(f"{dashboard}/api/version", headers={"Authorization": f"Bearer {token}"}).json(),
+            300,
+        )
+        assert version["ray_version"].startswith(f"{project_ray_minor()}.")
+        login = client.post(
+            "/auth/token",
+            json={"username": compose_env["AIRFLOW_ADMIN_USER"], "password": compose_env["AIRFLOW_ADMIN_PASSWORD"]},
+        )
+        assert login.status_code in (200, 201), login.text
+        client.headers["Authorization"] = f"Bearer {login.json()['access_token']}"
+        yield client
+    except BaseException:
+        print(logs())
+        raise
+    finally:
+        client.close()
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+@pytest.mark.skipif(_reason is not None, reason=f"compose stack not started: {_reason}")
+def test_example_dag_trains_on_the_compose_stack(stack):
+    api = stack
+
+    def parsed() -> bool:
+        if api.get(f"/api/v2/dags/{EXAMPLE_DAG}").status_code == 200:
+            return True
+        errors = api.get("/api/v2/importErrors").json().get("import_errors", [])
+        assert not errors, f"the dag-processor failed to import the example DAGs: {errors}"
+        return False
+
+    _wait(f"{EXAMPLE_DAG} to be parsed", parsed, 300)
+    api.patch(f"/api/v2/dags/{EXAMPLE_DAG}", json={"is_paused": False}).raise_for_status()
+    run = api.post(f"/api/v2/dags/{EXAMPLE_DAG}/dagRuns", json={"logical_date": None})
+    assert run.status_code == 200, run.text
+    run_id = run.json()["dag_run_id"]
+    runs = f"/api/v2/dags/{EXAMPLE_DAG}/dagRuns/{run_id}"
+
+    def finished() -> str | None:
+        state = api.get(runs).json()["state"]
+        return state if state in ("success", "failed") else None
+
+    state = _wait("the example DAG run", finished, 1800, interval=5)
+    if state != "success":
+        instances = api.get(f"{runs}/taskInstances").json()["task_instances"]
+        report = []
+        for ti in instances:
+            report.append(f"{ti['task_id']}: {ti['state']}")
+            if ti["state"] == "failed":
+                log = api.get(
+                    f"{runs}/taskInstances/{ti['task_id']}/logs/{ti['try_number']}", headers={"Accept": "text/plain"}
+                )
+                report.append(log.text[-6000:])
+        pytest.fail(f"{EXAMPLE_DAG} run {run_id} ended {state}:\n" + "\n".join(report))
+
+    def xcom(task_id: str) -> Any:
+        response = api.get(
+            f"{runs}/taskInstances/{task_id}/xcomEntries/return_value", params={"deserialize": True, "stringify": False}
+        )
+        response.raise_for_status()
+        value = response.json()["value"]
+        return json.loads(value) if isinstance(value, str) else value
+
+    result = xcom("train")
+    assert result["status"] == "SUCCEEDED" and result["error"] is None
+    # On the shared volume, under the storage path the compose file gives Airflow.
+    assert result["checkpoint_path"].startswith(f"{STACK_STORAGE_PATH}/"), result["checkpoint_path"]
+    assert result["dashboard_url"] and result["job_id"]
+    # evaluate ran in the scheduler container and opened that very path on the shared volume.
+    evaluation = xcom("evaluate")
+    assert evaluation["checkpoint_path"] == result["checkpoint_path"]
+    assert evaluation["test_accuracy"] > 0.5
