@@ -54,3 +54,8 @@ class RayTrainJobError(RayTrainError):
         self.error_type = error_type
         self.manifest = manifest
         self.manifest_path = manifest_path
+
+
+class RayTrainJobSetupError(RayTrainJobError, AirflowFailException):
+    """The Ray job could not start training for a reason a retry cannot fix: its ``runtime_env`` failed to
+    set up, or ``train_func`` is not importable on the cluster. Fails the task without spending retries."""

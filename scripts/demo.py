@@ -16,7 +16,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / ".demo"
-DEFAULT_DAG_ID = "example_ray_train_pytorch"
+DEFAULT_DAG_ID = "example_ray_train_lightning"
 
 os.environ.update(
     {
@@ -27,7 +27,7 @@ os.environ.update(
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__RAY_TRAIN__DEFAULT_STORAGE_PATH": str(DEMO / "ray_results"),
         "AIRFLOW_RAY_TRAIN_LOCAL_DIR": str(DEMO / "embedded"),
-        "DEMO_MODEL_REGISTRY": str(DEMO / "model_registry"),
+        "AIRFLOW_VAR_RAY_TRAIN_MODEL_REGISTRY": str(DEMO / "model_registry"),
     }
 )
 # The demo shows the embedded default: no connection, no external cluster address.
@@ -89,6 +89,7 @@ def main() -> int:
                 print(f"   metrics    : {_shorten(result['metrics'])}")
                 print(f"   best       : {result['best_checkpoint_path']}")
                 print(f"   history    : {result['metrics_history_path']}")
+                print(f"   curve      : {result.get('learning_curve_path')}")
                 print(f"   manifest   : {result['manifest_path']}")
                 print(f"   ray job    : {result['job_id']} ({result['status']})")
             elif result is not None:

@@ -5,12 +5,16 @@ Connection ``ray_train`` (default id ``ray_train_default``): host is the Ray das
 ``verify`` (TLS verification, on by default; or a CA bundle path), ``headers`` (extra HTTP headers),
 ``runtime_env`` (merged under each job's), ``python`` (the interpreter the job entrypoint runs, default
 ``python``). No connection, or host ``local``: the embedded local Ray head (see ``local_cluster``).
+
+``AsyncRayTrainHook`` is the async twin of the calls the triggerer needs (job status, logs, stop).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shlex
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,8 +22,9 @@ from functools import cached_property
 from typing import Any
 
 import httpx
-from airflow.sdk import BaseHook
+from airflow.sdk import BaseHook, Connection
 from airflow.sdk.exceptions import AirflowNotFoundException
+from airflow.sdk.log import amask_secret, mask_secret
 
 from airflow_ray_train.exceptions import RayTrainAuthError, RayTrainClusterError, RayTrainConfigError
 from airflow_ray_train.packaging import Package, code_package, runtime_package
@@ -64,6 +69,81 @@ def _json_extra(extras: dict[str, Any], key: str) -> Any:
         except ValueError as exc:
             raise RayTrainConfigError(f"connection extra {key!r} is not valid JSON: {exc}", field=key) from exc
     return value
+
+
+def settings_from_connection(conn: Connection | None, extras: dict[str, Any], conn_id: str) -> ClusterSettings:
+    """Resolve where the cluster is from a connection (``None``: it does not exist). No network I/O, except
+    that the embedded default starts (or finds) the local head."""
+    if conn is None:
+        if conn_id != RayTrainHook.default_conn_name:
+            raise RayTrainConfigError(
+                f"connection {conn_id!r} does not exist. Fix: create it (type 'ray_train', host = "
+                "your Ray dashboard address) or leave ray_conn_id at 'ray_train_default' for the embedded "
+                "local cluster.",
+                field="ray_conn_id",
+            )
+        return _embedded_settings({})
+    host = (conn.host or "").strip()
+    if host.lower() in LOCAL_HOSTS:
+        return _embedded_settings(extras)
+    if "://" not in host:
+        scheme = conn.schema or "http"
+        host = f"{scheme}://{host}"
+    if conn.port and host.count(":") < 2:
+        host = f"{host}:{conn.port}"
+    headers = _json_extra(extras, "headers") or {}
+    runtime_env = _json_extra(extras, "runtime_env") or {}
+    return ClusterSettings(
+        address=host.rstrip("/"),
+        token=conn.password or None,
+        verify=_as_bool(extras.get("verify", True)),
+        headers={str(k): str(v) for k, v in headers.items()},
+        runtime_env=dict(runtime_env),
+        python=str(extras.get("python") or "python"),
+    )
+
+
+def _embedded_settings(extras: dict[str, Any]) -> ClusterSettings:
+    from airflow_ray_train.local_cluster import LocalRayCluster
+
+    try:
+        head = LocalRayCluster().ensure()
+    except RuntimeError as exc:
+        raise RayTrainClusterError(str(exc)) from exc
+    runtime_env = _json_extra(extras, "runtime_env") or {}
+    # Same machine: run the job with the interpreter running Airflow, which has ray and torch.
+    return ClusterSettings(
+        address=head.dashboard_url,
+        token=head.token,
+        verify=True,
+        runtime_env=dict(runtime_env),
+        python=sys.executable,
+        embedded=True,
+    )
+
+
+def _http_headers(settings: ClusterSettings) -> dict[str, str]:
+    headers = dict(settings.headers)
+    if settings.token:
+        headers["Authorization"] = f"Bearer {settings.token}"
+    return headers
+
+
+def _unreachable_error(settings: ClusterSettings, conn_id: str, exc: Exception, attempts: int) -> RayTrainClusterError:
+    return RayTrainClusterError(
+        f"cannot reach the Ray cluster at {settings.address} ({type(exc).__name__}: {exc}) "
+        f"after {attempts} attempts. Fix: check that the head is up and that the "
+        f"'{conn_id}' connection's host is its dashboard address (port 8265 by default)."
+    )
+
+
+def _auth_error(settings: ClusterSettings, conn_id: str, path: str, response: httpx.Response) -> RayTrainAuthError:
+    return RayTrainAuthError(
+        f"the Ray cluster at {settings.address} rejected the request to {path} "
+        f"(HTTP {response.status_code}: {response.text.strip()[:200]}). Fix: set the password of "
+        f"connection '{conn_id}' to the cluster's token (`ray get-auth-token` on the head).",
+        http_status=response.status_code,
+    )
 
 
 class RayTrainHook(BaseHook):
@@ -112,67 +192,19 @@ class RayTrainHook(BaseHook):
         try:
             conn = self.get_connection(self.ray_conn_id)
         except AirflowNotFoundException:
-            if self.ray_conn_id != self.default_conn_name:
-                raise RayTrainConfigError(
-                    f"connection {self.ray_conn_id!r} does not exist. Fix: create it (type 'ray_train', host = "
-                    "your Ray dashboard address) or leave ray_conn_id at 'ray_train_default' for the embedded "
-                    "local cluster.",
-                    field="ray_conn_id",
-                ) from None
-            return self._embedded_settings({})
-        extras = conn.extra_dejson or {}
-        host = (conn.host or "").strip()
-        if host.lower() in LOCAL_HOSTS:
-            return self._embedded_settings(extras)
-        if "://" not in host:
-            scheme = conn.schema or "http"
-            host = f"{scheme}://{host}"
-        if conn.port and host.count(":") < 2:
-            host = f"{host}:{conn.port}"
-        headers = _json_extra(extras, "headers") or {}
-        runtime_env = _json_extra(extras, "runtime_env") or {}
-        return ClusterSettings(
-            address=host.rstrip("/"),
-            token=conn.password or None,
-            verify=_as_bool(extras.get("verify", True)),
-            headers={str(k): str(v) for k, v in headers.items()},
-            runtime_env=dict(runtime_env),
-            python=str(extras.get("python") or "python"),
-        )
-
-    def _embedded_settings(self, extras: dict[str, Any]) -> ClusterSettings:
-        import sys
-
-        from airflow_ray_train.local_cluster import LocalRayCluster
-
-        try:
-            head = LocalRayCluster().ensure()
-        except RuntimeError as exc:
-            raise RayTrainClusterError(str(exc)) from exc
-        runtime_env = _json_extra(extras, "runtime_env") or {}
-        # Same machine: run the job with the interpreter running Airflow, which has ray and torch.
-        return ClusterSettings(
-            address=head.dashboard_url,
-            token=head.token,
-            verify=True,
-            runtime_env=dict(runtime_env),
-            python=sys.executable,
-            embedded=True,
-        )
+            return settings_from_connection(None, {}, self.ray_conn_id)
+        settings = settings_from_connection(conn, conn.extra_dejson or {}, self.ray_conn_id)
+        for value in settings.headers.values():
+            mask_secret(value)
+        return settings
 
     # -- HTTP ---------------------------------------------------------------------------------------------
-
-    def _headers(self) -> dict[str, str]:
-        headers = dict(self.settings.headers)
-        if self.settings.token:
-            headers["Authorization"] = f"Bearer {self.settings.token}"
-        return headers
 
     @cached_property
     def client(self) -> httpx.Client:
         return httpx.Client(
             base_url=self.settings.address,
-            headers=self._headers(),
+            headers=_http_headers(self.settings),
             verify=self.settings.verify,
             timeout=self.timeout,
         )
@@ -192,19 +224,10 @@ class RayTrainHook(BaseHook):
                 response = self.client.request(method, path, **kwargs)
             except httpx.TransportError as exc:
                 if attempt == self.max_retries:
-                    raise RayTrainClusterError(
-                        f"cannot reach the Ray cluster at {self.settings.address} ({type(exc).__name__}: {exc}) "
-                        f"after {self.max_retries + 1} attempts. Fix: check that the head is up and that the "
-                        f"'{self.ray_conn_id}' connection's host is its dashboard address (port 8265 by default)."
-                    ) from exc
+                    raise _unreachable_error(self.settings, self.ray_conn_id, exc, attempt + 1) from exc
             else:
                 if response.status_code in (401, 403):
-                    raise RayTrainAuthError(
-                        f"the Ray cluster at {self.settings.address} rejected the request to {path} "
-                        f"(HTTP {response.status_code}: {response.text.strip()[:200]}). Fix: set the password of "
-                        f"connection '{self.ray_conn_id}' to the cluster's token (`ray get-auth-token` on the head).",
-                        http_status=response.status_code,
-                    )
+                    raise _auth_error(self.settings, self.ray_conn_id, path, response)
                 if response.status_code in ok or response.status_code not in _RETRY_STATUS:
                     return response
                 if attempt == self.max_retries:
@@ -297,7 +320,32 @@ class RayTrainHook(BaseHook):
         return bool(self._json("DELETE", f"/api/jobs/{job_id}").get("deleted"))
 
     def list_jobs(self) -> list[dict[str, Any]]:
-        return list(self._json("GET", "/api/jobs/"))
+        """Every job the cluster knows; ``metadata`` is always a dict (Ray gives None for a job without)."""
+        return [{**job, "metadata": job.get("metadata") or {}} for job in self._json("GET", "/api/jobs/")]
+
+    def find_previous_job(self, submission_ids: list[str]) -> dict[str, Any] | None:
+        """The details of the first of ``submission_ids`` the cluster knows, or None."""
+        for submission_id in submission_ids:
+            info = self.find_job(submission_id)
+            if info is not None:
+                return info
+        return None
+
+    def get_cluster_nodes(self) -> list[dict[str, Any]] | None:
+        """Total resources of each alive node (the state API's ``/api/v0/nodes``), or None where the cluster
+        does not serve it."""
+        response = self._request("GET", "/api/v0/nodes", params={"detail": "1", "limit": "10000"})
+        if response.status_code != 200:
+            return None
+        try:
+            nodes = response.json()["data"]["result"]["result"]
+        except (ValueError, KeyError, TypeError):
+            return None
+        return [
+            {"node_id": n.get("node_id"), "resources": dict(n.get("resources_total") or {})}
+            for n in nodes
+            if n.get("state") == "ALIVE"
+        ]
 
     def dashboard_url(self, job_id: str) -> str:
         return f"{self.settings.address}/#/jobs/{job_id}"
@@ -379,3 +427,190 @@ class RayTrainHook(BaseHook):
     def runtime_entrypoint(self, spec_arg: str) -> str:
         """The job's entrypoint: the runtime driver under the cluster's interpreter."""
         return f"{shlex.quote(self.settings.python)} -m airflow_ray_train.runtime {shlex.quote(spec_arg)}"
+
+
+def worker_resources(scaling_config: dict[str, Any]) -> dict[str, float]:
+    """What Ray Train asks for per worker, the way Ray 2.60's ``ScalingConfig`` derives it."""
+    given = scaling_config.get("resources_per_worker")
+    use_gpu = bool(scaling_config.get("use_gpu"))
+    if given is None:
+        if scaling_config.get("use_tpu"):
+            bundle: dict[str, float] = {"TPU": 1.0}
+        else:
+            bundle = {"GPU": 1.0} if use_gpu else {"CPU": 1.0}
+    else:
+        bundle = {str(k): float(v) for k, v in given.items() if v}
+    if use_gpu:
+        bundle.setdefault("GPU", 1.0)
+    if scaling_config.get("accelerator_type"):
+        bundle.setdefault(f"accelerator_type:{scaling_config['accelerator_type']}", 0.001)
+    return bundle
+
+
+def _fits(bundle: dict[str, float], resources: dict[str, float]) -> int:
+    """How many ``bundle``s one node with ``resources`` holds."""
+    counts = [int(resources.get(key, 0.0) // amount + 1e-9) for key, amount in bundle.items() if amount > 0]
+    return min(counts) if counts else 1_000_000
+
+
+def cluster_shortfall(
+    nodes: list[dict[str, Any]],
+    scaling_config: dict[str, Any],
+    driver: dict[str, float] | None = None,
+) -> str | None:
+    """Why the cluster can never run this job (a sentence naming the field and the fix), or None if it can.
+
+    Counts total resources, not free ones: a busy cluster frees up, a small one never grows (on an
+    autoscaling cluster, turn the check off)."""
+    num_workers = int(scaling_config.get("num_workers") or 1)
+    bundle = worker_resources(scaling_config)
+    per_node = [_fits(bundle, node["resources"]) for node in nodes]
+    strategy = scaling_config.get("placement_strategy") or "PACK"
+    if strategy == "STRICT_PACK":
+        capacity = max(per_node, default=0)
+    elif strategy == "STRICT_SPREAD":
+        capacity = sum(1 for n in per_node if n > 0)
+    else:
+        capacity = sum(per_node)
+    totals: dict[str, float] = {}
+    for node in nodes:
+        for key, amount in node["resources"].items():
+            if key in bundle or key in ("CPU", "GPU"):
+                totals[key] = totals.get(key, 0.0) + float(amount)
+    shown = {k: (int(v) if float(v).is_integer() else v) for k, v in sorted(totals.items())}
+    per_worker = {k: (int(v) if float(v).is_integer() else v) for k, v in bundle.items()}
+    if capacity < num_workers:
+        where = f" with placement_strategy={strategy}" if strategy.startswith("STRICT") else ""
+        return (
+            f"scaling_config asks for {num_workers} worker{'s' if num_workers != 1 else ''} x {per_worker}{where}, "
+            "but the cluster "
+            f"({len(nodes)} node{'s' if len(nodes) != 1 else ''}, {shown} in total) can never hold more than "
+            f"{capacity}. Fix: lower scaling_config.num_workers or resources_per_worker (use_gpu=False on a "
+            "CPU-only cluster), or add nodes; on an autoscaling cluster pass check_cluster_resources=False."
+        )
+    if driver and not any(_fits(driver, node["resources"]) for node in nodes):
+        return (
+            f"the job driver asks for {driver} (entrypoint_num_cpus/_gpus/_memory/_resources), but no node of "
+            f"the cluster ({shown} in total) has that much. Fix: lower or drop the entrypoint_* arguments."
+        )
+    return None
+
+
+class AsyncRayTrainHook(BaseHook):
+    """The async twin of ``RayTrainHook``'s watch-and-stop calls, for the triggerer's event loop.
+
+    Every call awaits: the connection comes from ``aget_connection``, HTTP from ``httpx.AsyncClient``, backoff
+    from ``asyncio.sleep``; only the embedded head's lookup (a file read, or starting it) runs in a thread.
+
+    :param ray_conn_id: the ``ray_train`` connection; missing (or host ``local``) means the embedded head.
+    :param timeout: seconds per HTTP request.
+    :param max_retries: retries, with exponential backoff, when the cluster cannot be reached.
+    :param retry_backoff: seconds before the first retry; doubles each time.
+    :param transport: an httpx transport to use instead of the network (tests).
+    """
+
+    conn_name_attr = "ray_conn_id"
+    default_conn_name = RayTrainHook.default_conn_name
+    conn_type = "ray_train"
+    hook_name = "Ray Train (async)"
+
+    def __init__(
+        self,
+        ray_conn_id: str = default_conn_name,
+        *,
+        timeout: float = 30.0,
+        max_retries: int = 3,
+        retry_backoff: float = 1.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__()
+        self.ray_conn_id = ray_conn_id
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.retry_backoff = retry_backoff
+        self.transport = transport
+        self._settings: ClusterSettings | None = None
+        self._client: httpx.AsyncClient | None = None
+
+    async def get_settings(self) -> ClusterSettings:
+        if self._settings is None:
+            try:
+                conn: Connection | None = await self.aget_connection(self.ray_conn_id)
+            except AirflowNotFoundException:
+                conn = None
+            extras = await conn.aextra_dejson() if conn is not None else {}
+            settings = await asyncio.to_thread(settings_from_connection, conn, extras or {}, self.ray_conn_id)
+            for value in settings.headers.values():
+                await amask_secret(value)
+            self._settings = settings
+        return self._settings
+
+    async def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            settings = await self.get_settings()
+            self._client = httpx.AsyncClient(
+                base_url=settings.address,
+                headers=_http_headers(settings),
+                verify=settings.verify,
+                timeout=self.timeout,
+                transport=self.transport,
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def _request(self, method: str, path: str, *, ok: tuple[int, ...] = (200,)) -> httpx.Response:
+        client = await self.client()
+        settings = await self.get_settings()
+        delay = self.retry_backoff
+        for attempt in range(self.max_retries + 1):
+            try:
+                response = await client.request(method, path)
+            except httpx.TransportError as exc:
+                if attempt == self.max_retries:
+                    raise _unreachable_error(settings, self.ray_conn_id, exc, attempt + 1) from exc
+            else:
+                if response.status_code in (401, 403):
+                    raise _auth_error(settings, self.ray_conn_id, path, response)
+                if response.status_code in ok or response.status_code not in _RETRY_STATUS:
+                    return response
+                if attempt == self.max_retries:
+                    return response
+            self.log.warning("Ray cluster %s not ready (attempt %d), retrying in %.1f s", path, attempt + 1, delay)
+            await asyncio.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    async def _json(self, method: str, path: str) -> Any:
+        response = await self._request(method, path)
+        if response.status_code != 200:
+            settings = await self.get_settings()
+            raise RayTrainClusterError(
+                f"{method} {path} on {settings.address} failed with HTTP {response.status_code}: "
+                f"{response.text.strip()[:2000]}",
+                http_status=response.status_code,
+            )
+        return response.json()
+
+    async def get_job_info(self, job_id: str) -> dict[str, Any]:
+        return dict(await self._json("GET", f"/api/jobs/{job_id}"))
+
+    async def get_job_logs(self, job_id: str) -> str:
+        return str((await self._json("GET", f"/api/jobs/{job_id}/logs")).get("logs") or "")
+
+    async def stop_job(self, job_id: str) -> bool:
+        """Ask Ray to stop the job (SIGTERM, then SIGKILL after 3 s). Returns whether it was running."""
+        return bool((await self._json("POST", f"/api/jobs/{job_id}/stop")).get("stopped"))
+
+    async def stop_job_and_wait(self, job_id: str, timeout: float = 25.0, poll_interval: float = 0.5) -> str:
+        """Stop the job and wait until Ray reports it terminal (or ``timeout`` passes); returns its status."""
+        await self.stop_job(job_id)
+        deadline = time.monotonic() + timeout
+        status = str((await self.get_job_info(job_id))["status"])
+        while status not in TERMINAL_STATUSES and time.monotonic() < deadline:
+            await asyncio.sleep(poll_interval)
+            status = str((await self.get_job_info(job_id))["status"])
+        return status

@@ -2,18 +2,37 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
+import time
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, conf
+from airflow.sdk.bases.operator import TRIGGER_FAIL_REPR, TriggerFailureReason
+from airflow.sdk.exceptions import AirflowTaskTimeout
 
-from airflow_ray_train.exceptions import RayTrainClusterError, RayTrainConfigError, RayTrainJobError
-from airflow_ray_train.hooks.ray_train import RayTrainHook
+from airflow_ray_train.exceptions import (
+    RayTrainAuthError,
+    RayTrainClusterError,
+    RayTrainConfigError,
+    RayTrainJobError,
+    RayTrainJobSetupError,
+)
+from airflow_ray_train.hooks.ray_train import TERMINAL_STATUSES, RayTrainHook, cluster_shortfall
 from airflow_ray_train.packaging import CodeLookupError, check_train_func_defined
-from airflow_ray_train.runtime.spec import MANIFEST_MARKER, ResultManifest, SpecError, TrainSpec, manifest_from_log
+from airflow_ray_train.runtime.spec import (
+    MANIFEST_MARKER,
+    ResultManifest,
+    SpecError,
+    TrainSpec,
+    check_json_value,
+    manifest_from_log,
+)
+from airflow_ray_train.triggers.ray_train import RayTrainJobTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -21,8 +40,33 @@ if TYPE_CHECKING:
 #: Keys pushed to XCom on their own besides ``return_value`` (the DESIGN.md contract).
 XCOM_KEYS = ("checkpoint_path", "metrics", "best_checkpoint_path")
 LOG_TAIL_LINES = 40
+#: A deferral without an ``execution_timeout`` still ends: the job is stopped after this long.
+DEFAULT_DEFER_TIMEOUT = timedelta(days=7)
+#: Airflow's own deferral timeout is a backstop behind the trigger's deadline, which stops the job itself.
+DEFER_TIMEOUT_GRACE = timedelta(minutes=2)
+#: How many earlier tries a new try looks back over for a job to attach to or collect.
+MAX_TRIES_LOOKED_BACK = 100
+#: Ray job ``error_type``s a retry cannot fix: the job's runtime_env is wrong.
+SETUP_ERROR_TYPES = frozenset({"RUNTIME_ENV_SETUP_FAILURE", "JOB_SUPERVISOR_ACTOR_START_FAILURE"})
+#: The top-level ``runtime_env`` fields Ray 2.60 knows (``ray.runtime_env.RuntimeEnv.known_fields``).
+RUNTIME_ENV_FIELDS = (
+    "py_modules",
+    "py_executable",
+    "java_jars",
+    "working_dir",
+    "conda",
+    "pip",
+    "uv",
+    "container",
+    "excludes",
+    "env_vars",
+    "config",
+    "worker_process_setup_hook",
+    "image_uri",
+)
 _SLUG_RE = re.compile(r"[^A-Za-z0-9_.-]+")
 _ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_EXCEPTION_LINE_RE = re.compile(r"^\s*((?:[A-Za-z_][\w.]*)?(?:Error|Exception): .+)$", re.MULTILINE)
 
 
 def _slug(text: str, limit: int) -> str:
@@ -42,6 +86,51 @@ def ray_submission_id(run_name: str, try_number: int) -> str:
     return f"airflow-{run_name}-try{try_number}"
 
 
+def last_exception_line(text: str) -> str | None:
+    """The last ``SomeError: message`` line of a traceback Ray put in a job's message, or None."""
+    found = _EXCEPTION_LINE_RE.findall(text)
+    return found[-1].strip() if found else None
+
+
+def check_runtime_env(runtime_env: Any) -> None:
+    """Catch what Ray would accept and then fail on (or silently ignore) before anything is submitted."""
+    if runtime_env is None:
+        return
+    if not isinstance(runtime_env, dict):
+        raise RayTrainConfigError(
+            f"runtime_env is a {type(runtime_env).__name__}. Fix: pass a dict such as "
+            "{'pip': ['scikit-learn'], 'env_vars': {'KEY': 'value'}}.",
+            field="runtime_env",
+        )
+    for key in runtime_env:
+        # Unknown keys go to runtime_env plugins, so only a near miss of a known field is an error.
+        close = difflib.get_close_matches(str(key), RUNTIME_ENV_FIELDS, n=1, cutoff=0.75)
+        if key not in RUNTIME_ENV_FIELDS and close:
+            raise RayTrainConfigError(
+                f"runtime_env.{key} is not a Ray runtime_env field (Ray would ignore it). "
+                f"Fix: did you mean {close[0]!r}? Fields: {sorted(RUNTIME_ENV_FIELDS)}.",
+                field=f"runtime_env.{key}",
+            )
+    env_vars = runtime_env.get("env_vars")
+    if env_vars is not None:
+        if not isinstance(env_vars, dict):
+            raise RayTrainConfigError(
+                f"runtime_env.env_vars is a {type(env_vars).__name__}. Fix: pass a dict of strings.",
+                field="runtime_env.env_vars",
+            )
+        for name, value in env_vars.items():
+            if not isinstance(name, str) or not isinstance(value, str):
+                raise RayTrainConfigError(
+                    f"runtime_env.env_vars[{name!r}] is {value!r} ({type(value).__name__}); Ray takes strings "
+                    f"only. Fix: quote it, e.g. {{{str(name)!r}: {str(value)!r}}}.",
+                    field=f"runtime_env.env_vars[{name!r}]",
+                )
+    try:
+        check_json_value("runtime_env", "runtime_env", runtime_env)
+    except SpecError as exc:
+        raise RayTrainConfigError(str(exc), field=exc.field) from exc
+
+
 def manifest_to_xcom(
     manifest: ResultManifest | None, *, job_id: str, submission_id: str, dashboard_url: str, status: str
 ) -> dict[str, Any]:
@@ -54,6 +143,7 @@ def manifest_to_xcom(
         "best_checkpoints": [{"path": r.path, "metrics": dict(r.metrics)} for r in m.best_checkpoints] if m else [],
         "run_path": m.run_path if m else None,
         "metrics_history_path": m.metrics_history_path if m else None,
+        "learning_curve_path": m.learning_curve_path if m else None,
         "manifest_path": m.manifest_path if m else None,
         "job_id": job_id,
         "submission_id": submission_id,
@@ -88,8 +178,19 @@ class RayTrainOperator(BaseOperator):
     :param entrypoint_resources: custom resources reserved for the job driver. (templated)
     :param ship_code: ship the top-level package or module holding ``train_func`` from where Airflow
         imports it. Set False when the code is installed on the cluster.
+    :param ship_modules: more modules whose top-level packages are shipped with ``train_func``'s, e.g. the
+        module holding the ``LightningModule`` a declarative loop's ``train_loop_config`` names.
     :param ray_conn_id: the ``ray_train`` connection. Missing, or host ``local``: the embedded local cluster.
     :param poll_interval: seconds between status and log polls.
+    :param deferrable: wait for the job in the triggerer instead of holding a worker slot (default: the
+        ``[operators] default_deferrable`` option). The log still reaches the task log, and XCom is the same.
+    :param check_cluster_resources: before submitting, fail at once if the cluster's total resources can
+        never hold the workers ``scaling_config`` asks for. Turn off on an autoscaling cluster.
+
+    Retries neither train twice nor start over: the Train run name is the same for every try, so a new try
+    resumes from the latest checkpoint; a try that finds the previous try's job still running attaches to it,
+    and one that finds it succeeded collects its result. ``on_kill``, ``execution_timeout`` and the deferral's
+    timeout stop the Ray job and its Train workers.
     """
 
     template_fields: Sequence[str] = (
@@ -121,8 +222,11 @@ class RayTrainOperator(BaseOperator):
         entrypoint_memory: int | None = None,
         entrypoint_resources: dict[str, float] | None = None,
         ship_code: bool = True,
+        ship_modules: Sequence[str] = (),
         ray_conn_id: str = RayTrainHook.default_conn_name,
         poll_interval: float = 2.0,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        check_cluster_resources: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -145,8 +249,11 @@ class RayTrainOperator(BaseOperator):
         self.entrypoint_memory = entrypoint_memory
         self.entrypoint_resources = entrypoint_resources
         self.ship_code = ship_code
+        self.ship_modules = list(ship_modules)
         self.ray_conn_id = ray_conn_id
         self.poll_interval = poll_interval
+        self.deferrable = deferrable
+        self.check_cluster_resources = check_cluster_resources
         self.job_id: str | None = None
         self._log_buffer = ""
 
@@ -189,13 +296,138 @@ class RayTrainOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         spec = self.build_spec(context)
+        check_runtime_env(self.runtime_env)
         hook = self.hook
-        code_modules = [spec.train_func.split(":")[0]] if self.ship_code else []
-        runtime_env = hook.build_runtime_env(self.runtime_env, code_modules)
-        job_id = self._submit_or_attach(hook, spec, runtime_env, context)
+        ti = context["ti"]
+        previous = self._previous_job(hook, spec, ti.try_number)
+        job_id = None
+        if previous is not None:
+            previous_id, previous_status = str(previous["submission_id"]), str(previous["status"])
+            if previous_status == "SUCCEEDED":
+                result = self._collect_previous(hook, previous, context)
+                if result is not None:
+                    return result
+            elif previous_status not in TERMINAL_STATUSES:
+                self.log.info(
+                    "An earlier try's Ray job %s is still %s: attaching to it instead of training again",
+                    previous_id,
+                    previous_status,
+                )
+                job_id = previous_id
+                self._remember_job(hook, job_id, context)
+            else:
+                self.log.info(
+                    "An earlier try's Ray job %s ended %s; submitting a new one, which resumes Train run %s "
+                    "from its latest checkpoint",
+                    previous_id,
+                    previous_status,
+                    spec.effective_run_name,
+                )
+        if job_id is None:
+            if self.check_cluster_resources:
+                self._check_cluster_resources(hook, spec)
+            code_modules = [spec.train_func.split(":")[0], *self.ship_modules] if self.ship_code else []
+            runtime_env = hook.build_runtime_env(self.runtime_env, code_modules)
+            job_id = self._submit_or_attach(hook, spec, runtime_env, context)
+        if self.deferrable:
+            self._defer(job_id)
         info = hook.wait_for_job(job_id, poll_interval=self.poll_interval, on_logs=self._log_job_output)
         self._flush_log()
         return self.collect_result(hook, job_id, info, context)
+
+    def _previous_job(self, hook: RayTrainHook, spec: TrainSpec, try_number: int) -> dict[str, Any] | None:
+        """The newest job an earlier try of this task instance submitted, found by its derived submission id
+        (each try clears its XComs, so the id cannot come from there)."""
+        earliest = max(1, try_number - MAX_TRIES_LOOKED_BACK)
+        ids = [ray_submission_id(spec.run_name, n) for n in range(try_number - 1, earliest - 1, -1)]
+        return hook.find_previous_job(ids)
+
+    def _collect_previous(self, hook: RayTrainHook, info: dict[str, Any], context: Context) -> dict[str, Any] | None:
+        """An earlier try's job succeeded (its task died before it could say so): its result, or None when it
+        left no readable successful manifest."""
+        job_id = str(info["submission_id"])
+        logs = hook.get_job_logs(job_id)
+        try:
+            manifest = manifest_from_log(logs)
+        except SpecError:
+            manifest = None
+        if manifest is None or not manifest.succeeded:
+            self.log.warning("An earlier try's Ray job %s SUCCEEDED but left no readable manifest", job_id)
+            return None
+        self.log.info(
+            "An earlier try's Ray job %s already SUCCEEDED: collecting its result, not training again", job_id
+        )
+        self._remember_job(hook, job_id, context)
+        return self.collect_result(hook, job_id, info, context, logs=logs)
+
+    def _check_cluster_resources(self, hook: RayTrainHook, spec: TrainSpec) -> None:
+        nodes = hook.get_cluster_nodes()
+        if not nodes:
+            self.log.info("The cluster does not list its nodes; skipping the resource check")
+            return
+        driver = {
+            "CPU": self.entrypoint_num_cpus,
+            "GPU": self.entrypoint_num_gpus,
+            "memory": self.entrypoint_memory,
+            **(self.entrypoint_resources or {}),
+        }
+        problem = cluster_shortfall(nodes, spec.scaling_config, {k: float(v) for k, v in driver.items() if v})
+        if problem:
+            raise RayTrainConfigError(
+                f"This job can never start on the Ray cluster at {hook.settings.address}: {problem}",
+                field="scaling_config",
+            )
+
+    def _defer(self, job_id: str) -> None:
+        limit = self.execution_timeout or DEFAULT_DEFER_TIMEOUT
+        label = f"execution_timeout ({limit})" if self.execution_timeout else f"the default wait limit ({limit})"
+        trigger = RayTrainJobTrigger(
+            job_id=job_id,
+            ray_conn_id=self.ray_conn_id,
+            poll_interval=self.poll_interval,
+            timeout_at=time.time() + limit.total_seconds(),
+            timeout_label=label,
+        )
+        self.log.info("Deferring: the triggerer watches Ray job %s and streams its log", job_id)
+        self.defer(trigger=trigger, method_name="execute_complete", timeout=limit + DEFER_TIMEOUT_GRACE)
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        """Resume after ``RayTrainJobTrigger`` fired: the same XCom contract, or error, as the sync path."""
+        job_id = str(event["job_id"])
+        self.job_id = job_id
+        hook = self.hook
+        status = event.get("status")
+        if status == "error":
+            message = (
+                f"Lost track of Ray job {job_id} while waiting for it: {event.get('message')}. "
+                f"The job may still be running; the next try attaches to it. Dashboard: {hook.dashboard_url(job_id)}"
+            )
+            if event.get("error_type") == "RayTrainAuthError":
+                raise RayTrainAuthError(message)
+            raise RayTrainClusterError(message)
+        logs = hook.get_job_logs(job_id)
+        self._log_job_output(logs[int(event.get("log_offset") or 0) :])
+        self._flush_log()
+        if status == "timeout":
+            raise AirflowTaskTimeout(
+                f"{event.get('message')} A retry resumes the Train run from its latest checkpoint. "
+                f"Dashboard: {hook.dashboard_url(job_id)}"
+            )
+        return self.collect_result(hook, job_id, hook.get_job_info(job_id), context, logs=logs)
+
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
+        # Airflow's deferral timeout fired (a backstop: the trigger stops the job at its own deadline first).
+        if (
+            next_method == TRIGGER_FAIL_REPR
+            and (next_kwargs or {}).get("error") == TriggerFailureReason.TRIGGER_TIMEOUT
+        ):
+            ti = context["ti"]
+            job_id = ti.xcom_pull(task_ids=ti.task_id, key="job_id")
+            if job_id:
+                self.log.warning("The deferral timed out; stopping Ray job %s", job_id)
+                self.job_id = str(job_id)
+                self.on_kill()
+        return super().resume_execution(next_method, next_kwargs, context)
 
     def _submit_or_attach(
         self, hook: RayTrainHook, spec: TrainSpec, runtime_env: dict[str, Any], context: Context
@@ -227,13 +459,19 @@ class RayTrainOperator(BaseOperator):
                 raise
             job_id = spec.submission_id
             self.log.info("Ray job %s already exists for this try; attaching to it", job_id)
+        self._remember_job(hook, job_id, context)
+        return job_id
+
+    def _remember_job(self, hook: RayTrainHook, job_id: str, context: Context) -> None:
+        """Keep the job for ``on_kill`` and push its id and dashboard URL before waiting (the link works
+        while the job runs)."""
         self.job_id = job_id
         dashboard_url = hook.dashboard_url(job_id)
+        ti = context["ti"]
         ti.xcom_push(key="job_id", value=job_id)
-        ti.xcom_push(key="submission_id", value=spec.submission_id)
+        ti.xcom_push(key="submission_id", value=job_id)
         ti.xcom_push(key="dashboard_url", value=dashboard_url)
         self.log.info("Ray job dashboard: %s", dashboard_url)
-        return job_id
 
     def _log_job_output(self, chunk: str) -> None:
         text = self._log_buffer + chunk
@@ -247,10 +485,13 @@ class RayTrainOperator(BaseOperator):
         if self._log_buffer:
             self._log_job_output("\n")
 
-    def collect_result(self, hook: RayTrainHook, job_id: str, info: dict[str, Any], context: Context) -> dict[str, Any]:
+    def collect_result(
+        self, hook: RayTrainHook, job_id: str, info: dict[str, Any], context: Context, logs: str | None = None
+    ) -> dict[str, Any]:
         """Turn a terminal job into the XCom contract, or raise ``RayTrainJobError`` saying why it failed."""
         status = str(info["status"])
-        logs = hook.get_job_logs(job_id)
+        if logs is None:
+            logs = hook.get_job_logs(job_id)
         try:
             manifest = manifest_from_log(logs)
         except SpecError as exc:
@@ -278,12 +519,29 @@ class RayTrainOperator(BaseOperator):
         status = str(info["status"])
         error_type = info.get("error_type")
         parts = [f"Ray job {job_id} {status}" + (f" ({error_type})" if error_type else "") + "."]
-        if manifest is not None and manifest.error:
-            parts.append(f"Training error: {manifest.error['type']}: {manifest.error['message']}")
+        train_error = manifest.error if manifest is not None and manifest.error else None
+        setup_failed = error_type in SETUP_ERROR_TYPES
+        code_missing = train_error is not None and train_error["type"] == "TrainFuncImportError"
+        if setup_failed:
+            parts.append(
+                "The job's runtime_env could not be set up on the cluster. Fix: check the task's runtime_env "
+                "and the connection's runtime_env extra (pip/uv package names and versions, env_vars values "
+                "as strings, py_modules/working_dir URIs the cluster can fetch). A retry cannot fix this."
+            )
+        if train_error is not None:
+            parts.append(f"Training error: {train_error['type']}: {train_error['message']}")
+            if "worker group startup timed out" in train_error["message"]:
+                parts.append(
+                    "Ray Train could not start its workers: the resources scaling_config asks for did not "
+                    "become free in time. Fix: lower scaling_config.num_workers or resources_per_worker, free "
+                    "the cluster, or raise run_config.failure_config.controller_failure_limit to wait longer."
+                )
         elif status == "SUCCEEDED":
             parts.append("The job succeeded but printed no readable manifest; was it run by this provider's runtime?")
         if info.get("message"):
-            parts.append(f"Ray says: {str(info['message']).strip()[-1500:]}")
+            ray_message = str(info["message"]).strip()
+            shown = last_exception_line(ray_message) if setup_failed else None
+            parts.append(f"Ray says: {shown or ray_message[-1500:]}")
         tail = [line for line in logs.splitlines() if not line.startswith(MANIFEST_MARKER)][-LOG_TAIL_LINES:]
         if tail:
             parts.append("Last lines of the job log:\n" + "\n".join(tail))
@@ -292,7 +550,8 @@ class RayTrainOperator(BaseOperator):
             if manifest.checkpoint_path:
                 parts.append(f"Latest checkpoint (kept; a retry resumes from it): {manifest.checkpoint_path}")
         parts.append(f"Dashboard: {self.hook.dashboard_url(job_id)}")
-        return RayTrainJobError(
+        error_class = RayTrainJobSetupError if setup_failed or code_missing else RayTrainJobError
+        return error_class(
             "\n".join(parts),
             job_id=job_id,
             status=status,

@@ -311,6 +311,7 @@ class ResultManifest:
     best_checkpoints: list[CheckpointRecord] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
     metrics_history_path: str | None = None
+    learning_curve_path: str | None = None
     num_reports: int = 0
     error: dict[str, str] | None = None
     started_at: float | None = None

@@ -23,9 +23,17 @@ from airflow_ray_train.runtime.spec import MANIFEST_MARKER, CheckpointRecord, Re
 #: Each ``ray.train.report`` is echoed in the job log behind this prefix, so a person can follow training.
 REPORT_PREFIX = "[airflow-ray-train] report"
 MANIFEST_DIR = "airflow_ray_train"
+PRINT_PATCH_ENV = "RAY_TRAIN_ENABLE_PRINT_PATCH"
 TRACEBACK_TAIL_CHARS = 4000
+#: Worker-group start attempts after the first (each waits ``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S``, 60 s by
+#: default) before the run fails, unless the spec sets ``failure_config.controller_failure_limit``.
+DEFAULT_CONTROLLER_FAILURE_LIMIT = 2
 
 _SCHEMES = {"local": "", "s3": "s3", "gcs": "gs", "hdfs": "hdfs", "abfs": "abfs"}
+#: Reported numbers that are bookkeeping, not a learning curve (Ray's, Lightning's and Trainer's).
+_NOT_CURVES = {"epoch", "step", "start_epoch", "learning_rate", "grad_norm", "total_flos"}
+_NOT_CURVE_SUFFIXES = ("_step", "_runtime", "_per_second", "_time", "_timestamp")
+_SCORE_WORDS = ("acc", "f1", "auc", "precision", "recall", "score", "iou", "map", "bleu", "rouge")
 
 
 class TrainFuncImportError(ImportError):
@@ -111,17 +119,21 @@ class Storage:
 
     def write_text(self, relative: str, text: str) -> str:
         """Write then rename, so a reader never sees half a file. Returns the file's path or URI."""
+        return self.write_bytes(relative, text.encode())
+
+    def write_bytes(self, relative: str, data: bytes) -> str:
+        """Write then rename, so a reader never sees half a file. Returns the file's path or URI."""
         target = "/".join([self._fs_root.rstrip("/"), relative])
         tmp = f"{target}.tmp-{os.getpid()}"
         if self._fs is None:
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            with open(tmp, "w", encoding="utf-8") as handle:
-                handle.write(text)
+            with open(tmp, "wb") as handle:
+                handle.write(data)
             os.replace(tmp, target)
         else:
             self._fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
             with self._fs.open_output_stream(tmp) as stream:
-                stream.write(text.encode())
+                stream.write(data)
             self._fs.move(tmp, target)
         return self.join(relative)
 
@@ -186,6 +198,67 @@ def _history_csv(reports: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
+def _numeric_columns(reports: list[dict[str, Any]]) -> list[str]:
+    columns: list[str] = []
+    for report in reports:
+        for key, value in report["metrics"].items():
+            if key not in columns and isinstance(value, (int, float)) and not isinstance(value, bool):
+                columns.append(key)
+    return columns
+
+
+def learning_curve_panels(reports: list[dict[str, Any]]) -> tuple[str, list[tuple[str, list[str]]]]:
+    """What the learning curve shows: the x axis (``epoch`` when every report has one, else the report
+    number) and the panels (losses; scores such as accuracy; else the other metrics), each with its metrics."""
+    columns = _numeric_columns(reports)
+    has_epoch = bool(reports) and all(isinstance(r["metrics"].get("epoch"), (int, float)) for r in reports)
+    x_axis = "epoch" if has_epoch else "report"
+    plotted = [c for c in columns if c not in _NOT_CURVES and not c.endswith(_NOT_CURVE_SUFFIXES)]
+    losses = [c for c in plotted if "loss" in c.lower()]
+    scores = [c for c in plotted if c not in losses and any(word in c.lower() for word in _SCORE_WORDS)]
+    panels = [(title, names) for title, names in (("loss", losses), ("score", scores)) if names]
+    if not panels and plotted:
+        panels = [("metrics", plotted[:8])]
+    return x_axis, panels
+
+
+def learning_curve_png(reports: list[dict[str, Any]], title: str) -> bytes | None:
+    """The learning curve as a PNG, or None when there is nothing to plot or matplotlib is missing."""
+    x_axis, panels = learning_curve_panels(reports)
+    if not panels:
+        return None
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        print(
+            "[airflow-ray-train] matplotlib is not installed on the cluster: no learning-curve plot "
+            "(the metrics history CSV is written). Fix: pip install matplotlib",
+            flush=True,
+        )
+        return None
+    xs = [r["metrics"]["epoch"] if x_axis == "epoch" else i for i, r in enumerate(reports, 1)]
+    figure = Figure(figsize=(5.5 * len(panels), 4), layout="tight")
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (panel, names) in zip(axes, panels, strict=True):
+        for name in names:
+            points = [(x, r["metrics"][name]) for x, r in zip(xs, reports, strict=True) if name in r["metrics"]]
+            points = [(x, y) for x, y in points if _is_number(y)]
+            if points:
+                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+        ax.set_xlabel(x_axis)
+        ax.set_ylabel(panel)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    figure.suptitle(title, fontsize=10)
+    out = io.BytesIO()
+    figure.savefig(out, format="png", dpi=100)
+    return out.getvalue()
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _error_dict(exc: BaseException) -> dict[str, str]:
     # Ray wraps worker errors (WorkerGroupError); the root cause is what the user needs to see first.
     root: BaseException = exc
@@ -199,6 +272,14 @@ def _error_dict(exc: BaseException) -> dict[str, str]:
         "message": message.strip()[-2000:],
         "traceback": tb[-TRACEBACK_TAIL_CHARS:],
     }
+
+
+def failure_config_kwargs(given: dict[str, Any] | None) -> dict[str, Any]:
+    """``FailureConfig`` fields with the controller's retries bounded: Ray retries a worker group that cannot
+    start (not enough free resources) forever by default, so a job that can never start would hang."""
+    kwargs = dict(given or {})
+    kwargs.setdefault("controller_failure_limit", DEFAULT_CONTROLLER_FAILURE_LIMIT)
+    return kwargs
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
@@ -220,6 +301,7 @@ def run(spec: TrainSpec) -> ResultManifest:
     run_path = storage.join(run_name)
     manifest_rel = f"{run_name}/{MANIFEST_DIR}/{spec.submission_id}/manifest.json"
     history_rel = f"{run_name}/{MANIFEST_DIR}/{spec.submission_id}/metrics_history.csv"
+    curve_rel = f"{run_name}/{MANIFEST_DIR}/{spec.submission_id}/learning_curve.png"
     manifest_path = storage.join(manifest_rel)
 
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -227,6 +309,9 @@ def run(spec: TrainSpec) -> ResultManifest:
     recorder: Any = None
     result: Any = None
     status, error = "SUCCEEDED", None
+    # Train V2 routes a worker's print() to its logger and also to stdout: every progress line would reach the
+    # job log twice. Ray propagates this variable from the driver to the controller and the workers.
+    os.environ.setdefault(PRINT_PATCH_ENV, "0")
     try:
         if not ray.is_initialized():
             ray.init(log_to_driver=True)
@@ -237,7 +322,7 @@ def run(spec: TrainSpec) -> ResultManifest:
             name=run_name,
             storage_path=storage_path,
             checkpoint_config=CheckpointConfig(**(rc.get("checkpoint_config") or {})),
-            failure_config=FailureConfig(**(rc.get("failure_config") or {})),
+            failure_config=FailureConfig(**failure_config_kwargs(rc.get("failure_config"))),
             worker_runtime_env=rc.get("worker_runtime_env"),  # type: ignore[call-arg]
             callbacks=[_make_report_callback(recorder)],
         )
@@ -281,12 +366,19 @@ def run(spec: TrainSpec) -> ResultManifest:
         best = best[-keep:] if keep else best
     best_checkpoint_path = _best_path(spec, best) or checkpoint_path
 
-    history_path = None
+    history_path = curve_path = None
     try:
         if reports:
             history_path = storage.write_text(history_rel, _history_csv(reports))
     except OSError as exc:
         print(f"[airflow-ray-train] could not write the metrics history: {exc!r}", file=sys.stderr)
+    try:
+        png = learning_curve_png(reports, run_name)
+        if png is not None:
+            curve_path = storage.write_bytes(curve_rel, png)
+            print(f"[airflow-ray-train] learning curve: {curve_path}", flush=True)
+    except Exception as exc:  # noqa: BLE001 - a plot must never cost the manifest
+        print(f"[airflow-ray-train] could not write the learning curve: {exc!r}", file=sys.stderr)
     manifest = ResultManifest(
         status=status,
         submission_id=spec.submission_id,
@@ -298,6 +390,7 @@ def run(spec: TrainSpec) -> ResultManifest:
         best_checkpoints=best,
         metrics=reports[-1]["metrics"] if reports else {},
         metrics_history_path=history_path,
+        learning_curve_path=curve_path,
         num_reports=len(reports),
         error=error,
         started_at=started,

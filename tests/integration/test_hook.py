@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from airflow_ray_train.hooks.ray_train import TERMINAL_STATUSES, RayTrainHook
+from airflow_ray_train.packaging import code_package
 from airflow_ray_train.runtime.spec import TrainSpec, manifest_from_log
 
 pytestmark = [pytest.mark.integration]
@@ -89,7 +90,7 @@ def test_a_repeat_submit_uploads_nothing_and_changed_code_uploads_again(hook, tm
     env2 = changed.build_runtime_env(None, ["shipped_pkg"])
     assert env2["py_modules"][0] == env["py_modules"][0]  # the runtime did not change
     assert env2["py_modules"][1] != env["py_modules"][1]
-    assert 0 < changed.bytes_uploaded < first.bytes_uploaded
+    assert changed.bytes_uploaded == len(code_package("shipped_pkg").data)  # only the changed package
 
     # The shipped code is what the job imports on the cluster.
     job_id = hook.submit_job(

@@ -115,5 +115,5 @@ def test_failing_train_func_reaches_airflow_and_keeps_manifest_and_checkpoint(ra
     bad = json.loads((results / "bad_scaling_key.failure.json").read_text())
     assert bad["type"] == "RayTrainConfigError" and "AirflowFailException" in bad["mro"]
     assert "scaling_config.num_wokers" in bad["message"] and "did you mean 'num_workers'" in bad["message"]
-    submitted = {job.get("metadata", {}).get("airflow_task_id") for job in RayTrainHook().list_jobs()}
+    submitted = {(job.get("metadata") or {}).get("airflow_task_id") for job in RayTrainHook().list_jobs()}
     assert "bad_scaling_key" not in submitted

@@ -32,3 +32,26 @@ def test_airflow_lists_the_provider_and_its_connection_type():
     assert ray_train["class"] == "airflow_ray_train.hooks.ray_train.RayTrainHook"
     assert ray_train["package_name"] == "airflow-ray-train"
     assert ray_train["hook_name"] == "Ray Train"
+
+
+def test_connection_form_link_decorator_and_config_are_registered():
+    widgets = json.loads(_airflow("providers", "widgets", "-o", "json"))
+    ours = {w["connection_parameter_name"]: w for w in widgets if w["package_name"] == "airflow-ray-train"}
+    assert set(ours) == {f"extra__ray_train__{f}" for f in ("verify", "ca_bundle", "headers", "runtime_env", "python")}
+    assert ours["extra__ray_train__verify"]["field_type"] == ["boolean", "null"]
+    behaviours = _airflow("providers", "behaviours")
+    assert "ray_train" in behaviours
+    assert "airflow_ray_train.links.ray_train.RayJobLink" in _airflow("providers", "links")
+    assert _airflow("config", "get-value", "ray_train", "poll_interval").strip() == "2.0"
+
+    from airflow.providers_manager import ProvidersManager
+
+    manager = ProvidersManager()
+    assert manager.field_behaviours["ray_train"]["relabeling"]["password"] == "Ray auth token"
+    decorators = manager.taskflow_decorators
+    assert "ray_train" in decorators
+    assert decorators["ray_train"].__name__ == "ray_train_task"
+
+
+def test_the_trigger_is_registered():
+    assert "airflow_ray_train.triggers.ray_train" in _airflow("providers", "triggers")

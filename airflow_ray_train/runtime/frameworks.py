@@ -1,0 +1,82 @@
+"""What the framework helpers share: optional imports that fail with the pip command, and import paths.
+
+Lightning and Transformers are optional: nothing here imports them at module level, so the runtime (and
+an Airflow worker that only builds a spec) works without them, and a missing one fails where it is first
+needed with the command that installs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any
+
+#: The pip command for each optional framework, as the error message gives it.
+PIP_INSTALL = {
+    "lightning": 'pip install "pytorch-lightning>=2.1"',
+    "transformers": 'pip install "transformers>=4.46" accelerate',
+    "datasets": 'pip install "datasets>=2.18"',
+    "deepspeed": "pip install deepspeed",
+    "matplotlib": "pip install matplotlib",
+}
+_DISPLAY_NAMES = {
+    "lightning": "PyTorch Lightning",
+    "transformers": "HuggingFace Transformers",
+    "datasets": "HuggingFace Datasets",
+}
+EXTRA_HINT = "or install this provider with its frameworks extra: pip install 'airflow-ray-train[frameworks]'"
+
+
+class FrameworkNotInstalledError(ImportError):
+    """An optional framework is missing where the code runs. ``pip_command`` installs it."""
+
+    def __init__(self, framework: str, purpose: str, cause: BaseException | None = None) -> None:
+        self.framework = framework
+        self.pip_command = PIP_INSTALL[framework]
+        detail = f" ({cause})" if cause is not None else ""
+        super().__init__(
+            f"{_DISPLAY_NAMES.get(framework, framework)} is not installed here{detail}, and {purpose} needs it. "
+            f"Fix: {self.pip_command} "
+            "where this runs (on a Ray cluster: every node, or the job's runtime_env={'pip': [...]}), "
+            f"{EXTRA_HINT}.",
+            name=framework,
+        )
+
+
+def require(framework: str, module: str, purpose: str) -> ModuleType:
+    """Import ``module`` of an optional ``framework``, or raise ``FrameworkNotInstalledError``."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        if isinstance(exc, FrameworkNotInstalledError):
+            raise
+        missing = (exc.name or "").split(".")[0]
+        # Only the framework itself missing gets the pip hint; a broken import inside it is another problem.
+        if missing and missing != module.split(".")[0]:
+            raise
+        raise FrameworkNotInstalledError(framework, purpose, exc) from exc
+
+
+def import_object(path: str, what: str) -> Any:
+    """Import ``"package.module:Attribute"`` (a class or a function) named by the field ``what``."""
+    module_name, sep, attr_path = path.partition(":") if isinstance(path, str) else ("", "", "")
+    if not sep or not module_name or not attr_path:
+        raise ValueError(f"{what} is {path!r}. Fix: give an import path 'package.module:Name'.")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ImportError(
+            f"{what} {path!r}: module {module_name!r} is not importable on this Ray worker ({exc}). Fix: ship "
+            "it with the operator's ship_modules=[...] or install it on the cluster."
+        ) from exc
+    for attr in attr_path.split("."):
+        try:
+            target = getattr(target, attr)
+        except AttributeError as exc:
+            raise ImportError(f"{what} {path!r}: {module_name!r} has no attribute {attr_path!r}.") from exc
+    return target
+
+
+def module_of(path: str) -> str:
+    """The module part of ``"package.module:Name"``: what the operator must ship for the path to import."""
+    return path.partition(":")[0]

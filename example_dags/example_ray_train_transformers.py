@@ -1,0 +1,149 @@
+"""Weekly fine-tuning of a HuggingFace sequence classifier on Ray Train, deployed only if it beats the champion.
+
+The defaults follow Ray's Transformers guide (``bert-base-cased`` on ``yelp_review_full``): ``prepare_data``
+loads the dataset with ``load_dataset`` and writes train / validation / held-out test CSVs -> ``train``
+fine-tunes with ``transformers.Trainer`` on Ray with 2 workers (the provider's declarative loop: Ray's
+``RayTrainReportCallback`` and ``prepare_trainer``; checkpoints ranked by ``eval_accuracy``) -> ``evaluate``
+loads the model directory from the XCom checkpoint with ``from_pretrained`` and scores it on the test split
+-> ``compare_with_champion`` branches -> ``deploy`` promotes the model and its metrics into the local model
+registry, or ``keep_champion`` leaves it.
+
+Point it at your own model and data with the run's params, e.g. ``{"model_name_or_path": "/models/my-bert",
+"dataset_name": "csv", "data_files": "/data/reviews.csv"}``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.sdk import DAG, Param, task
+
+from airflow_ray_train.operators.ray_train import RayTrainOperator
+from airflow_ray_train.runtime.transformers import TRANSFORMERS_TRAIN_LOOP, SequenceClassificationConfig
+
+MODEL_NAME = "text-classifier-transformers"
+SCORE = "test_accuracy"
+
+fine_tuning = SequenceClassificationConfig(
+    model_name_or_path="{{ params.model_name_or_path }}",
+    dataset_name="csv",
+    data_files={
+        "train": "{{ ti.xcom_pull(task_ids='prepare_data')['train'] }}",
+        "validation": "{{ ti.xcom_pull(task_ids='prepare_data')['validation'] }}",
+    },
+    text_column="{{ params.text_column }}",
+    label_column="{{ params.label_column }}",
+    num_labels="{{ params.num_labels }}",  # type: ignore[arg-type]  # rendered to an int or None
+    max_length="{{ params.max_length }}",  # type: ignore[arg-type]
+    training_args={
+        "num_train_epochs": "{{ params.num_train_epochs }}",
+        "learning_rate": "{{ params.learning_rate }}",
+        "per_device_train_batch_size": "{{ params.per_device_train_batch_size }}",
+        "per_device_eval_batch_size": 64,
+        "weight_decay": 0.01,
+        "logging_steps": 10,
+    },
+)
+
+with DAG(
+    dag_id="example_ray_train_transformers",
+    schedule="@weekly",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    params={
+        "model_name_or_path": Param("bert-base-cased", type="string"),
+        "dataset_name": Param("yelp_review_full", type="string"),
+        "dataset_config_name": Param(None, type=["null", "string"]),
+        "data_files": Param(None, type=["null", "string", "array", "object"]),
+        "text_column": Param("text", type="string"),
+        "label_column": Param("label", type="string"),
+        "num_labels": Param(None, type=["null", "integer"]),
+        "max_length": Param(128, type="integer", minimum=8),
+        "max_train_samples": Param(1000, type=["null", "integer"]),
+        "max_eval_samples": Param(1000, type=["null", "integer"]),
+        "num_train_epochs": Param(2, type="integer", minimum=1),
+        "learning_rate": Param(2e-5, type="number", exclusiveMinimum=0),
+        "per_device_train_batch_size": Param(8, type="integer", minimum=1),
+    },
+    # Templated numbers reach TrainingArguments as numbers, not strings.
+    render_template_as_native_obj=True,
+    tags=["ray", "transformers", "example"],
+    doc_md=__doc__,
+) as dag:
+
+    @task
+    def prepare_data(**context: Any) -> dict[str, str]:
+        from ray_train_examples.model_registry import data_dir
+        from ray_train_examples.transformers_text import prepare_splits
+
+        params = context["params"]
+        return prepare_splits(
+            data_dir(context["dag"].dag_id, context["run_id"]),
+            dataset_name=params["dataset_name"],
+            dataset_config_name=params["dataset_config_name"],
+            data_files=params["data_files"],
+            text_column=params["text_column"],
+            label_column=params["label_column"],
+            max_train_samples=params["max_train_samples"],
+            max_eval_samples=params["max_eval_samples"],
+        )
+
+    train = RayTrainOperator(
+        task_id="train",
+        train_func=TRANSFORMERS_TRAIN_LOOP,
+        train_loop_config=fine_tuning.train_loop_config(),
+        scaling_config={"num_workers": 2, "use_gpu": False},
+        run_config={
+            "checkpoint_config": {
+                "num_to_keep": 1,
+                "checkpoint_score_attribute": "eval_accuracy",
+                "checkpoint_score_order": "max",
+            }
+        },
+        ship_modules=fine_tuning.code_modules(),
+    )
+
+    @task
+    def evaluate(training: dict[str, Any], splits: dict[str, str], **context: Any) -> dict[str, Any]:
+        from ray_train_examples.transformers_text import evaluate_checkpoint
+
+        # The best checkpoint by eval_accuracy, and what training reported with it.
+        checkpoint_path = training["best_checkpoint_path"]
+        train_metrics = next((r["metrics"] for r in training["best_checkpoints"] if r["path"] == checkpoint_path), {})
+
+        params = context["params"]
+        result = evaluate_checkpoint(
+            checkpoint_path, splits["test"], params["text_column"], params["label_column"], params["max_length"]
+        )
+        result.update(
+            checkpoint_path=checkpoint_path,
+            eval_accuracy=train_metrics.get("eval_accuracy"),
+            eval_loss=train_metrics.get("eval_loss"),
+        )
+        print(f"held-out {SCORE} {result[SCORE]:.3f} ({result['n']} texts) for {result['model_dir']}")
+        return result
+
+    @task.branch
+    def compare_with_champion(evaluation: dict[str, Any]) -> str:
+        from ray_train_examples.model_registry import beats_champion, champion, registry_root
+
+        current = champion(registry_root(), MODEL_NAME)
+        better = beats_champion(evaluation[SCORE], current, SCORE)
+        shown = "none yet" if current is None else f"{current['version']} with {current['metrics'][SCORE]:.3f}"
+        print(f"candidate {SCORE} {evaluation[SCORE]:.3f}; champion: {shown} -> {'deploy' if better else 'keep'}")
+        return "deploy" if better else "keep_champion"
+
+    @task
+    def deploy(evaluation: dict[str, Any], **context: Any) -> dict[str, Any]:
+        from ray_train_examples.model_registry import promote, registry_root
+
+        record = promote(registry_root(), MODEL_NAME, evaluation["model_dir"], evaluation, context["run_id"])
+        print(f"promoted {record['version']} to {record['path']}")
+        return record
+
+    splits = prepare_data()
+    splits >> train
+    evaluation = evaluate(train.output, splits)
+    compare_with_champion(evaluation) >> [deploy(evaluation), EmptyOperator(task_id="keep_champion")]

@@ -1,0 +1,43 @@
+"""Train loops for the fault tests: cheap epochs of a set length, a checkpoint every epoch, and a resume from
+the latest checkpoint, so a test can kill something mid-run and see where the run picked up.
+
+Shipped to the cluster as a single-file module (the operator ships the module that holds ``train_func``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from typing import Any
+
+STATE_FILE = "state.json"
+
+
+def slow_counter(config: dict[str, Any]) -> None:
+    """``epochs`` epochs of ``sleep_s`` seconds each; reports ``epoch``, ``start_epoch`` and a running
+    ``total`` (the sum of the epoch numbers so far, which only comes out right if resumes carry state)."""
+    import ray.train
+
+    epochs = int(config.get("epochs", 3))
+    sleep_s = float(config.get("sleep_s", 1.0))
+    start_epoch, total = 0, 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir, open(os.path.join(ckpt_dir, STATE_FILE)) as handle:
+            state = json.load(handle)
+        start_epoch, total = int(state["epoch"]) + 1, int(state["total"])
+    rank = ray.train.get_context().get_world_rank()
+    print(f"slow_counter rank {rank} pid {os.getpid()} starts at epoch {start_epoch}", flush=True)
+    for epoch in range(start_epoch, epochs):
+        time.sleep(sleep_s)
+        total += epoch
+        metrics = {"epoch": epoch, "start_epoch": start_epoch, "total": total}
+        with tempfile.TemporaryDirectory() as tmp:
+            saved = None
+            if rank == 0:
+                with open(os.path.join(tmp, STATE_FILE), "w") as handle:
+                    json.dump(metrics, handle)
+                saved = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=saved)

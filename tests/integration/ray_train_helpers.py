@@ -1,0 +1,158 @@
+"""Helpers the deferrable and fault tests share: run a test DAG, read its XComs and task states, find the
+Ray jobs a DAG submitted and the Train worker processes of a job, and a task context without a scheduler."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from airflow_ray_train.hooks.ray_train import TERMINAL_STATUSES, RayTrainHook
+
+FAULT_DAGS = "ray_train_fault_dags"
+_WORKER_PID_RE = re.compile(r"\(RayTrainWorker pid=(\d+)")
+
+
+def get_dag(dag_id: str, module: str = FAULT_DAGS) -> Any:
+    mod = importlib.import_module(module)
+    return next(v for v in vars(mod).values() if getattr(v, "dag_id", None) == dag_id and hasattr(v, "test"))
+
+
+def run_dag(dag_id: str, logical_date: datetime | None = None, module: str = FAULT_DAGS) -> Any:
+    dag = get_dag(dag_id, module)
+    return dag.test(logical_date=logical_date) if logical_date is not None else dag.test()
+
+
+def xcom(dag_run: Any, task_id: str, key: str = "return_value") -> Any:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        row = session.scalars(
+            select(XComModel).where(
+                XComModel.dag_id == dag_run.dag_id,
+                XComModel.run_id == dag_run.run_id,
+                XComModel.task_id == task_id,
+                XComModel.key == key,
+            )
+        ).first()
+        assert row is not None, f"no XCom {key!r} for {task_id}"
+        value = XComModel.deserialize_value(row)
+    return json.loads(value) if isinstance(value, str) and value[:1] in "{[" else value
+
+
+def task_instances(dag_run: Any) -> dict[str, Any]:
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return {ti.task_id: ti for ti in dag_run.get_task_instances(session=session)}
+
+
+def states(dag_run: Any) -> dict[str, str]:
+    return {task_id: str(ti.state) for task_id, ti in task_instances(dag_run).items()}
+
+
+def failure(dag_id: str, task_id: str) -> dict[str, Any]:
+    path = Path(os.environ["ART_TEST_RESULTS_DIR"]) / f"{dag_id}.{task_id}.failure.json"
+    return json.loads(path.read_text())
+
+
+def jobs_of(hook: RayTrainHook, dag_id: str, run_id: str | None = None) -> list[dict[str, Any]]:
+    """The Ray jobs this provider submitted for a DAG (and run), oldest first."""
+    found = [
+        job
+        for job in hook.list_jobs()
+        if (job.get("metadata") or {}).get("airflow_dag_id") == dag_id
+        and (run_id is None or job["metadata"].get("airflow_run_id") == run_id)
+    ]
+    return sorted(found, key=lambda job: job.get("start_time") or 0)
+
+
+def wait_for(predicate: Any, timeout: float, interval: float = 0.5, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def train_worker_pids(hook: RayTrainHook, job_id: str) -> set[int]:
+    """PIDs of the job's Ray Train worker actors that are alive now, from the job log's
+    ``(RayTrainWorker pid=N)`` prefixes, each checked to be a RayTrainWorker process."""
+    pids = {int(p) for p in _WORKER_PID_RE.findall(hook.get_job_logs(job_id))}
+    return {pid for pid in pids if is_train_worker(pid)}
+
+
+def is_train_worker(pid: int) -> bool:
+    try:
+        process = psutil.Process(pid)
+        return process.status() != psutil.STATUS_ZOMBIE and "RayTrainWorker" in " ".join(process.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def assert_stopped_without_workers(hook: RayTrainHook, job_id: str, worker_pids: set[int]) -> None:
+    """The job is STOPPED and none of the Train workers it had is alive any more."""
+    assert worker_pids, "the test never saw a Train worker"
+    status = wait_for(
+        lambda: (s := hook.get_job_status(job_id)) in TERMINAL_STATUSES and s, 60, what=f"job {job_id} to end"
+    )
+    assert status == "STOPPED"
+    wait_for(lambda: not any(is_train_worker(pid) for pid in worker_pids), 60, what="the Train workers to exit")
+
+
+class FakeTaskInstance:
+    """Just enough of a task instance for ``RayTrainOperator.execute`` outside a DAG run."""
+
+    def __init__(self, task_id: str, try_number: int = 1) -> None:
+        self.dag_id = "test_ray_train_direct"
+        self.run_id = f"manual__{uuid.uuid4().hex[:12]}"
+        self.task_id = task_id
+        self.map_index = -1
+        self.try_number = try_number
+        self.xcoms: dict[str, Any] = {}
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.xcoms[key] = value
+
+    def xcom_pull(self, task_ids: Any = None, key: str = "return_value", **_: Any) -> Any:
+        return self.xcoms.get(key)
+
+
+def run_next_try(dag_id: str, run_id: str, task_id: str) -> Any:
+    """Run the next try of one task instance of an existing DAG run, in this process, the way dag.test()
+    runs a try (dag.test() itself always makes a new run, so a try number never goes past the retries)."""
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.sdk.definitions.dag import _run_task
+    from airflow.utils.session import create_session
+    from airflow.utils.state import TaskInstanceState
+    from sqlalchemy import select
+
+    task = get_dag(dag_id).task_dict[task_id]
+    with create_session() as session:
+        ti = session.scalars(
+            select(TaskInstance).where(
+                TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id, TaskInstance.task_id == task_id
+            )
+        ).one()
+        # What the scheduler does for a retry: the next try number, then SCHEDULED.
+        ti.try_number += 1
+        ti.state = TaskInstanceState.SCHEDULED
+        session.commit()
+        _run_task(ti=ti, task=task, run_triggerer=True)
+    with create_session() as session:
+        dag_run = session.scalars(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)).one()
+        session.expunge(dag_run)
+    return dag_run

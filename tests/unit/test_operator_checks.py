@@ -1,0 +1,130 @@
+"""The operator's checks that need no cluster: the resource fit, runtime_env, the deferrable default, the
+bounded startup retries the driver adds, and what execute_complete makes of the trigger's events."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from airflow_ray_train.exceptions import RayTrainAuthError, RayTrainClusterError, RayTrainConfigError
+from airflow_ray_train.hooks.ray_train import cluster_shortfall, worker_resources
+from airflow_ray_train.operators.ray_train import RayTrainOperator, check_runtime_env
+from airflow_ray_train.runtime.trainer import DEFAULT_CONTROLLER_FAILURE_LIMIT, failure_config_kwargs
+
+CPU_NODE = {"node_id": "a", "resources": {"CPU": 4.0, "memory": 8e9}}
+GPU_NODE = {"node_id": "b", "resources": {"CPU": 8.0, "GPU": 2.0, "memory": 16e9}}
+
+
+@pytest.mark.parametrize(
+    ("scaling_config", "expected"),
+    [
+        ({}, {"CPU": 1.0}),
+        ({"use_gpu": True}, {"GPU": 1.0}),
+        ({"resources_per_worker": {"CPU": 2, "GPU": 0}}, {"CPU": 2.0}),
+        ({"resources_per_worker": {"CPU": 2}, "use_gpu": True}, {"CPU": 2.0, "GPU": 1.0}),
+        ({"accelerator_type": "A100", "use_gpu": True}, {"GPU": 1.0, "accelerator_type:A100": 0.001}),
+    ],
+)
+def test_worker_resources_follow_ray_scaling_config(scaling_config, expected):
+    assert worker_resources(scaling_config) == expected
+
+
+def test_a_job_that_fits_passes_and_one_that_never_can_is_named():
+    assert cluster_shortfall([CPU_NODE, GPU_NODE], {"num_workers": 2, "use_gpu": True}) is None
+    assert cluster_shortfall([CPU_NODE, GPU_NODE], {"num_workers": 12}) is None
+    too_many = cluster_shortfall([CPU_NODE, GPU_NODE], {"num_workers": 3, "use_gpu": True})
+    assert too_many and "3 workers x {'GPU': 1}" in too_many and "never hold more than 2" in too_many
+    no_gpu = cluster_shortfall([CPU_NODE], {"num_workers": 1, "use_gpu": True})
+    assert no_gpu and "1 worker x {'GPU': 1}" in no_gpu and "use_gpu=False" in no_gpu
+    packed = cluster_shortfall([CPU_NODE, CPU_NODE], {"num_workers": 6, "placement_strategy": "STRICT_PACK"})
+    assert packed and "STRICT_PACK" in packed
+    assert cluster_shortfall([CPU_NODE, CPU_NODE], {"num_workers": 6}) is None
+    driver = cluster_shortfall([CPU_NODE], {"num_workers": 1}, {"GPU": 1.0})
+    assert driver and "entrypoint_num_cpus/_gpus" in driver
+
+
+@pytest.mark.parametrize(
+    ("runtime_env", "field", "fix"),
+    [
+        ("pip install x", "runtime_env", "pass a dict"),
+        ({"pipp": ["x"]}, "runtime_env.pipp", "did you mean 'pip'?"),
+        ({"env_var": {"A": "1"}}, "runtime_env.env_var", "did you mean 'env_vars'?"),
+        ({"env_vars": {"EPOCHS": 3}}, "runtime_env.env_vars['EPOCHS']", "{'EPOCHS': '3'}"),
+        ({"env_vars": ["A=1"]}, "runtime_env.env_vars", "dict of strings"),
+        ({"pip": [object()]}, "runtime_env['pip'][0]", "plain numbers, strings"),
+    ],
+)
+def test_bad_runtime_env_names_the_field_and_the_fix(runtime_env, field, fix):
+    with pytest.raises(RayTrainConfigError) as raised:
+        check_runtime_env(runtime_env)
+    assert raised.value.field == field and fix in str(raised.value)
+
+
+def test_good_runtime_env_and_plugins_pass():
+    check_runtime_env(None)
+    check_runtime_env({"pip": ["scikit-learn"], "env_vars": {"A": "1"}, "my_plugin": {"x": 1}})
+
+
+def test_startup_retries_are_bounded_unless_the_user_set_them():
+    assert failure_config_kwargs(None) == {"controller_failure_limit": DEFAULT_CONTROLLER_FAILURE_LIMIT}
+    assert failure_config_kwargs({"max_failures": 2}) == {
+        "max_failures": 2,
+        "controller_failure_limit": DEFAULT_CONTROLLER_FAILURE_LIMIT,
+    }
+    assert failure_config_kwargs({"controller_failure_limit": -1}) == {"controller_failure_limit": -1}
+
+
+def test_deferrable_defaults_to_the_operators_default_deferrable_option():
+    assert RayTrainOperator(task_id="t", train_func="m:f").deferrable is False
+    code = (
+        "from airflow_ray_train.operators.ray_train import RayTrainOperator as O; "
+        "assert O(task_id='t', train_func='m:f').deferrable is True"
+    )
+    env = {**os.environ, "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": "True"}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("error_type", "raises"), [("RayTrainAuthError", RayTrainAuthError), ("ConnectError", RayTrainClusterError)]
+)
+def test_a_trigger_error_event_fails_the_try_saying_the_next_one_attaches(monkeypatch, error_type, raises):
+    operator = RayTrainOperator(task_id="t", train_func="m:f")
+    monkeypatch.setattr(type(operator.hook), "dashboard_url", lambda self, job_id: f"http://ray/#/jobs/{job_id}")
+    event = {"status": "error", "job_id": "j1", "message": "boom", "error_type": error_type, "log_offset": 0}
+    with pytest.raises(raises) as raised:
+        operator.execute_complete({}, event)  # type: ignore[arg-type]
+    assert "Lost track of Ray job j1" in str(raised.value) and "the next try attaches" in str(raised.value)
+
+
+def test_airflows_deferral_timeout_stops_the_job_before_failing_the_try(monkeypatch):
+    from airflow.sdk.bases.operator import TRIGGER_FAIL_REPR, TriggerFailureReason
+    from airflow.sdk.exceptions import TaskDeferralTimeout
+
+    operator = RayTrainOperator(task_id="t", train_func="m:f")
+    stopped: list[str] = []
+    monkeypatch.setattr(type(operator.hook), "stop_job_and_wait", lambda self, job_id: stopped.append(job_id))
+
+    class TI:
+        task_id = "t"
+
+        def xcom_pull(self, task_ids: str, key: str) -> str:
+            return "job-7" if key == "job_id" else ""
+
+    kwargs = {"error": TriggerFailureReason.TRIGGER_TIMEOUT}
+    with pytest.raises(TaskDeferralTimeout):
+        operator.resume_execution(TRIGGER_FAIL_REPR, kwargs, {"ti": TI()})  # type: ignore[arg-type]
+    assert stopped == ["job-7"]
+
+
+def test_a_runtime_env_failure_is_summed_up_by_its_last_exception_line():
+    from airflow_ray_train.operators.ray_train import last_exception_line
+
+    message = (
+        "runtime_env setup failed: Failed to set up runtime environment.\n[Node 10.0.0.1] Traceback (most recent "
+        'call last):\n  File "p.py", line 9, in create\n    raise IOError(\nOSError: Failed to download gcs://x.zip'
+    )
+    assert last_exception_line(message) == "OSError: Failed to download gcs://x.zip"
+    assert last_exception_line("Job failed") is None

@@ -1,0 +1,206 @@
+"""RayTrainJobTrigger against a stub Ray Jobs API on loopback: every job state, errors as events, the
+deadline, on_kill, serialisation. The real-cluster path is in tests/integration/test_deferrable.py."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from airflow_ray_train.hooks.ray_train import AsyncRayTrainHook
+from airflow_ray_train.local_cluster import free_port
+from airflow_ray_train.runtime.spec import MANIFEST_MARKER
+from airflow_ray_train.triggers.ray_train import RayTrainJobTrigger, complete_lines
+
+TOKEN = "trigger-test-token-value"
+JOB = "airflow-dag.task.run-abc-try1"
+
+
+class StubJobs(BaseHTTPRequestHandler):
+    """Each request is answered by ``StubJobs.respond(method, path)``; requests are recorded."""
+
+    respond: Callable[[str, str], tuple[int, dict]] = staticmethod(lambda method, path: (404, {}))
+    seen: list[tuple[str, str, str | None]] = []
+
+    def _answer(self) -> None:
+        StubJobs.seen.append((self.command, self.path, self.headers.get("Authorization")))
+        status, body = StubJobs.respond(self.command, self.path)
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def stub(monkeypatch) -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), StubJobs)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    StubJobs.seen = []
+    address = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_RAY_STUB", json.dumps({"conn_type": "ray_train", "host": address, "password": TOKEN})
+    )
+    # Fast retries: the trigger's own are patient (about half a minute).
+    monkeypatch.setattr(
+        RayTrainJobTrigger, "hook", lambda self: AsyncRayTrainHook(self.ray_conn_id, max_retries=2, retry_backoff=0.01)
+    )
+    yield address
+    server.shutdown()
+
+
+def job_api(statuses: list[str], logs: list[str], message: str = "") -> Callable[[str, str], tuple[int, dict]]:
+    """A job that goes through ``statuses`` (the last one sticks) with a growing log; stop makes it STOPPED."""
+    state = {"polls": 0, "log_polls": 0, "stopped": False}
+
+    def respond(method: str, path: str) -> tuple[int, dict]:
+        if path == f"/api/jobs/{JOB}/stop" and method == "POST":
+            state["stopped"] = True
+            return 200, {"stopped": True}
+        if path == f"/api/jobs/{JOB}/logs":
+            index = min(state["log_polls"], len(logs) - 1)
+            state["log_polls"] += 1
+            return 200, {"logs": logs[index]}
+        if path == f"/api/jobs/{JOB}":
+            index = min(state["polls"], len(statuses) - 1)
+            state["polls"] += 1
+            status = "STOPPED" if state["stopped"] else statuses[index]
+            return 200, {"submission_id": JOB, "status": status, "message": message}
+        return 404, {}
+
+    return respond
+
+
+async def first_event(trigger: RayTrainJobTrigger) -> dict:
+    return (await anext(trigger.run())).payload
+
+
+def run_trigger(**kwargs) -> dict:
+    trigger = RayTrainJobTrigger(job_id=JOB, ray_conn_id="ray_stub", poll_interval=0.01, **kwargs)
+    return asyncio.run(asyncio.wait_for(first_event(trigger), timeout=30))
+
+
+def test_serialize_round_trips_and_holds_no_secret():
+    trigger = RayTrainJobTrigger(
+        job_id=JOB, ray_conn_id="ray_x", poll_interval=3.0, log_offset=42, timeout_at=123.5, timeout_label="t"
+    )
+    classpath, kwargs = trigger.serialize()
+    module, _, name = classpath.rpartition(".")
+    again = getattr(importlib.import_module(module), name)(**kwargs)
+    assert again.serialize() == (classpath, kwargs)
+    assert json.loads(json.dumps(kwargs)) == kwargs  # plain JSON
+    assert classpath == "airflow_ray_train.triggers.ray_train.RayTrainJobTrigger"
+    assert TOKEN not in repr(trigger)
+
+
+def test_pending_then_running_then_succeeded_streams_whole_lines_and_fires_success(stub, capfd):
+    logs = ["", "epoch 0\nepo", "epoch 0\nepoch 1\n" + MANIFEST_MARKER + "{}\n\x1b[32mdone\x1b[0m\n"]
+    StubJobs.respond = job_api(["PENDING", "RUNNING", "SUCCEEDED"], logs)
+    event = run_trigger()
+    assert event["status"] == "success" and event["job_status"] == "SUCCEEDED" and event["job_id"] == JOB
+    assert event["log_offset"] == len(logs[-1])
+    output = capfd.readouterr()
+    text = output.out + output.err
+    # The trigger's logger (the task log, in a triggerer): each line once, no manifest, no colour codes.
+    shown = re.findall(r"\[ray\] (\S+(?: \d)?)", text)
+    assert shown == ["epoch 0", "epoch 1", "done"], text
+    assert "PENDING" in text and "RUNNING" in text
+    assert all(auth == f"Bearer {TOKEN}" for _, _, auth in StubJobs.seen)
+    assert TOKEN not in text
+
+
+@pytest.mark.parametrize(("ray_status", "event_status"), [("FAILED", "failed"), ("STOPPED", "stopped")])
+def test_failed_and_stopped_jobs_fire_their_own_event(stub, ray_status, event_status):
+    StubJobs.respond = job_api(["RUNNING", ray_status], ["boom\n"], message="Job failed due to an application error")
+    event = run_trigger()
+    assert event["status"] == event_status and event["job_status"] == ray_status
+    assert event["message"] == "Job failed due to an application error"
+
+
+def test_a_job_that_is_gone_becomes_an_error_event(stub):
+    StubJobs.respond = lambda method, path: (404, {"detail": "not found"})
+    event = run_trigger()
+    assert event["status"] == "error" and "HTTP 404" in event["message"]
+
+
+def test_a_rejected_token_becomes_an_error_event_that_names_the_fix(stub):
+    StubJobs.respond = lambda method, path: (401, {"error": "Unauthorized"})
+    event = run_trigger()
+    assert event["status"] == "error" and event["error_type"] == "RayTrainAuthError"
+    assert "ray get-auth-token" in event["message"] and TOKEN not in event["message"]
+
+
+def test_an_unreachable_cluster_becomes_an_error_event_naming_the_address(monkeypatch):
+    address = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("AIRFLOW_CONN_RAY_DOWN", json.dumps({"conn_type": "ray_train", "host": address}))
+    monkeypatch.setattr(
+        RayTrainJobTrigger, "hook", lambda self: AsyncRayTrainHook(self.ray_conn_id, max_retries=1, retry_backoff=0.01)
+    )
+    trigger = RayTrainJobTrigger(job_id=JOB, ray_conn_id="ray_down", poll_interval=0.01)
+    event = asyncio.run(first_event(trigger))
+    assert event["status"] == "error" and f"cannot reach the Ray cluster at {address}" in event["message"]
+
+
+def test_the_deadline_stops_the_job_and_fires_timeout(stub):
+    StubJobs.respond = job_api(["RUNNING"], ["training\n"])
+    event = run_trigger(timeout_at=time.time() - 1, timeout_label="execution_timeout (0:00:05)")
+    assert event["status"] == "timeout" and event["job_status"] == "STOPPED"
+    assert "execution_timeout (0:00:05)" in event["message"]
+    assert ("POST", f"/api/jobs/{JOB}/stop") in [(m, p) for m, p, _ in StubJobs.seen]
+
+
+def test_an_unknown_status_keeps_waiting(stub):
+    StubJobs.respond = job_api(["PENDING", "SOMETHING_NEW", "RUNNING", "SUCCEEDED"], ["x\n"])
+    assert run_trigger()["status"] == "success"
+
+
+def test_on_kill_stops_the_job_and_waits_for_it(stub):
+    StubJobs.respond = job_api(["RUNNING"], [""])
+    trigger = RayTrainJobTrigger(job_id=JOB, ray_conn_id="ray_stub")
+    asyncio.run(trigger.on_kill())
+    calls = [(m, p) for m, p, _ in StubJobs.seen]
+    assert ("POST", f"/api/jobs/{JOB}/stop") in calls
+    assert calls[-1] == ("GET", f"/api/jobs/{JOB}")  # it waited until the job said STOPPED
+
+
+def test_cancelling_the_trigger_does_not_stop_the_job(stub):
+    """A triggerer restart cancels run() and calls cleanup(): the job must keep running."""
+    StubJobs.respond = job_api(["RUNNING"], [""])
+
+    async def cancel_soon() -> None:
+        trigger = RayTrainJobTrigger(job_id=JOB, ray_conn_id="ray_stub", poll_interval=0.01)
+        task = asyncio.ensure_future(first_event(trigger))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await trigger.cleanup()
+
+    asyncio.run(cancel_soon())
+    assert all(not p.endswith("/stop") for _, p, _ in StubJobs.seen)
+
+
+def test_complete_lines_keeps_a_half_written_line_for_later():
+    assert complete_lines("a\nb", 0) == (["a"], 2)
+    assert complete_lines("a\nb", 2) == ([], 2)
+    assert complete_lines("a\nbc\n", 2) == (["bc"], 5)
+
+
+def test_the_trigger_module_imports_no_ray():
+    code = "import sys, airflow_ray_train.triggers.ray_train; assert 'ray' not in sys.modules, 'ray imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
