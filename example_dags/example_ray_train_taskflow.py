@@ -26,7 +26,7 @@ with DAG(
     catchup=False,
     tags=["ray", "example", "taskflow"],
     doc_md=__doc__,
-):
+) as dag:
 
     @task
     def sweep() -> list[dict[str, Any]]:

@@ -23,6 +23,7 @@ from airflow.sdk.bases.decorator import DecoratedOperator, TaskDecorator, task_d
 from airflow_ray_train.exceptions import RayTrainConfigError
 from airflow_ray_train.operators.ray_train import RayTrainOperator
 from airflow_ray_train.packaging import CodeLookupError, Package, code_package, function_package
+from airflow_ray_train.runtime.spec import TrainSpec
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -56,6 +57,7 @@ class _RayTrainDecoratedOperator(DecoratedOperator, RayTrainOperator):
             train_func=f"{python_callable.__module__}:{python_callable.__name__}",
             **kwargs,
         )
+        self._function_packages: list[Package] = []
 
     def _call_config(self) -> dict[str, Any]:
         """The dict the function was called with in the DAG (an XComArg is resolved by now)."""
@@ -76,21 +78,27 @@ class _RayTrainDecoratedOperator(DecoratedOperator, RayTrainOperator):
             )
         return {**(self.train_loop_config or {}), **config}
 
-    def shipped_packages(self) -> list[Package]:
-        """The generated module holding the function, plus the local packages it imports."""
-        package, self.train_func, imported = function_package(self.python_callable)
-        packages = [package]
+    def check_train_func(self, spec: TrainSpec) -> None:
+        """Nothing to check: the generated module holds the function by construction."""
+
+    def packages_to_ship(self, spec: TrainSpec) -> list[Package]:
+        return self._function_packages
+
+    def execute(self, context: Context) -> Any:
+        self.train_loop_config = self._call_config()
+        try:
+            package, self.train_func, imported = function_package(self.python_callable)
+        except CodeLookupError as exc:
+            raise RayTrainConfigError(str(exc), field="python_callable") from exc
+        # The generated module, plus the local packages it imports (installed ones must be on the cluster).
+        self._function_packages = [package]
         for module in imported:
             try:
                 extra = code_package(module)
             except CodeLookupError:
                 continue  # not importable here: it must be installed on the cluster
             if extra is not None:
-                packages.append(extra)
-        return packages
-
-    def execute(self, context: Context) -> Any:
-        self.train_loop_config = self._call_config()
+                self._function_packages.append(extra)
         return super().execute(context)
 
 

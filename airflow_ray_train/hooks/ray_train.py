@@ -2,7 +2,8 @@
 
 Connection ``ray_train`` (default id ``ray_train_default``): host is the Ray dashboard address
 (``http://head:8265``), password the Ray auth token (sent as ``Authorization: Bearer``). Extras:
-``verify`` (TLS verification, on by default; or a CA bundle path), ``headers`` (extra HTTP headers),
+``verify`` (TLS verification, on by default; or a CA bundle path), ``ca_bundle`` (a CA bundle path),
+``headers`` (extra HTTP headers),
 ``runtime_env`` (merged under each job's), ``python`` (the interpreter the job entrypoint runs, default
 ``python``). No connection, or host ``local``: the embedded local Ray head (see ``local_cluster``).
 
@@ -16,7 +17,7 @@ import json
 import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -96,7 +97,8 @@ def settings_from_connection(conn: Connection | None, extras: dict[str, Any], co
     return ClusterSettings(
         address=host.rstrip("/"),
         token=conn.password or None,
-        verify=_as_bool(extras.get("verify", True)),
+        # A CA bundle (the form's ca_bundle field) verifies against it; else verify is true/false.
+        verify=extras.get("ca_bundle") or _as_bool(extras.get("verify", True)),
         headers={str(k): str(v) for k, v in headers.items()},
         runtime_env=dict(runtime_env),
         python=str(extras.get("python") or "python"),
@@ -399,15 +401,20 @@ class RayTrainHook(BaseHook):
         self.log.info("Uploaded %s (%d bytes) as %s", package.source, len(package.data), package.uri)
         return len(package.data)
 
-    def build_runtime_env(self, runtime_env: dict[str, Any] | None, code_modules: list[str]) -> dict[str, Any]:
+    def build_runtime_env(
+        self,
+        runtime_env: dict[str, Any] | None,
+        code_modules: Sequence[str] = (),
+        *,
+        packages: Sequence[Package] = (),
+    ) -> dict[str, Any]:
         """The job's ``runtime_env``: the connection's default, then the task's, plus ``py_modules`` with the
-        runtime package and the top-level packages that hold ``code_modules``, uploaded where missing."""
+        runtime package, ``packages`` and the top-level packages that hold ``code_modules``, each uploaded
+        unless the cluster has it already."""
         env = {**self.settings.runtime_env, **(runtime_env or {})}
-        packages = [runtime_package()]
-        for module in code_modules:
-            package = code_package(module)
-            if package is not None and package.uri not in {p.uri for p in packages}:
-                packages.append(package)
+        shipped = [runtime_package(), *packages]
+        shipped += [p for p in (code_package(m) for m in code_modules) if p is not None]
+        packages = list({p.uri: p for p in shipped}.values())
         for package in packages:
             self.upload_package(package)
         user_modules = [

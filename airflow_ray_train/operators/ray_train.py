@@ -11,7 +11,7 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator, conf
+from airflow.sdk import Asset, BaseOperator, conf
 from airflow.sdk.bases.operator import TRIGGER_FAIL_REPR, TriggerFailureReason
 from airflow.sdk.exceptions import AirflowTaskTimeout
 
@@ -23,7 +23,8 @@ from airflow_ray_train.exceptions import (
     RayTrainJobSetupError,
 )
 from airflow_ray_train.hooks.ray_train import TERMINAL_STATUSES, RayTrainHook, cluster_shortfall
-from airflow_ray_train.packaging import CodeLookupError, check_train_func_defined
+from airflow_ray_train.links.ray_train import RayJobLink
+from airflow_ray_train.packaging import CodeLookupError, Package, check_train_func_defined, code_package
 from airflow_ray_train.runtime.spec import (
     MANIFEST_MARKER,
     ResultManifest,
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
 
 #: Keys pushed to XCom on their own besides ``return_value`` (the DESIGN.md contract).
 XCOM_KEYS = ("checkpoint_path", "metrics", "best_checkpoint_path")
+#: What a ``model_asset`` event's extra carries to the DAGs scheduled on the Asset.
+ASSET_EXTRA_KEYS = ("checkpoint_path", "best_checkpoint_path", "metrics", "run_path", "job_id", "submission_id")
 LOG_TAIL_LINES = 40
 #: A deferral without an ``execution_timeout`` still ends: the job is stopped after this long.
 DEFAULT_DEFER_TIMEOUT = timedelta(days=7)
@@ -181,7 +184,10 @@ class RayTrainOperator(BaseOperator):
     :param ship_modules: more modules whose top-level packages are shipped with ``train_func``'s, e.g. the
         module holding the ``LightningModule`` a declarative loop's ``train_loop_config`` names.
     :param ray_conn_id: the ``ray_train`` connection. Missing, or host ``local``: the embedded local cluster.
-    :param poll_interval: seconds between status and log polls.
+    :param poll_interval: seconds between status and log polls (default: ``[ray_train] poll_interval``).
+    :param model_asset: an Asset this task emits an event on when it succeeds, with ``checkpoint_path``,
+        ``best_checkpoint_path``, ``metrics``, ``run_path``, ``job_id`` and ``submission_id`` in the event's
+        extra, so a DAG scheduled on the Asset (e.g. a deploy DAG) gets the model it is about.
     :param deferrable: wait for the job in the triggerer instead of holding a worker slot (default: the
         ``[operators] default_deferrable`` option). The log still reaches the task log, and XCom is the same.
     :param check_cluster_resources: before submitting, fail at once if the cluster's total resources can
@@ -208,6 +214,7 @@ class RayTrainOperator(BaseOperator):
         "runtime_env": "json",
     }
     ui_color = "#cfe8fc"
+    operator_extra_links = (RayJobLink(),)
 
     def __init__(
         self,
@@ -224,11 +231,14 @@ class RayTrainOperator(BaseOperator):
         ship_code: bool = True,
         ship_modules: Sequence[str] = (),
         ray_conn_id: str = RayTrainHook.default_conn_name,
-        poll_interval: float = 2.0,
+        poll_interval: float | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         check_cluster_resources: bool = True,
+        model_asset: Asset | None = None,
         **kwargs: Any,
     ) -> None:
+        if model_asset is not None:
+            kwargs["outlets"] = [*(kwargs.get("outlets") or []), model_asset]
         super().__init__(**kwargs)
         if callable(train_func):
             qualname = getattr(train_func, "__qualname__", "")
@@ -251,7 +261,10 @@ class RayTrainOperator(BaseOperator):
         self.ship_code = ship_code
         self.ship_modules = list(ship_modules)
         self.ray_conn_id = ray_conn_id
-        self.poll_interval = poll_interval
+        self.poll_interval = (
+            poll_interval if poll_interval is not None else conf.getfloat("ray_train", "poll_interval", fallback=2.0)
+        )
+        self.model_asset = model_asset
         self.deferrable = deferrable
         self.check_cluster_resources = check_cluster_resources
         self.job_id: str | None = None
@@ -285,12 +298,32 @@ class RayTrainOperator(BaseOperator):
             raise RayTrainConfigError(str(exc), field=exc.field) from exc
         except TypeError as exc:
             raise RayTrainConfigError(f"Invalid TrainSpec: {exc}") from exc
+        self.check_train_func(spec)
+        return spec
+
+    def check_train_func(self, spec: TrainSpec) -> None:
+        """Fail before submitting when ``train_func`` is not defined where Airflow imports it (and so will not
+        be in the code shipped to the cluster)."""
         if self.ship_code:
             try:
                 check_train_func_defined(spec.train_func)
             except CodeLookupError as exc:
                 raise RayTrainConfigError(str(exc), field="train_func") from exc
-        return spec
+
+    def packages_to_ship(self, spec: TrainSpec) -> list[Package]:
+        """The user's code the job needs besides the runtime: the top-level packages holding ``train_func``
+        and ``ship_modules``, zipped from where Airflow imports them (none with ``ship_code=False``)."""
+        if not self.ship_code:
+            return []
+        packages: list[Package] = []
+        for module in [spec.train_func.split(":")[0], *self.ship_modules]:
+            try:
+                package = code_package(module)
+            except CodeLookupError as exc:
+                raise RayTrainConfigError(str(exc), field="ship_modules") from exc
+            if package is not None:
+                packages.append(package)
+        return packages
 
     # -- execution ------------------------------------------------------------------------------------------
 
@@ -326,8 +359,7 @@ class RayTrainOperator(BaseOperator):
         if job_id is None:
             if self.check_cluster_resources:
                 self._check_cluster_resources(hook, spec)
-            code_modules = [spec.train_func.split(":")[0], *self.ship_modules] if self.ship_code else []
-            runtime_env = hook.build_runtime_env(self.runtime_env, code_modules)
+            runtime_env = hook.build_runtime_env(self.runtime_env, packages=self.packages_to_ship(spec))
             job_id = self._submit_or_attach(hook, spec, runtime_env, context)
         if self.deferrable:
             self._defer(job_id)
@@ -471,6 +503,8 @@ class RayTrainOperator(BaseOperator):
         ti.xcom_push(key="job_id", value=job_id)
         ti.xcom_push(key="submission_id", value=job_id)
         ti.xcom_push(key="dashboard_url", value=dashboard_url)
+        # Airflow 3 fills link XComs when a task ends; pushing it now makes the link work while the job runs.
+        ti.xcom_push(key=RayJobLink().xcom_key, value=dashboard_url)
         self.log.info("Ray job dashboard: %s", dashboard_url)
 
     def _log_job_output(self, chunk: str) -> None:
@@ -510,6 +544,9 @@ class RayTrainOperator(BaseOperator):
             for key in XCOM_KEYS:
                 ti.xcom_push(key=key, value=result[key])
             self.log.info("Checkpoint: %s; metrics: %s", result["checkpoint_path"], result["metrics"])
+            if self.model_asset is not None:
+                context["outlet_events"][self.model_asset].extra = {key: result[key] for key in ASSET_EXTRA_KEYS}
+                self.log.info("Model Asset event on %s", self.model_asset.uri)
             return result
         raise self._job_error(job_id, info, manifest, logs)
 

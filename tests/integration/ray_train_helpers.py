@@ -31,7 +31,7 @@ def run_dag(dag_id: str, logical_date: datetime | None = None, module: str = FAU
     return dag.test(logical_date=logical_date) if logical_date is not None else dag.test()
 
 
-def xcom(dag_run: Any, task_id: str, key: str = "return_value") -> Any:
+def xcom(dag_run: Any, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
@@ -43,6 +43,7 @@ def xcom(dag_run: Any, task_id: str, key: str = "return_value") -> Any:
                 XComModel.run_id == dag_run.run_id,
                 XComModel.task_id == task_id,
                 XComModel.key == key,
+                XComModel.map_index == map_index,
             )
         ).first()
         assert row is not None, f"no XCom {key!r} for {task_id}"

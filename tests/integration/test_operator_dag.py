@@ -3,62 +3,29 @@
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
+from ray_train_helpers import run_dag, states, xcom
 
 pytestmark = [pytest.mark.integration]
-
-
-def _run(dag_id_module: str, dag_id: str):
-    module = importlib.import_module(dag_id_module)
-    dag = next(v for v in vars(module).values() if getattr(v, "dag_id", None) == dag_id and hasattr(v, "test"))
-    return dag.test()
-
-
-def _xcom(dag_run, task_id: str, key: str = "return_value") -> Any:
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as session:
-        row = session.scalars(
-            select(XComModel).where(
-                XComModel.dag_id == dag_run.dag_id,
-                XComModel.run_id == dag_run.run_id,
-                XComModel.task_id == task_id,
-                XComModel.key == key,
-            )
-        ).first()
-        assert row is not None, f"no XCom {key!r} for {task_id}"
-        value = XComModel.deserialize_value(row)
-    return json.loads(value) if isinstance(value, str) and value[:1] in "{[" else value
-
-
-def _states(dag_run) -> dict[str, str]:
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        return {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances(session=session)}
 
 
 def test_example_dag_trains_on_ray_and_evaluates_the_checkpoint(ray_conn, airflow_db):
     from airflow_ray_train.hooks.ray_train import RayTrainHook
 
-    dag_run = _run("example_ray_train_pytorch", "example_ray_train_pytorch")
-    assert str(dag_run.state) == "success", _states(dag_run)
+    dag_run = run_dag("example_ray_train_pytorch", module="example_ray_train_pytorch")
+    assert str(dag_run.state) == "success", states(dag_run)
 
-    result = _xcom(dag_run, "train")
+    result = xcom(dag_run, "train")
     assert result["status"] == "SUCCEEDED" and result["error"] is None
     # The keys downstream tasks pull on their own hold the same values as return_value.
-    assert _xcom(dag_run, "train", "checkpoint_path") == result["checkpoint_path"]
-    assert _xcom(dag_run, "train", "metrics") == result["metrics"]
-    assert _xcom(dag_run, "train", "best_checkpoint_path") == result["best_checkpoint_path"]
-    assert _xcom(dag_run, "train", "job_id") == result["job_id"]
+    assert xcom(dag_run, "train", "checkpoint_path") == result["checkpoint_path"]
+    assert xcom(dag_run, "train", "metrics") == result["metrics"]
+    assert xcom(dag_run, "train", "best_checkpoint_path") == result["best_checkpoint_path"]
+    assert xcom(dag_run, "train", "job_id") == result["job_id"]
     assert result["dashboard_url"].startswith(ray_conn.dashboard_url)
 
     # A plain local path a downstream task can open, holding the model the last epoch saved.
@@ -80,7 +47,7 @@ def test_example_dag_trains_on_ray_and_evaluates_the_checkpoint(ray_conn, airflo
     assert manifest["status"] == "SUCCEEDED" and manifest["checkpoint_path"] == result["checkpoint_path"]
 
     # The evaluation task loaded that checkpoint and scored it on held-out data, far above chance (0.25).
-    evaluation = _xcom(dag_run, "evaluate")
+    evaluation = xcom(dag_run, "evaluate")
     assert evaluation["checkpoint_path"] == result["checkpoint_path"]
     assert evaluation["test_accuracy"] >= 0.8
 
@@ -94,9 +61,9 @@ def test_failing_train_func_reaches_airflow_and_keeps_manifest_and_checkpoint(ra
     from airflow_ray_train.hooks.ray_train import RayTrainHook
 
     results = Path(os.environ["ART_TEST_RESULTS_DIR"])
-    dag_run = _run("ray_train_test_dags", "test_ray_train_failing")
-    states = _states(dag_run)
-    assert states["train_fails"] == "failed" and states["bad_scaling_key"] == "failed"
+    dag_run = run_dag("test_ray_train_failing", module="ray_train_test_dags")
+    task_states = states(dag_run)
+    assert task_states["train_fails"] == "failed" and task_states["bad_scaling_key"] == "failed"
 
     failure = json.loads((results / "train_fails.failure.json").read_text())
     assert failure["type"] == "RayTrainJobError"
