@@ -57,23 +57,31 @@ def require(framework: str, module: str, purpose: str) -> ModuleType:
         raise FrameworkNotInstalledError(framework, purpose, exc) from exc
 
 
-def import_object(path: str, what: str) -> Any:
-    """Import ``"package.module:Attribute"`` (a class or a function) named by the field ``what``."""
+def import_object(
+    path: str,
+    what: str,
+    *,
+    error: type[ImportError] = ImportError,
+    fix: str = "ship it with the operator's ship_modules=[...] or install it on the cluster.",
+) -> Any:
+    """Import ``"package.module:Attribute"`` (a class or a function) named by the field ``what``; a failure
+    raises ``error`` saying what is missing and ``fix``."""
     module_name, sep, attr_path = path.partition(":") if isinstance(path, str) else ("", "", "")
     if not sep or not module_name or not attr_path:
         raise ValueError(f"{what} is {path!r}. Fix: give an import path 'package.module:Name'.")
     try:
         target: Any = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ImportError(
-            f"{what} {path!r}: module {module_name!r} is not importable on this Ray worker ({exc}). Fix: ship "
-            "it with the operator's ship_modules=[...] or install it on the cluster."
+        raise error(
+            f"{what} {path!r}: module {module_name!r} is not importable on the cluster ({exc}). Fix: {fix}"
         ) from exc
     for attr in attr_path.split("."):
         try:
             target = getattr(target, attr)
         except AttributeError as exc:
-            raise ImportError(f"{what} {path!r}: {module_name!r} has no attribute {attr_path!r}.") from exc
+            raise error(
+                f"{what} {path!r}: {module_name!r} has no attribute {attr_path!r}. Fix: check the name after the ':'."
+            ) from exc
     return target
 
 

@@ -6,7 +6,6 @@ Runs on the Ray cluster (``python -m airflow_ray_train.runtime SPEC``). Never im
 from __future__ import annotations
 
 import csv
-import importlib
 import io
 import json
 import math
@@ -18,6 +17,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from airflow_ray_train.runtime.frameworks import import_object
 from airflow_ray_train.runtime.spec import MANIFEST_MARKER, CheckpointRecord, ResultManifest, SpecError, TrainSpec
 
 #: Each ``ray.train.report`` is echoed in the job log behind this prefix, so a person can follow training.
@@ -46,23 +46,13 @@ class JobStopped(BaseException):
 
 def load_train_func(path: str) -> Callable[..., Any]:
     """Import ``package.module:function`` and return the function."""
-    module_name, _, attr_path = path.partition(":")
-    try:
-        target: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise TrainFuncImportError(
-            f"train_func {path!r}: module {module_name!r} is not importable on the cluster ({exc}). "
-            "Fix: let the operator ship your code (ship_code=True, the default) from where Airflow imports it, "
-            "or install the module in the cluster's image."
-        ) from exc
-    for attr in attr_path.split("."):
-        try:
-            target = getattr(target, attr)
-        except AttributeError as exc:
-            raise TrainFuncImportError(
-                f"train_func {path!r}: {module_name!r} has no attribute {attr_path!r}. "
-                "Fix: check the function name after the ':'."
-            ) from exc
+    target = import_object(
+        path,
+        "train_func",
+        error=TrainFuncImportError,
+        fix="let the operator ship your code (ship_code=True, the default) from where Airflow imports it, "
+        "or install the module in the cluster's image.",
+    )
     if not callable(target):
         raise TrainFuncImportError(f"train_func {path!r} is a {type(target).__name__}, not a function.")
     return target  # type: ignore[no-any-return]
