@@ -48,7 +48,9 @@ def test_connection_form_link_decorator_and_config_are_registered():
 
     manager = ProvidersManager()
     assert manager.field_behaviours["ray_train"]["relabeling"]["password"] == "Ray auth token"
-    decorators = manager.taskflow_decorators
+    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
+
+    decorators = ProvidersManagerTaskRuntime().taskflow_decorators
     assert "ray_train" in decorators
     assert decorators["ray_train"].__name__ == "ray_train_task"
 
