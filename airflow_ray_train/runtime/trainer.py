@@ -108,7 +108,6 @@ class Storage:
         return "/".join([self.root.rstrip("/"), *parts])
 
     def write_text(self, relative: str, text: str) -> str:
-        """Write then rename, so a reader never sees half a file. Returns the file's path or URI."""
         return self.write_bytes(relative, text.encode())
 
     def write_bytes(self, relative: str, data: bytes) -> str:
@@ -192,7 +191,7 @@ def _numeric_columns(reports: list[dict[str, Any]]) -> list[str]:
     columns: list[str] = []
     for report in reports:
         for key, value in report["metrics"].items():
-            if key not in columns and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if key not in columns and _is_number(value):
                 columns.append(key)
     return columns
 
