@@ -27,6 +27,11 @@ lint: install
 unit: install
 	$(PY) -m pytest tests/unit -q
 
+.PHONY: bench
+# Benchmarks (issue 6): writes bench/REPORT.md, bench/results.json and PNG plots. BENCH_RUNS=5 rounds by default.
+bench: install
+	$(PY) bench/run.py
+
 test: lint
 	$(PY) -m pytest tests -q -rs
 

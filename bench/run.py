@@ -1,0 +1,734 @@
+"""``make bench``: measure what the provider adds on top of Ray, and write ``bench/REPORT.md`` and PNG plots.
+
+Sections (issue 6): (2) shipping, (1) overhead (a) driver directly on the cluster, (b) ``ray job submit
+--wait``, (c) ``RayTrainOperator`` sync through ``dag.test()``, alternating; (3) completion latency of (b)
+and (c) from Ray's job ``end_time``. Everything runs against a private Ray head (own temp dir, ports and
+token) that is stopped by its process group at the end; Airflow gets a private home and SQLite DB.
+
+Environment: ``BENCH_RUNS`` (rounds, default 5), ``BENCH_WARMUP`` (unrecorded rounds first, default 1),
+``BENCH_OUT`` (where REPORT.md and the plots go, default ``bench/``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "bench"
+OUT = Path(os.environ.get("BENCH_OUT", str(BENCH)))
+RUNS = int(os.environ.get("BENCH_RUNS", "5"))
+WARMUP = int(os.environ.get("BENCH_WARMUP", "1"))
+ROOT = Path(tempfile.mkdtemp(prefix="art_bench_"))
+AIRFLOW_HOME = ROOT / "airflow"
+DAGS = ROOT / "dags"
+STORAGE = ROOT / "ray_results"
+for folder in (AIRFLOW_HOME, DAGS, STORAGE):
+    folder.mkdir(parents=True)
+(DAGS / "bench_dags.py").symlink_to(BENCH / "bench_dags.py")
+(DAGS / "ray_train_examples").symlink_to(REPO / "example_dags" / "ray_train_examples")
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(AIRFLOW_HOME),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{AIRFLOW_HOME / 'airflow.db'}",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__RAY_TRAIN__DEFAULT_STORAGE_PATH": str(STORAGE),
+        "AIRFLOW_RAY_TRAIN_LOCAL_DIR": str(ROOT / "embedded"),
+    }
+)
+for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "AIRFLOW_CONN_RAY_TRAIN_DEFAULT"):
+    os.environ.pop(key, None)
+sys.path.insert(0, str(DAGS))
+
+TRAIN_FUNC = "ray_train_examples.pytorch_classifier:train_func"
+TRAIN_LOOP_CONFIG = {"train_size": 256, "epochs": 1, "batch_size": 64, "hidden": 16}
+SCALING_CONFIG = {"num_workers": 2, "use_gpu": False}
+
+
+def sh(cmd: str) -> str:
+    return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
+
+
+def machine() -> dict[str, Any]:
+    import airflow
+    import httpx
+    import ray
+    import torch
+
+    return {
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "nproc": sh("nproc"),
+        "free_h": sh("free -h"),
+        "cpu": sh("grep -m1 'model name' /proc/cpuinfo").split(":")[-1].strip(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "ray": ray.__version__,
+        "airflow": airflow.__version__,
+        "torch": torch.__version__,
+        "httpx": httpx.__version__,
+        "git": sh(f"git -C {REPO} rev-parse --short HEAD")
+        + (" (dirty)" if sh(f"git -C {REPO} status --short") else ""),
+    }
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def make_spec(tag: str) -> Any:
+    from airflow_ray_train.runtime.spec import TrainSpec
+
+    name = f"bench-{tag}-{uuid.uuid4().hex[:8]}"
+    return TrainSpec(
+        train_func=TRAIN_FUNC,
+        run_name=name,
+        submission_id=name,
+        train_loop_config=dict(TRAIN_LOOP_CONFIG),
+        scaling_config=dict(SCALING_CONFIG),
+        run_config={"storage_path": str(STORAGE)},
+    )
+
+
+# -- (2) shipping ---------------------------------------------------------------------------------------------
+
+
+def bench_shipping() -> dict[str, Any]:
+    """First and repeat ``build_runtime_env`` (package existence checks + uploads) on a fresh head."""
+    from airflow_ray_train.hooks.ray_train import RayTrainHook
+    from airflow_ray_train.packaging import code_package
+
+    rows = []
+    for attempt in ("first", "repeat", "repeat"):
+        hook = RayTrainHook()
+        hook.get_version()  # connect first: time only the shipping
+        started = time.perf_counter()
+        env = hook.build_runtime_env(None, packages=[code_package(TRAIN_FUNC.split(":")[0])])
+        rows.append(
+            {
+                "attempt": attempt,
+                "bytes_uploaded": hook.bytes_uploaded,
+                "seconds": time.perf_counter() - started,
+                "py_modules": env["py_modules"],
+            }
+        )
+        hook.close()
+    return {"rows": rows}
+
+
+# -- (1) overhead and (3) latency -------------------------------------------------------------------------------
+
+
+def run_direct(head: Any, py_modules: list[str]) -> dict[str, Any]:
+    """(a): the runtime driver as a plain Ray driver on the cluster (no Jobs API, no Airflow)."""
+    spec = make_spec("a")
+    env = dict(os.environ)
+    env.update(
+        {
+            "RAY_ADDRESS": head.gcs_address,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": head.token,
+            "PYTHONPATH": os.pathsep.join([str(REPO / "example_dags"), str(REPO)]),
+            # What the Jobs API's supervisor hands its driver: the job's runtime_env (same py_modules as b/c),
+            # so the Train workers import the same shipped code.
+            "RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps({"runtime_env": {"py_modules": py_modules}}),
+        }
+    )
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "airflow_ray_train.runtime", spec.to_arg()], env=env, capture_output=True, text=True
+    )
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"(a) driver failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return {"wall_s": wall}
+
+
+def job_info(head: Any, job_id: str) -> dict[str, Any]:
+    import httpx
+
+    response = httpx.get(
+        f"{head.dashboard_url}/api/jobs/{job_id}", headers={"Authorization": f"Bearer {head.token}"}, timeout=30
+    )
+    response.raise_for_status()
+    return response.json()
+
+
+def run_cli(head: Any, py_modules: list[str]) -> dict[str, Any]:
+    """(b): ``ray job submit --wait`` with the same entrypoint and the already-uploaded py_modules."""
+    spec = make_spec("b")
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=head.token)
+    cmd = [
+        str(Path(sys.executable).parent / "ray"),
+        "job",
+        "submit",
+        "--address",
+        head.dashboard_url,
+        "--submission-id",
+        spec.submission_id,
+        "--runtime-env-json",
+        json.dumps({"py_modules": py_modules}),
+        # Ray 2.60's CLI waits by default and has no --wait flag (only --no-wait).
+        "--",
+        "python",
+        "-m",
+        "airflow_ray_train.runtime",
+        spec.to_arg(),
+    ]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    returned = time.time()
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        tail = f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        raise RuntimeError(f"(b) `ray job submit` exited {proc.returncode}:\n{tail}")
+    info = job_info(head, spec.submission_id)
+    if proc.returncode != 0 or info["status"] != "SUCCEEDED":
+        raise RuntimeError(f"(b) failed ({info['status']}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return {
+        "wall_s": wall,
+        "job_s": (info["end_time"] - info["start_time"]) / 1000,
+        "latency_s": returned - info["end_time"] / 1000,
+    }
+
+
+def run_operator(head: Any, py_modules: list[str]) -> dict[str, Any]:
+    """(c): ``RayTrainOperator`` sync, through ``dag.test()`` (real task runner, in-process)."""
+    from bench_dags import bench_sync
+
+    record = ROOT / f"record-{uuid.uuid4().hex[:8]}.json"
+    os.environ["BENCH_RECORD"] = str(record)
+    started = time.perf_counter()
+    dag_run = bench_sync.test()
+    returned = time.time()
+    wall = time.perf_counter() - started
+    if str(dag_run.state) not in ("success", "DagRunState.SUCCESS"):
+        raise RuntimeError(f"(c) dag run ended {dag_run.state}")
+    rec = json.loads(record.read_text())
+    info = job_info(head, rec["job_id"])
+    end = info["end_time"] / 1000
+    return {
+        "wall_s": wall,
+        "execute_s": rec["execute_returned"] - rec["execute_started"],
+        "job_s": (info["end_time"] - info["start_time"]) / 1000,
+        "latency_s": rec["execute_returned"] - end,
+        "latency_dagtest_s": returned - end,
+        "requests": rec["requests"],
+        "bytes_uploaded": rec["bytes_uploaded"],
+    }
+
+
+MODES = {"a": run_direct, "b": run_cli, "c": run_operator}
+LABELS = {
+    "a": "(a) driver directly on the cluster",
+    "b": "(b) ray job submit (waits)",
+    "c": "(c) RayTrainOperator sync (dag.test)",
+}
+
+
+def bench_overhead(head: Any, py_modules: list[str]) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
+    order = list(MODES)
+    for rnd in range(-WARMUP, RUNS):
+        rotated = order[rnd % len(order) :] + order[: rnd % len(order)]
+        for mode in rotated:
+            row = MODES[mode](head, py_modules)
+            row.update({"round": rnd, "load": loadavg()})
+            print(f"round {rnd} {mode}: {json.dumps(row)}", flush=True)
+            if rnd >= 0:
+                runs[mode].append(row)
+    return runs
+
+
+# -- (1d) and (3) deferrable, through a real scheduler + triggerer ---------------------------------------------
+
+
+def _iso(value: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def _wait_for(what: str, check: Any, timeout: float, interval: float) -> Any:
+    import contextlib
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            value = check()
+            if value:
+                return value
+        time.sleep(interval)
+    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def start_standalone() -> tuple[Any, Any, Path]:
+    """``airflow standalone`` (api-server, scheduler, dag-processor, triggerer, LocalExecutor) on SQLite, in its
+    own session; the connection and storage come from this process's environment."""
+    import httpx
+
+    from airflow_ray_train.local_cluster import free_port
+
+    home = ROOT / "standalone"
+    home.mkdir()
+    port = free_port()
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home / "home"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    env.pop("BENCH_RECORD", None)
+    log_path = home / "standalone.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "airflow"), "standalone"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    try:
+        _wait_for("the api-server", lambda: client.get("/api/v2/monitor/health").status_code == 200, 300, 2)
+        client.headers["Authorization"] = f"Bearer {client.get('/auth/token').json()['access_token']}"
+        dag = "bench_overhead_deferrable"
+        _wait_for("the DAG to be parsed", lambda: client.get(f"/api/v2/dags/{dag}").status_code == 200, 240, 2)
+        client.patch(f"/api/v2/dags/{dag}", json={"is_paused": False}).raise_for_status()
+    except BaseException:
+        print(log_path.read_text(errors="replace")[-6000:], flush=True)
+        stop_standalone(process)
+        raise
+    return process, client, log_path
+
+
+def stop_standalone(process: Any) -> None:
+    import contextlib
+    import signal
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+
+def run_deferrable(head: Any, client: Any) -> dict[str, Any]:
+    """(d): trigger the deferrable DAG over REST; done when the REST API reports the run's end (polled 4/s)."""
+    dag = "bench_overhead_deferrable"
+    started = time.perf_counter()
+    response = client.post(f"/api/v2/dags/{dag}/dagRuns", json={"logical_date": None})
+    response.raise_for_status()
+    run_id = response.json()["dag_run_id"]
+
+    def done() -> str | None:
+        state = client.get(f"/api/v2/dags/{dag}/dagRuns/{run_id}").json()["state"]
+        return state if state in ("success", "failed") else None
+
+    state = _wait_for(f"run {run_id}", done, 900, 0.25)
+    wall = time.perf_counter() - started
+    if state != "success":
+        raise RuntimeError(f"(d) run {run_id} ended {state}")
+    ti = client.get(f"/api/v2/dags/{dag}/dagRuns/{run_id}/taskInstances/train").json()
+    xcom = client.get(
+        f"/api/v2/dags/{dag}/dagRuns/{run_id}/taskInstances/train/xcomEntries/job_id",
+        params={"deserialize": True, "stringify": False},
+    ).json()["value"]
+    info = job_info(head, str(xcom))
+    return {
+        "wall_s": wall,
+        "task_s": _iso(ti["end_date"]) - _iso(ti["start_date"]),
+        "job_s": (info["end_time"] - info["start_time"]) / 1000,
+        "latency_s": _iso(ti["end_date"]) - info["end_time"] / 1000,
+        "try_number": ti.get("try_number"),
+    }
+
+
+def bench_deferrable(head: Any, py_modules: list[str]) -> dict[str, Any]:
+    """(b) and (d) alternating while `airflow standalone` runs, so both see the same load."""
+    process, client, _ = start_standalone()
+    runs: dict[str, list[dict[str, Any]]] = {"b": [], "d": []}
+    try:
+        for rnd in range(-WARMUP, RUNS):
+            for mode in ("b", "d") if rnd % 2 == 0 else ("d", "b"):
+                row = run_cli(head, py_modules) if mode == "b" else run_deferrable(head, client)
+                row.update({"round": rnd, "load": loadavg()})
+                print(f"deferrable round {rnd} {mode}: {json.dumps(row)}", flush=True)
+                if rnd >= 0:
+                    runs[mode].append(row)
+    finally:
+        client.close()
+        stop_standalone(process)
+    return runs
+
+
+# -- report -----------------------------------------------------------------------------------------------------
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def plots(runs: dict[str, list[dict[str, Any]]], deferred: dict[str, list[dict[str, Any]]] | None) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, mode in enumerate(MODES):
+        walls = [r["wall_s"] for r in runs[mode]]
+        ax.scatter([i] * len(walls), walls, alpha=0.6)
+        ax.hlines(med(walls), i - 0.25, i + 0.25, colors="black")
+    short = {"a": "(a) driver on the cluster", "b": "(b) ray job submit", "c": "(c) operator sync"}
+    ax.set_xticks(range(len(MODES)), [short[m] for m in MODES], fontsize=8)
+    ax.set_ylabel("wall time (s)")
+    ax.set_title("Same 2-worker Ray Train job: wall time per run (line = median)")
+    fig.tight_layout()
+    fig.savefig(OUT / "overhead.png", dpi=100)
+    written.append("overhead.png")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    series = [("ray job submit", runs["b"]), ("RayTrainOperator sync", runs["c"])]
+    if deferred:
+        series.append(("deferrable (triggerer)", deferred["d"]))
+    for i, (_, rows) in enumerate(series):
+        lat = [r["latency_s"] for r in rows]
+        ax.scatter([i] * len(lat), lat, alpha=0.6)
+        ax.hlines(med(lat), i - 0.25, i + 0.25, colors="black")
+    ax.axhline(1.0, color="red", linestyle="--", linewidth=0.8, label="target sync 1 s")
+    ax.axhline(2.0, color="orange", linestyle="--", linewidth=0.8, label="target deferrable 2 s")
+    ax.set_xticks(range(len(series)), [name for name, _ in series], fontsize=8)
+    ax.set_ylabel("Ray end_time -> caller done (s)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(OUT / "latency.png", dpi=100)
+    written.append("latency.png")
+    plt.close(fig)
+    return written
+
+
+def _cells(values: list[float]) -> str:
+    return " | ".join(f"{v:.2f}" for v in values)
+
+
+def _table(rows: list[tuple[str, list[float], str]]) -> list[str]:
+    width = max(len(values) for _, values, _ in rows)
+    out = [
+        "| | " + " | ".join(f"run {i + 1}" for i in range(width)) + " | median | target |",
+        "|---|" + "---:|" * (width + 1) + "---|",
+    ]
+    for label, values, target in rows:
+        pad = " | " * (width - len(values))
+        out.append(f"| {label} | {_cells(values)}{pad} | {med(values):.2f} | {target} |")
+    return out
+
+
+def _ratios(runs: dict[str, list[dict[str, Any]]], pairs: list[tuple[str, str, str]]) -> list[str]:
+    out = ["| ratio | of medians | median of per-round ratios | target |", "|---|---:|---:|---|"]
+    for num, den, target in pairs:
+        per_round = [n["wall_s"] / d["wall_s"] for n, d in zip(runs[num], runs[den], strict=False)]
+        of_medians = med([r["wall_s"] for r in runs[num]]) / med([r["wall_s"] for r in runs[den]])
+        out.append(f"| ({num})/({den}) | {of_medians:.3f} | {med(per_round):.3f} | {target} |")
+    return out
+
+
+def _targets(results: dict[str, Any]) -> list[str]:
+    out = []
+    runs, deferred, shipping = results.get("overhead"), results.get("deferrable"), results.get("shipping")
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    if runs:
+        cb = med([r["wall_s"] for r in runs["c"]]) / med([r["wall_s"] for r in runs["b"]])
+        ca = med([r["wall_s"] for r in runs["c"]]) / med([r["wall_s"] for r in runs["a"]])
+        lat = med([r["latency_s"] for r in runs["c"]])
+        out.append(f"- (c)/(b) = {cb:.3f} (target <= 1.05: {verdict(cb <= 1.05)}; (c)/(a) = {ca:.3f}, see below)")
+        out.append(f"- sync completion latency = {lat:.2f} s (target <= 1 s: {verdict(lat <= 1.0)}; spread below)")
+    if deferred:
+        db = med([r["wall_s"] for r in deferred["d"]]) / med([r["wall_s"] for r in deferred["b"]])
+        lat = med([r["latency_s"] for r in deferred["d"]])
+        out.append(f"- (d)/(b) = {db:.3f} (target <= 1.10: {verdict(db <= 1.10)})")
+        out.append(f"- deferrable completion latency = {lat:.2f} s (target <= 2 s: {verdict(lat <= 2.0)})")
+    if shipping:
+        repeat = max(r["bytes_uploaded"] for r in shipping["rows"][1:])
+        out.append(f"- repeat submit uploads {repeat} bytes (target 0: {verdict(repeat == 0)})")
+    out.append("- scale (4) and throughput (5): not measured yet (see the end)")
+    out.append(
+        "- Whole `make bench` (all sections, 5 rounds + 1 warm-up): about 20 min here (overhead ~9.5 min, "
+        "deferrable incl. standalone start ~8.5 min, heads ~1 min)."
+    )
+    return out
+
+
+def report(results: dict[str, Any]) -> str:
+    info, sections = results["machine"], results["sections"]
+    lines = [
+        "# Benchmarks (issue 6): first measurements",
+        "",
+        "Generated by `make bench` (`bench/run.py`; `bench/run.py --report-only` rewrites this page from "
+        "`bench/results.json`, which holds every raw number). This machine is shared and was loaded by other "
+        "work while these ran: read the ratios, not the absolute times.",
+        "",
+        "## Machine and versions",
+        "",
+        f"- CPU: {info['cpu']}; `nproc`: {info['nproc']}; {info['platform']}",
+        f"- Python {info['python']}; Ray {info['ray']}; Airflow {info['airflow']}; torch {info['torch']}; "
+        f"httpx {info['httpx']}; provider at git {info['git']}",
+        "",
+        "```",
+        "$ free -h",
+        info["free_h"],
+        "```",
+        "",
+        "Each section: when it ran, the command, and the load average (1/5/15 min) before and after it.",
+        "",
+    ]
+    for name, sec in sections.items():
+        lines.append(
+            f"- {name}: {sec['date_utc']} UTC, `{sec['command']}`, load {sec['load_start']} -> {sec['load_end']}"
+        )
+    lines += [
+        "",
+        "## What runs",
+        "",
+        "- A private Ray head per `bench/run.py` invocation: `airflow_ray_train.local_cluster.start_ray_head("
+        "num_cpus=4)` (own temp dir, ports and token), stopped with `head.stop()`.",
+        f"- The job: `{TRAIN_FUNC}`, `train_loop_config={json.dumps(TRAIN_LOOP_CONFIG)}`, "
+        f"`scaling_config={json.dumps(SCALING_CONFIG)}`, local storage.",
+        "- (a) `RAY_ADDRESS=<gcs> RAY_AUTH_MODE=token RAY_AUTH_TOKEN=... PYTHONPATH=example_dags:. "
+        'RAY_JOB_CONFIG_JSON_ENV_VAR=\'{"runtime_env": {"py_modules": [<same gcs:// URIs>]}}\' '
+        "python -m airflow_ray_train.runtime b64:<spec>`: the same driver as a plain Ray driver, with the same "
+        "shipped code (that env var is how the Jobs API's supervisor hands a driver its runtime_env).",
+        "- (b) `RAY_AUTH_MODE=token RAY_AUTH_TOKEN=... ray job submit --address http://127.0.0.1:<port> "
+        "--submission-id <id> --runtime-env-json '{\"py_modules\": [<the gcs:// URIs the hook uploaded>]}' "
+        "-- python -m airflow_ray_train.runtime b64:<spec>`. It waits by default: Ray 2.60's CLI has "
+        "`--no-wait` but no `--wait` flag.",
+        "- (c) `bench/bench_dags.py` `bench_overhead_sync`: one `RayTrainOperator` (subclassed only to record "
+        "when `execute()` started and returned and to count the hook's HTTP requests), run by `dag.test()` in "
+        "the benchmark process; connection `ray_train_default` = the head (env `AIRFLOW_CONN_...`).",
+        "- (d) `bench_overhead_deferrable` (plain `RayTrainOperator(deferrable=True)`) in `airflow standalone` "
+        "(scheduler, triggerer, LocalExecutor, SQLite), triggered by `POST /api/v2/dags/{id}/dagRuns`; wall = "
+        "POST -> the REST API reports the run finished (polled every 0.25 s). Interleaved with (b) while "
+        "standalone runs, so (d)/(b) compares runs under the same load.",
+        "- Rounds: warm-up round(s) first (not recorded), then recorded rounds; each round runs every mode once, "
+        "in an order rotated every round.",
+        "",
+    ]
+    summary = _targets(results)
+    if summary:
+        lines += ["## Targets at a glance (medians on this machine)", "", *summary, ""]
+    shipping = results.get("shipping")
+    if shipping:
+        lines += [
+            "## (2) Shipping: `RayTrainHook.build_runtime_env` on a fresh head (runtime + `ray_train_examples`)",
+            "",
+            "| submit | bytes uploaded | seconds |",
+            "|---|---:|---:|",
+        ]
+        for row in shipping["rows"]:
+            lines.append(f"| {row['attempt']} | {row['bytes_uploaded']} | {row['seconds']:.3f} |")
+        lines += [
+            "",
+            f"py_modules: `{shipping['rows'][0]['py_modules']}`. Target: a repeat submit uploads 0 bytes "
+            "(met: one `GET /api/packages/gcs/<name>` per package, no PUT).",
+            "",
+        ]
+    runs = results.get("overhead")
+    if runs:
+        lines += ["## (1) Overhead, (a)/(b)/(c): wall time per run (s)", ""]
+        lines += _table([(LABELS[m], [r["wall_s"] for r in runs[m]], "") for m in MODES])
+        lines += ["", "Ratios (the per-round ratio pairs runs that ran back to back):", ""]
+        lines += _ratios(runs, [("b", "a", ""), ("c", "a", ""), ("c", "b", "<= 1.05")])
+        lines += [
+            "",
+            "Where (c)'s time goes (medians): Ray's own job time (`end_time - start_time`) "
+            f"{med([r['job_s'] for r in runs['c']]):.2f} s; `execute()` "
+            f"{med([r['execute_s'] for r in runs['c']]):.2f} s; the whole `dag.test()` "
+            f"{med([r['wall_s'] for r in runs['c']]):.2f} s. For (b): job "
+            f"{med([r['job_s'] for r in runs['b']]):.2f} s, CLI wall {med([r['wall_s'] for r in runs['b']]):.2f} s.",
+            "",
+            "Load average when each run ended:",
+            "",
+        ]
+        for mode in MODES:
+            lines.append(f"- {mode}: " + "; ".join(r["load"] for r in runs[mode]))
+        lines += ["", "![overhead](overhead.png)", ""]
+    deferred = results.get("deferrable")
+    if deferred:
+        lines += ["## (1d) Deferrable through the real triggerer, against (b) under the same load", ""]
+        lines += _table(
+            [
+                ("(b) ray job submit", [r["wall_s"] for r in deferred["b"]], ""),
+                ("(d) deferrable DAG run (POST -> run done)", [r["wall_s"] for r in deferred["d"]], ""),
+                ("(d) task start -> end", [r["task_s"] for r in deferred["d"]], ""),
+            ]
+        )
+        lines += [""]
+        lines += _ratios(deferred, [("d", "b", "<= 1.10")])
+        lines += [
+            "",
+            "Load average when each run ended: "
+            + "; ".join(f"{m}: " + ", ".join(r["load"] for r in deferred[m]) for m in ("b", "d")),
+            "",
+        ]
+    if runs or deferred:
+        lines += ["## (3) Completion latency (s): Ray's job `end_time` -> the caller is done", ""]
+        rows = []
+        if runs:
+            rows += [
+                ("(b) `ray job submit` exits", [r["latency_s"] for r in runs["b"]], ""),
+                ("(c) sync: `execute()` returns", [r["latency_s"] for r in runs["c"]], "<= 1 s"),
+                ("(c) sync: `dag.test()` returns", [r["latency_dagtest_s"] for r in runs["c"]], ""),
+            ]
+        if deferred:
+            rows += [("(d) deferrable: task `end_date`", [r["latency_s"] for r in deferred["d"]], "<= 2 s")]
+        lines += _table(rows)
+        lines += [
+            "",
+            "`end_time` is Ray's (ms, stamped by the job supervisor); the other end is `time.time()` in the "
+            "benchmark process, or the task instance's `end_date` for (d); same machine, same clock.",
+            "",
+            "![latency](latency.png)",
+            "",
+        ]
+    if runs:
+        lines += ["HTTP requests the hook sent per (c) run (method, kind):", ""]
+        lines += [f"- {r['requests']} (bytes uploaded {r['bytes_uploaded']})" for r in runs["c"]]
+        lines += [""]
+    lines += [OBSERVATIONS, NOTES]
+    return "\n".join(lines)
+
+
+OBSERVATIONS = """## Where the overhead and the latency come from (as observed; to fix in the next session)
+
+- (c) sync is *faster* than (b): the `ray` CLI costs a Python + Ray import at start and, after Ray's
+  `end_time`, another 2.6-4.3 s before it exits (it tails the log to the end). So (c)/(b) flatters the
+  operator; (c)/(a) is the honest overhead. Between (a) and (c) the Jobs API itself costs ~2 s of the job's
+  own time (Ray's `end_time - start_time` for (c) vs (a)'s whole wall time: job supervisor actor, runtime_env
+  set-up for the py_modules, the driver started by the supervisor), and the operator adds the rest.
+- Sync completion latency is the poll loop: `RayTrainHook.wait_for_job` does GET `/api/jobs/{id}`, then GET
+  `/api/jobs/{id}/logs`, then `time.sleep(poll_interval)` with `poll_interval` 2.0 s (`[ray_train]
+  poll_interval`). The end is seen 0-2 s (+ two requests) after Ray's `end_time`: measured 0.14-2.4 s. A
+  shorter interval, or a backoff that starts short, or the log websocket (`/api/jobs/{id}/logs/tail`, which
+  closes when the job ends) would bring it under 1 s every time.
+- Every poll re-downloads the *whole* job log (`get_job_logs` returns all of it; the new part is cut off
+  client-side by offset): bytes per poll grow with the log, O(n^2) over a long job. The same in the trigger
+  (`RayTrainJobTrigger._show_new_logs`). Then `collect_result` (sync) and `execute_complete` (deferrable)
+  fetch the full log once more to find the manifest line.
+- Requests per (c) run (listed above): ~1 job-info + 1 log GET per 2 s of job time, plus a fixed handful per
+  submit (the previous-try lookup GET `/api/jobs/{id}` -> 404, GET `/api/v0/nodes` for the resource check,
+  one GET `/api/packages/gcs/<name>` per shipped package, the POST). The fixed part is milliseconds.
+- Shipping is already cheap: two zips (~33 KB together), built and hashed on every submit (~15-60 ms incl.
+  the existence checks); a repeat submit uploads nothing.
+- `dag.test()`'s first call in a process costs ~8 s more (DagBag fill, serialization): a harness cost, left
+  out by the warm-up round; later calls add ~0.2 s over `execute()`.
+- Deferrable (d): after Ray's `end_time` the trigger sees it on its next poll (the operator passes its own
+  `poll_interval`, 2 s; the trigger's default is 5 s), then the scheduler must pick the event up and the
+  executor start a new task process that re-runs the hook's set-up and fetches the log and job info again
+  before `execute_complete` can return: see the (d) latency row.
+"""
+
+
+NOTES = """## Not measured yet, and why
+
+- (1) peers. astro-provider-ray 0.4.0 (the last release, marked deprecated/unmaintained on PyPI): its wheel
+  (read, not installed) imports `airflow.utils.context.Context` (not usable on Airflow 3.3, see
+  `/work/shared/NOTES.md`), `airflow.models.BaseOperator`, and subclasses the cncf-kubernetes `KubernetesHook`;
+  it needs `apache-airflow-providers-cncf-kubernetes` and pins nothing for Airflow 3. Not installed here (this
+  venv is shared; a separate venv is the next step). The Google provider's `RaySubmitJobOperator`
+  (`airflow.providers.google.cloud.operators.ray`) talks to any Ray dashboard address through Ray's
+  `JobSubmissionClient`, so it can run the same job on the local head; not tried yet: it needs the Google
+  provider (large dependency tree, google-cloud-aiplatform) in a separate venv.
+- (4) scale: 1, 10 and 50 concurrent deferred jobs watched by one triggerer (its CPU seconds per job-minute,
+  RSS, HTTP requests per job-minute, worker slots held): not built yet. 50 Train runs do not fit 2 cores;
+  a cheap job through the same trigger (e.g. a `sleep` entrypoint submitted by the hook, then the trigger
+  pointed at it) isolates the triggerer's cost; measure the triggerer's process with psutil.
+- (5) training throughput (Lightning example through the runtime vs a hand-written TorchTrainer script with
+  `ray.train.lightning`; 1 vs 2 workers): not built yet.
+"""
+
+
+def main(argv: list[str]) -> int:
+    from airflow_ray_train.local_cluster import start_ray_head
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    results_file = OUT / "results.json"
+    results: dict[str, Any] = json.loads(results_file.read_text()) if results_file.exists() else {}
+    results.setdefault("sections", {})
+    if "--report-only" not in argv:
+        wanted = os.environ.get("BENCH_SECTIONS", "shipping,overhead,deferrable").split(",")
+        results["machine"] = machine()
+        temp_dir = tempfile.mkdtemp(prefix="art_bray_")
+        head = start_ray_head(temp_dir=temp_dir, token=secrets.token_hex(16), num_cpus=4)
+        try:
+            os.environ["AIRFLOW_CONN_RAY_TRAIN_DEFAULT"] = json.dumps(
+                {"conn_type": "ray_train", "host": head.dashboard_url, "password": head.token}
+            )
+            from airflow.utils import db
+
+            db.resetdb()
+            command = f"BENCH_SECTIONS={','.join(wanted)} BENCH_RUNS={RUNS} BENCH_WARMUP={WARMUP} bench/run.py"
+            # Shipping always runs first, on the fresh head: it uploads the packages the other sections use.
+            py_modules: list[str] = []
+            stages = (
+                ("shipping", bench_shipping),
+                ("overhead", lambda: bench_overhead(head, py_modules)),
+                ("deferrable", lambda: bench_deferrable(head, py_modules)),
+            )
+            for name, stage in stages:
+                if name not in wanted and name != "shipping":
+                    continue
+                started = {"date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "load_start": loadavg()}
+                value = stage()
+                if name == "shipping":
+                    py_modules = value["rows"][0]["py_modules"]
+                    if name not in wanted:
+                        continue
+                results[name] = value
+                results["sections"][name] = {**started, "command": command, "load_end": loadavg()}
+                print(f"{name}: {json.dumps(value)}", flush=True)
+                results_file.write_text(json.dumps(results, indent=1, default=str))
+        finally:
+            head.stop()
+            shutil.rmtree(temp_dir, ignore_errors=True)
+    if results.get("overhead"):
+        plots(results["overhead"], results.get("deferrable"))
+    (OUT / "REPORT.md").write_text(report(results))
+    print(f"wrote {OUT / 'REPORT.md'}", flush=True)
+    shutil.rmtree(ROOT, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    finally:
+        shutil.rmtree(ROOT, ignore_errors=True)
