@@ -83,11 +83,12 @@ def get_provider_info() -> dict[str, Any]:
                         "default": "",
                     },
                     "poll_interval": {
-                        "description": "Seconds between job status and log polls.",
+                        "description": "Seconds between job status polls while a job runs (its log streams "
+                        "over a websocket; once it prints its result it is polled every 0.2 s).",
                         "version_added": "0.1.0",
                         "type": "float",
-                        "example": "2.0",
-                        "default": "2.0",
+                        "example": "1.0",
+                        "default": "1.0",
                     },
                 },
             }

@@ -8,6 +8,12 @@ Connection ``ray_train`` (default id ``ray_train_default``): host is the Ray das
 ``python``). No connection, or host ``local``: the embedded local Ray head (see ``local_cluster``).
 
 ``AsyncRayTrainHook`` is the async twin of the calls the triggerer needs (job status, logs, stop).
+
+Waiting for a job (``wait_for_job`` here, ``RayTrainJobTrigger`` in the triggerer) follows the job's log over
+the Jobs API's websocket (``/api/jobs/{id}/logs/tail``): new lines arrive as Ray writes them (no re-download of
+the whole log), and the job's last line, the result manifest, or the stream closing says the job is ending, so
+the status is then polled every ``FINISHING_POLL_INTERVAL`` instead of every ``poll_interval``. Where the
+stream cannot be opened (a proxy without websockets), the whole log is fetched with every status poll.
 """
 
 from __future__ import annotations
@@ -15,13 +21,16 @@ from __future__ import annotations
 import asyncio
 import json
 import shlex
+import ssl
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
 import httpx
 from airflow.sdk import BaseHook, Connection
 from airflow.sdk.exceptions import AirflowNotFoundException
@@ -29,8 +38,16 @@ from airflow.sdk.log import amask_secret, mask_secret
 
 from airflow_ray_train.exceptions import RayTrainAuthError, RayTrainClusterError, RayTrainConfigError
 from airflow_ray_train.packaging import Package, code_package, runtime_package
+from airflow_ray_train.runtime.spec import MANIFEST_MARKER
+
+if TYPE_CHECKING:
+    from websockets.sync.client import ClientConnection as LogStream
 
 TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
+#: Seconds between status polls once the log stream says the job is ending (manifest printed, stream closed).
+FINISHING_POLL_INTERVAL = 0.2
+#: The fast polls stop after this many seconds (a driver that hangs on its way out), back to ``poll_interval``.
+FINISHING_WINDOW_S = 15.0
 LOCAL_HOSTS = frozenset({"", "local", "embedded"})
 _RETRY_STATUS = frozenset({502, 503, 504})
 
@@ -131,6 +148,84 @@ def _http_headers(settings: ClusterSettings) -> dict[str, str]:
     return headers
 
 
+def log_stream_url(address: str, job_id: str) -> str:
+    """The websocket that follows a job's log: ``ws(s)://<dashboard>/api/jobs/<id>/logs/tail``."""
+    parts = urlsplit(address)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    return urlunsplit((scheme, parts.netloc, f"{parts.path.rstrip('/')}/api/jobs/{job_id}/logs/tail", "", ""))
+
+
+def _ssl_context(settings: ClusterSettings) -> ssl.SSLContext | None:
+    """The TLS context of the log stream and the async hook: the same verification as the httpx calls."""
+    if not settings.address.startswith("https"):
+        return None
+    if settings.verify is False:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    if isinstance(settings.verify, str):
+        return ssl.create_default_context(cafile=settings.verify)
+    return ssl.create_default_context()
+
+
+def _ws_options(settings: ClusterSettings, open_timeout: float) -> dict[str, Any]:
+    return {
+        "additional_headers": _http_headers(settings),
+        "ssl": _ssl_context(settings),
+        "open_timeout": open_timeout,
+        "close_timeout": 2,
+        "compression": None,  # Ray's dashboard proxy drops a compressed stream (ERROR, then close)
+        "max_size": None,  # Ray sends up to 10 lines or 20,000 characters a message; a line can be longer
+    }
+
+
+class LogFollower:
+    """Where a watcher is in a job's log as the log stream feeds it, and whether the job is ending.
+
+    ``shown``: characters of the log already handed on (a new watcher starts at what was shown before it).
+    The job is *finishing* once its result manifest went by (the driver prints it last, just before it
+    exits) or the stream closed (Ray closes it after the job ended); then ``next_poll`` is
+    ``FINISHING_POLL_INTERVAL`` for ``FINISHING_WINDOW_S`` seconds.
+    """
+
+    def __init__(self, shown: int = 0) -> None:
+        self.shown = shown
+        self.received = 0
+        self.finishing_since: float | None = None
+        self._recent = "\n"  # the manifest counts only at the start of a line
+
+    def feed(self, message: str | bytes) -> str:
+        """One message from the stream; returns the part of the log not shown yet."""
+        chunk = message.decode(errors="replace") if isinstance(message, bytes) else message
+        start = self.received
+        self.received += len(chunk)
+        window = self._recent + chunk
+        if self.finishing_since is None and "\n" + MANIFEST_MARKER in window:
+            self.finishing_since = time.monotonic()
+        self._recent = window[-len(MANIFEST_MARKER) :]
+        new = chunk[max(0, self.shown - start) :]
+        self.shown = max(self.shown, self.received)
+        return new
+
+    def catch_up(self, logs: str) -> str:
+        """The whole log, fetched by a poll: returns the part not shown yet."""
+        new = logs[self.shown :]
+        self.shown = max(self.shown, len(logs))
+        return new
+
+    def closed(self) -> None:
+        if self.finishing_since is None:
+            self.finishing_since = time.monotonic()
+
+    @property
+    def finishing(self) -> bool:
+        return self.finishing_since is not None and time.monotonic() - self.finishing_since < FINISHING_WINDOW_S
+
+    def next_poll(self, poll_interval: float) -> float:
+        return min(poll_interval, FINISHING_POLL_INTERVAL) if self.finishing else poll_interval
+
+
 def _unreachable_error(settings: ClusterSettings, conn_id: str, exc: Exception, attempts: int) -> RayTrainClusterError:
     return RayTrainClusterError(
         f"cannot reach the Ray cluster at {settings.address} ({type(exc).__name__}: {exc}) "
@@ -139,7 +234,9 @@ def _unreachable_error(settings: ClusterSettings, conn_id: str, exc: Exception, 
     )
 
 
-def _auth_error(settings: ClusterSettings, conn_id: str, path: str, response: httpx.Response) -> RayTrainAuthError:
+def _auth_error(
+    settings: ClusterSettings, conn_id: str, path: str, response: httpx.Response | Reply
+) -> RayTrainAuthError:
     return RayTrainAuthError(
         f"the Ray cluster at {settings.address} rejected the request to {path} "
         f"(HTTP {response.status_code}: {response.text.strip()[:200]}). Fix: set the password of "
@@ -352,32 +449,83 @@ class RayTrainHook(BaseHook):
     def dashboard_url(self, job_id: str) -> str:
         return f"{self.settings.address}/#/jobs/{job_id}"
 
+    def open_log_stream(self, job_id: str) -> LogStream | None:
+        """The websocket following the job's log, or None where it cannot be opened (then callers poll)."""
+        from websockets.sync.client import connect
+
+        try:
+            stream: LogStream = connect(
+                log_stream_url(self.settings.address, job_id), **_ws_options(self.settings, self.timeout)
+            )
+        except Exception as exc:  # noqa: BLE001 - polling still works: say so and go on
+            self.log.info("No log stream for Ray job %s (%s); polling its log instead", job_id, exc)
+            return None
+        return stream
+
     def wait_for_job(
         self,
         job_id: str,
         *,
-        poll_interval: float = 2.0,
+        poll_interval: float = 1.0,
         on_logs: Callable[[str], None] | None = None,
         timeout: float | None = None,
     ) -> dict[str, Any]:
-        """Poll until the job is terminal, handing each new piece of its log to ``on_logs``.
+        """Wait until the job is terminal, handing each new piece of its log to ``on_logs`` as it comes.
 
-        Returns the final job details. Raises ``TimeoutError`` when ``timeout`` seconds pass first.
+        Follows the log stream between status polls (see the module doc): the status is polled every
+        ``poll_interval`` seconds, and every ``FINISHING_POLL_INTERVAL`` once the job is ending. Returns the
+        final job details. Raises ``TimeoutError`` when ``timeout`` seconds pass first.
         """
-        offset = 0
+        follower = LogFollower()
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            info = self.get_job_info(job_id)
-            if on_logs is not None:
-                logs = self.get_job_logs(job_id)
-                if len(logs) > offset:
-                    on_logs(logs[offset:])
-                    offset = len(logs)
-            if info["status"] in TERMINAL_STATUSES:
-                return info
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still {info['status']} after {timeout} s")
-            time.sleep(poll_interval)
+        stream = self.open_log_stream(job_id)
+        try:
+            while True:
+                info = self.get_job_info(job_id)
+                if info["status"] in TERMINAL_STATUSES:
+                    if on_logs is not None:  # the stream lags the file by up to a second: read the rest
+                        rest = follower.catch_up(self.get_job_logs(job_id))
+                        if rest:
+                            on_logs(rest)
+                    return info
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"job {job_id} still {info['status']} after {timeout} s")
+                wait = follower.next_poll(poll_interval)
+                if stream is None:
+                    if on_logs is not None:
+                        new = follower.catch_up(self.get_job_logs(job_id))
+                        if new:
+                            on_logs(new)
+                    time.sleep(wait)
+                else:
+                    stream = self._follow(stream, follower, on_logs, wait)
+        finally:
+            if stream is not None:
+                stream.close()
+
+    def _follow(
+        self, stream: LogStream, follower: LogFollower, on_logs: Callable[[str], None] | None, wait: float
+    ) -> LogStream | None:
+        """Read the stream for up to ``wait`` seconds; back early when the job starts finishing. Returns the
+        stream, or None once it closed."""
+        from websockets.exceptions import ConnectionClosed
+
+        was_finishing = follower.finishing
+        until = time.monotonic() + wait
+        while (left := until - time.monotonic()) > 0:
+            try:
+                message = stream.recv(timeout=left)
+            except TimeoutError:
+                break
+            except ConnectionClosed:
+                follower.closed()
+                return None
+            new = follower.feed(message)
+            if new and on_logs is not None:
+                on_logs(new)
+            if follower.finishing and not was_finishing:
+                break
+        return stream
 
     # -- code shipping ------------------------------------------------------------------------------------
 
@@ -503,17 +651,29 @@ def cluster_shortfall(
     return None
 
 
+@dataclass(frozen=True)
+class Reply:
+    """An HTTP answer, read in full: what the async hook's callers need of it."""
+
+    status_code: int
+    text: str
+
+    def json(self) -> Any:
+        return json.loads(self.text)
+
+
 class AsyncRayTrainHook(BaseHook):
     """The async twin of ``RayTrainHook``'s watch-and-stop calls, for the triggerer's event loop.
 
-    Every call awaits: the connection comes from ``aget_connection``, HTTP from ``httpx.AsyncClient``, backoff
-    from ``asyncio.sleep``; only the embedded head's lookup (a file read, or starting it) runs in a thread.
+    Every call awaits: the connection comes from ``aget_connection``, HTTP (and the log stream's websocket)
+    from one ``aiohttp.ClientSession``, backoff from ``asyncio.sleep``; only the embedded head's lookup (a
+    file read, or starting it) runs in a thread. aiohttp, not httpx, because a triggerer polls for many jobs
+    at once: a status poll costs it about a third of the CPU (see bench/REPORT.md, scale).
 
     :param ray_conn_id: the ``ray_train`` connection; missing (or host ``local``) means the embedded head.
     :param timeout: seconds per HTTP request.
     :param max_retries: retries, with exponential backoff, when the cluster cannot be reached.
     :param retry_backoff: seconds before the first retry; doubles each time.
-    :param transport: an httpx transport to use instead of the network (tests).
     """
 
     conn_name_attr = "ray_conn_id"
@@ -528,16 +688,14 @@ class AsyncRayTrainHook(BaseHook):
         timeout: float = 30.0,
         max_retries: int = 3,
         retry_backoff: float = 1.0,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         super().__init__()
         self.ray_conn_id = ray_conn_id
         self.timeout = timeout
         self.max_retries = max_retries
         self.retry_backoff = retry_backoff
-        self.transport = transport
         self._settings: ClusterSettings | None = None
-        self._client: httpx.AsyncClient | None = None
+        self._session: aiohttp.ClientSession | None = None
 
     async def get_settings(self) -> ClusterSettings:
         if self._settings is None:
@@ -552,40 +710,39 @@ class AsyncRayTrainHook(BaseHook):
             self._settings = settings
         return self._settings
 
-    async def client(self) -> httpx.AsyncClient:
-        if self._client is None:
+    async def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
             settings = await self.get_settings()
-            self._client = httpx.AsyncClient(
-                base_url=settings.address,
+            self._session = aiohttp.ClientSession(
                 headers=_http_headers(settings),
-                verify=settings.verify,
-                timeout=self.timeout,
-                transport=self.transport,
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                connector=aiohttp.TCPConnector(ssl=_ssl_context(settings) or True),
             )
-        return self._client
+        return self._session
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
-    async def _request(self, method: str, path: str, *, ok: tuple[int, ...] = (200,)) -> httpx.Response:
-        client = await self.client()
+    async def _request(self, method: str, path: str, *, ok: tuple[int, ...] = (200,)) -> Reply:
+        session = await self.session()
         settings = await self.get_settings()
         delay = self.retry_backoff
         for attempt in range(self.max_retries + 1):
             try:
-                response = await client.request(method, path)
-            except httpx.TransportError as exc:
+                async with session.request(method, settings.address + path) as response:
+                    reply = Reply(response.status, await response.text())
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 if attempt == self.max_retries:
                     raise _unreachable_error(settings, self.ray_conn_id, exc, attempt + 1) from exc
             else:
-                if response.status_code in (401, 403):
-                    raise _auth_error(settings, self.ray_conn_id, path, response)
-                if response.status_code in ok or response.status_code not in _RETRY_STATUS:
-                    return response
+                if reply.status_code in (401, 403):
+                    raise _auth_error(settings, self.ray_conn_id, path, reply)
+                if reply.status_code in ok or reply.status_code not in _RETRY_STATUS:
+                    return reply
                 if attempt == self.max_retries:
-                    return response
+                    return reply
             self.log.warning("Ray cluster %s not ready (attempt %d), retrying in %.1f s", path, attempt + 1, delay)
             await asyncio.sleep(delay)
             delay *= 2
@@ -607,6 +764,21 @@ class AsyncRayTrainHook(BaseHook):
 
     async def get_job_logs(self, job_id: str) -> str:
         return str((await self._json("GET", f"/api/jobs/{job_id}/logs")).get("logs") or "")
+
+    async def open_log_stream(self, job_id: str) -> aiohttp.ClientWebSocketResponse | None:
+        """The websocket following the job's log, or None where it cannot be opened (then callers poll)."""
+        session = await self.session()
+        settings = await self.get_settings()
+        try:
+            # No receive timeout: the stream is quiet while the job prints nothing.
+            return await session.ws_connect(
+                log_stream_url(settings.address, job_id),
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0),
+                max_msg_size=0,
+            )
+        except Exception as exc:  # noqa: BLE001 - polling still works: say so and go on
+            self.log.info("No log stream for Ray job %s (%s); polling its log instead", job_id, exc)
+            return None
 
     async def stop_job(self, job_id: str) -> bool:
         """Ask Ray to stop the job (SIGTERM, then SIGKILL after 3 s). Returns whether it was running."""

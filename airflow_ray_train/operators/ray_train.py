@@ -184,7 +184,8 @@ class RayTrainOperator(BaseOperator):
     :param ship_modules: more modules whose top-level packages are shipped with ``train_func``'s, e.g. the
         module holding the ``LightningModule`` a declarative loop's ``train_loop_config`` names.
     :param ray_conn_id: the ``ray_train`` connection. Missing, or host ``local``: the embedded local cluster.
-    :param poll_interval: seconds between status and log polls (default: ``[ray_train] poll_interval``).
+    :param poll_interval: seconds between job status polls; the log streams live (default: ``[ray_train]
+        poll_interval``).
     :param model_asset: an Asset this task emits an event on when it succeeds, with ``checkpoint_path``,
         ``best_checkpoint_path``, ``metrics``, ``run_path``, ``job_id`` and ``submission_id`` in the event's
         extra, so a DAG scheduled on the Asset (e.g. a deploy DAG) gets the model it is about.
@@ -262,7 +263,7 @@ class RayTrainOperator(BaseOperator):
         self.ship_modules = list(ship_modules)
         self.ray_conn_id = ray_conn_id
         self.poll_interval = (
-            poll_interval if poll_interval is not None else conf.getfloat("ray_train", "poll_interval", fallback=2.0)
+            poll_interval if poll_interval is not None else conf.getfloat("ray_train", "poll_interval", fallback=1.0)
         )
         self.model_asset = model_asset
         self.deferrable = deferrable

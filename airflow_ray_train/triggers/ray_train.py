@@ -1,6 +1,6 @@
 """``RayTrainJobTrigger``: waits for a Ray job in the triggerer, streaming its log, without holding a worker.
 
-Fully async: the Ray Jobs REST API through ``AsyncRayTrainHook`` (httpx.AsyncClient), never ``ray``, never a
+Fully async: the Ray Jobs REST API through ``AsyncRayTrainHook`` (aiohttp), never ``ray``, never a
 blocking call in the event loop. It never raises: every failure becomes an event the operator turns into
 the task's error. It stops the Ray job in ``on_kill`` (the task was killed, cleared or marked) and when its
 own deadline passes, never in ``cleanup`` (that also runs when a triggerer restarts).
@@ -14,9 +14,10 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_ray_train.hooks.ray_train import TERMINAL_STATUSES, AsyncRayTrainHook
+from airflow_ray_train.hooks.ray_train import TERMINAL_STATUSES, AsyncRayTrainHook, LogFollower
 from airflow_ray_train.runtime.spec import MANIFEST_MARKER
 
 #: What each terminal Ray job status becomes in the event's ``status``.
@@ -41,7 +42,12 @@ def complete_lines(logs: str, offset: int) -> tuple[list[str], int]:
 
 
 class RayTrainJobTrigger(BaseTrigger):
-    """Poll a Ray job until it is terminal, logging its new log lines as they come.
+    """Watch a Ray job until it is terminal, logging its new log lines as they come.
+
+    The log comes over the Jobs API's log stream (a websocket per job, idle between lines); the status is
+    polled every ``poll_interval``, and every ``FINISHING_POLL_INTERVAL`` once the stream shows the job is
+    ending (its result manifest went by, or Ray closed the stream), so the event fires within a fraction
+    of a second of the job ending. Without the stream, the whole log is fetched with each status poll.
 
     Events (``status`` first, always with ``job_id``, ``job_status``, ``log_offset`` and ``message``;
     ``error`` events also carry ``error_type``, the exception's class name):
@@ -51,7 +57,7 @@ class RayTrainJobTrigger(BaseTrigger):
 
     :param job_id: the Ray job's submission id.
     :param ray_conn_id: the ``ray_train`` connection.
-    :param poll_interval: seconds between polls.
+    :param poll_interval: seconds between status polls while the job runs.
     :param log_offset: characters of the job log already shown in the task log.
     :param timeout_at: Unix time after which the job is stopped and a ``timeout`` event fires; None: no limit.
     :param timeout_label: how the deadline is described in the timeout message (e.g. ``execution_timeout``).
@@ -62,7 +68,7 @@ class RayTrainJobTrigger(BaseTrigger):
         *,
         job_id: str,
         ray_conn_id: str = AsyncRayTrainHook.default_conn_name,
-        poll_interval: float = 5.0,
+        poll_interval: float = 1.0,
         log_offset: int = 0,
         timeout_at: float | None = None,
         timeout_label: str = "the deadline",
@@ -74,6 +80,7 @@ class RayTrainJobTrigger(BaseTrigger):
         self.log_offset = log_offset
         self.timeout_at = timeout_at
         self.timeout_label = timeout_label
+        self._pending = ""  # a line the stream delivered only in part
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -104,21 +111,56 @@ class RayTrainJobTrigger(BaseTrigger):
         return TriggerEvent(payload)  # type: ignore[no-untyped-call]
 
     async def _show_new_logs(self, hook: AsyncRayTrainHook) -> None:
+        """Fetch the whole log and log the lines after ``log_offset`` (polling, and the final read)."""
+        self._pending = ""
         lines, self.log_offset = complete_lines(await hook.get_job_logs(self.job_id), self.log_offset)
         for line in lines:
             self.log.info("[ray] %s", line)
 
+    def _show_streamed(self, text: str) -> None:
+        """Log the whole lines of what the stream delivered; ``log_offset`` stays at a line start."""
+        text = self._pending + text
+        lines, end = complete_lines(text, 0)
+        self._pending = text[end:]
+        self.log_offset += end
+        for line in lines:
+            self.log.info("[ray] %s", line)
+
+    async def _follow(
+        self, stream: aiohttp.ClientWebSocketResponse, follower: LogFollower, wait: float
+    ) -> aiohttp.ClientWebSocketResponse | None:
+        """Read the log stream for up to ``wait`` seconds; back early when the job starts finishing.
+        Returns the stream, or None once it closed."""
+        was_finishing = follower.finishing
+        until = time.monotonic() + wait
+        while (left := until - time.monotonic()) > 0:
+            try:
+                message = await stream.receive(timeout=left)
+            except TimeoutError:
+                break
+            if message.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                follower.closed()  # Ray closes the stream once the job ended (or the connection broke)
+                await stream.close()
+                return None
+            self._show_streamed(follower.feed(message.data))
+            if follower.finishing and not was_finishing:
+                break
+        return stream
+
     async def run(self) -> AsyncIterator[TriggerEvent]:
         hook = self.hook()
         job_status: str | None = None
+        follower = LogFollower(shown=self.log_offset)
+        stream: aiohttp.ClientWebSocketResponse | None = None
         try:
+            stream = await hook.open_log_stream(self.job_id)
             while True:
                 info = await hook.get_job_info(self.job_id)
                 if info.get("status") != job_status:
                     job_status = str(info.get("status"))
                     self.log.info("Ray job %s is %s", self.job_id, job_status)
-                await self._show_new_logs(hook)
                 if job_status in TERMINAL_STATUSES:
+                    await self._show_new_logs(hook)  # the stream lags the file by up to a second
                     message = str(info.get("message") or "")
                     yield self._event(EVENT_STATUS[job_status], job_status, message)
                     return
@@ -137,10 +179,19 @@ class RayTrainJobTrigger(BaseTrigger):
                         f"it has been stopped (now {final}).",
                     )
                     return
-                await asyncio.sleep(self.poll_interval)
+                wait = follower.next_poll(self.poll_interval)
+                if self.timeout_at is not None:
+                    wait = max(0.0, min(wait, self.timeout_at - time.time()))
+                if stream is None:
+                    await self._show_new_logs(hook)
+                    await asyncio.sleep(wait)
+                else:
+                    stream = await self._follow(stream, follower, wait)
         except Exception as exc:  # noqa: BLE001 - a trigger never raises: the task gets the reason as an event
             yield self._event("error", job_status, f"{type(exc).__name__}: {exc}", error_type=type(exc).__name__)
         finally:
+            if stream is not None:
+                await stream.close()
             await hook.aclose()
 
     async def on_kill(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shlex
@@ -14,7 +15,7 @@ import pytest
 
 from airflow_ray_train.hooks.ray_train import TERMINAL_STATUSES, RayTrainHook
 from airflow_ray_train.packaging import code_package
-from airflow_ray_train.runtime.spec import TrainSpec, manifest_from_log
+from airflow_ray_train.runtime.spec import MANIFEST_MARKER, TrainSpec, manifest_from_log
 
 pytestmark = [pytest.mark.integration]
 
@@ -58,6 +59,61 @@ def test_logs_stream_in_pieces_while_the_job_runs(hook):
     assert all(f"line {i}" in streamed for i in range(4))
     assert len(pieces) >= 2, "the log arrived in one piece at the end, not as the job ran"
     assert streamed == hook.get_job_logs(job_id)
+
+
+# The job prints its manifest line (as the runtime driver does last), then takes a while to exit.
+_ENDING = (
+    "import time\nfor i in range(3):\n    print(f'line {i}', flush=True)\n    time.sleep(0.5)\n"
+    f"print({MANIFEST_MARKER!r} + '{{}}', flush=True)\ntime.sleep(2)"
+)
+
+
+def test_wait_follows_the_log_stream_and_notices_the_end_without_a_slow_poll(hook, monkeypatch):
+    """poll_interval=120 s: the stream (the manifest line, then Ray closing it) is what ends the wait, and
+    the whole log is fetched once, at the end, not with every poll."""
+    fetches: list[str] = []
+    real_get_logs = hook.get_job_logs
+    monkeypatch.setattr(hook, "get_job_logs", lambda job_id: fetches.append(job_id) or real_get_logs(job_id))
+    job_id = hook.submit_job(entrypoint=_python(_ENDING), submission_id=_id("follow"))
+    pieces: list[str] = []
+    started = time.monotonic()
+    info = hook.wait_for_job(job_id, poll_interval=120, on_logs=pieces.append, timeout=300)
+    assert info["status"] == "SUCCEEDED"
+    assert time.monotonic() - started < 60, "the wait sat out a 120 s poll instead of following the stream"
+    assert fetches == [job_id]
+    assert "".join(pieces) == real_get_logs(job_id)
+    assert len(pieces) >= 2
+
+
+def test_the_trigger_follows_the_log_stream_of_a_real_job(ray_conn, capfd, monkeypatch):
+    from airflow_ray_train.hooks.ray_train import AsyncRayTrainHook
+    from airflow_ray_train.triggers.ray_train import RayTrainJobTrigger
+
+    fetches: list[str] = []
+    real_get_logs = AsyncRayTrainHook.get_job_logs
+
+    async def counting_get_logs(self, job_id):
+        fetches.append(job_id)
+        return await real_get_logs(self, job_id)
+
+    monkeypatch.setattr(AsyncRayTrainHook, "get_job_logs", counting_get_logs)
+    hook = RayTrainHook()
+    job_id = hook.submit_job(entrypoint=_python(_ENDING), submission_id=_id("trigger"))
+
+    async def first_event():
+        async for event in RayTrainJobTrigger(job_id=job_id, poll_interval=120).run():
+            return event.payload
+
+    started = time.monotonic()
+    event = asyncio.run(first_event())
+    assert event["status"] == "success", event
+    assert time.monotonic() - started < 60, "the trigger sat out a 120 s poll instead of following the stream"
+    assert fetches == [job_id]  # the final read only
+    logs = hook.get_job_logs(job_id)
+    assert event["log_offset"] == len(logs)
+    output = capfd.readouterr()
+    assert all(f"[ray] line {i}" in output.out + output.err for i in range(3))
+    hook.close()
 
 
 def test_stop_leaves_the_job_stopped(hook):

@@ -204,3 +204,39 @@ def test_complete_lines_keeps_a_half_written_line_for_later():
 def test_the_trigger_module_imports_no_ray():
     code = "import sys, airflow_ray_train.triggers.ray_train; assert 'ray' not in sys.modules, 'ray imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_the_log_follower_skips_what_was_shown_and_sees_the_manifest_only_at_a_line_start(monkeypatch):
+    from airflow_ray_train.hooks import ray_train as hook_module
+    from airflow_ray_train.hooks.ray_train import FINISHING_POLL_INTERVAL, LogFollower
+
+    follower = LogFollower(shown=4)
+    assert follower.feed("abc\n") == ""  # all of it was shown before this watcher started
+    assert follower.feed("de\n") == "de\n"
+    assert (
+        follower.feed(b"echo " + MANIFEST_MARKER.encode() + b" in a command\n")
+        == f"echo {MANIFEST_MARKER} in a command\n"
+    )
+    assert not follower.finishing and follower.next_poll(5.0) == 5.0
+    half = len(MANIFEST_MARKER) // 2
+    follower.feed("last line\n" + MANIFEST_MARKER[:half])  # the manifest line split between two messages
+    assert not follower.finishing
+    follower.feed(MANIFEST_MARKER[half:] + '{"status": "SUCCEEDED"}\n')
+    assert follower.finishing and follower.next_poll(5.0) == FINISHING_POLL_INTERVAL
+    assert follower.catch_up("x" * follower.shown + "tail\n") == "tail\n"
+
+    closed = LogFollower()
+    closed.closed()  # Ray closes the stream after the job ended
+    assert closed.finishing
+    # A driver that hangs on its way out: the fast polls end after the window.
+    monkeypatch.setattr(hook_module, "FINISHING_WINDOW_S", 0.0)
+    assert follower.next_poll(5.0) == 5.0 and not closed.finishing
+
+
+def test_without_a_log_stream_the_trigger_polls_the_whole_log(stub):
+    """The stub speaks no websocket (like a proxy that refuses them): the trigger falls back to polling."""
+    StubJobs.respond = job_api(["RUNNING", "RUNNING", "SUCCEEDED"], ["a\n", "a\nb\n", "a\nb\nc\n"])
+    event = run_trigger()
+    assert event["status"] == "success" and event["log_offset"] == len("a\nb\nc\n")
+    assert any(p.endswith("/logs/tail") for _, p, _ in StubJobs.seen)  # it tried the stream first
+    assert sum(p.endswith("/logs") for _, p, _ in StubJobs.seen) >= 3
