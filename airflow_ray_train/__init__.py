@@ -83,12 +83,13 @@ def get_provider_info() -> dict[str, Any]:
                         "default": "",
                     },
                     "poll_interval": {
-                        "description": "Seconds between job status polls while a job runs (its log streams "
-                        "over a websocket; once it prints its result it is polled every 0.2 s).",
+                        "description": "Seconds between job status polls while a job runs: a backstop. The "
+                        "log streams over a websocket, and the end is noticed from it (the result manifest, "
+                        "then polls every 0.2 s; or Ray closing the stream) within about a second.",
                         "version_added": "0.1.0",
                         "type": "float",
-                        "example": "1.0",
-                        "default": "1.0",
+                        "example": "5.0",
+                        "default": "5.0",
                     },
                 },
             }

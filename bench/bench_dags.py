@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import time
+import uuid
 from collections import Counter
 from typing import Any
 
-from airflow.sdk import DAG
+from airflow.sdk import DAG, BaseOperator
 
 from airflow_ray_train.operators.ray_train import RayTrainOperator
 
@@ -69,3 +71,46 @@ with DAG(dag_id="bench_overhead_deferrable", schedule=None, catchup=False, tags=
         scaling_config=SCALING_CONFIG,
         deferrable=True,
     )
+
+
+# (4) scale: N deferred jobs watched by one triggerer. The job only waits (printing a line every 5 s) until the
+# benchmark creates its release file: the triggerer's cost is what is measured, not training.
+class WaitOnRayJobOperator(BaseOperator):
+    """Submit a waiting job, then defer on the provider's ``RayTrainJobTrigger``, as
+    ``RayTrainOperator(deferrable=True)`` does (same trigger, same ``[ray_train] poll_interval``)."""
+
+    def __init__(self, *, index: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.index = index
+
+    def execute(self, context: Any) -> None:
+        from airflow.configuration import conf
+
+        from airflow_ray_train.hooks.ray_train import RayTrainHook
+        from airflow_ray_train.triggers.ray_train import RayTrainJobTrigger
+
+        release = os.path.join(os.environ["BENCH_RELEASE_DIR"], context["dag"].dag_id)
+        wait = (
+            f"i=0; while [ ! -e {release} ]; do sleep 0.5; i=$((i+1)); "
+            f"[ $((i % 10)) -eq 0 ] && echo waiting $i; done; true"
+        )
+        job_id = f"bench-scale-{uuid.uuid4().hex[:12]}"
+        hook = RayTrainHook()
+        hook.submit_job(entrypoint=f"sh -c {shlex.quote(wait)}", submission_id=job_id, metadata={"bench": "scale"})
+        hook.close()
+        poll_interval = conf.getfloat("ray_train", "poll_interval", fallback=2.0)
+        self.defer(
+            trigger=RayTrainJobTrigger(job_id=job_id, poll_interval=poll_interval), method_name="execute_complete"
+        )
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> str:
+        if event.get("status") != "success":
+            raise RuntimeError(f"scale job ended {event}")
+        return str(event["job_id"])
+
+
+for _n in (1, 10, 50):
+    with DAG(
+        dag_id=f"bench_scale_{_n}", schedule=None, catchup=False, tags=["bench"], max_active_tasks=_n
+    ) as _scale_dag:
+        WaitOnRayJobOperator.partial(task_id="wait").expand(index=list(range(_n)))

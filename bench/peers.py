@@ -39,12 +39,13 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-PYTHON = "/root/.pyenv/versions/3.11.7/bin/python3.11"  # the interpreter the project's .venv was made from
+# The interpreter the project's .venv was made from (same CPython for the peers).
+PYTHON = os.environ.get("BENCH_PEER_PYTHON") or getattr(sys, "_base_executable", sys.executable)
 PEER_REQUIREMENTS = {
     "astro": ["apache-airflow==3.3.2", "ray[default]==2.60.0", "astro-provider-ray==0.4.0"],
     "google": ["apache-airflow==3.3.2", "ray[default]==2.60.0", "apache-airflow-providers-google==22.8.0"],
 }
-POLL_INTERVAL = 2  # RayTrainOperator's default poll interval; the Google operator's is fixed at 5 s.
+POLL_INTERVAL = 1  # RayTrainOperator's default poll interval; the Google operator's is fixed at 5 s.
 
 _TASKS = {
     "astro": """

@@ -29,6 +29,10 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
 OUT = Path(os.environ.get("BENCH_OUT", str(BENCH)))
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
+#: A checkout of the provider at another commit: the scale section's standalone imports it first ("before").
+PROVIDER_SRC = os.environ.get("BENCH_PROVIDER_SRC", "")
+SCALE_NS = [int(n) for n in os.environ.get("BENCH_SCALE", "1,10,50").split(",")]
+SCALE_WINDOW_S = float(os.environ.get("BENCH_SCALE_WINDOW", "60"))
 WARMUP = int(os.environ.get("BENCH_WARMUP", "1"))
 ROOT = Path(tempfile.mkdtemp(prefix="art_bench_"))
 AIRFLOW_HOME = ROOT / "airflow"
@@ -231,21 +235,44 @@ def run_operator(head: Any, py_modules: list[str]) -> dict[str, Any]:
     }
 
 
+def run_peer(name: str) -> Any:
+    """A peer provider's Ray job operator, same job, through ``dag.test()`` in the peer's own venv."""
+
+    def run(head: Any, py_modules: list[str]) -> dict[str, Any]:
+        import peers
+
+        return dict(peers.run_peer(name, head, py_modules, make_spec(name).to_arg()))
+
+    return run
+
+
+#: Peers to run beside (a)-(c) where their venv exists (``make bench`` creates them; BENCH_PEERS= skips them).
+PEERS = [p for p in os.environ.get("BENCH_PEERS", "astro,google").split(",") if p]
 MODES = {"a": run_direct, "b": run_cli, "c": run_operator}
 LABELS = {
     "a": "(a) driver directly on the cluster",
     "b": "(b) ray job submit (waits)",
     "c": "(c) RayTrainOperator sync (dag.test)",
+    "astro": "astro-provider-ray 0.4.0 SubmitRayJob (dag.test)",
+    "google": "Google provider 22.8.0 RaySubmitJobOperator (dag.test)",
 }
 
 
 def bench_overhead(head: Any, py_modules: list[str]) -> dict[str, Any]:
-    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
-    order = list(MODES)
+    import peers
+
+    modes = dict(MODES)
+    for name in PEERS:
+        if (peers.venv_of(name) / "bin" / "python").exists():
+            modes[name] = run_peer(name)
+        else:
+            print(f"peer {name}: no venv at {peers.venv_of(name)} (bench/peers.py setup {name}); skipped", flush=True)
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+    order = list(modes)
     for rnd in range(-WARMUP, RUNS):
         rotated = order[rnd % len(order) :] + order[: rnd % len(order)]
         for mode in rotated:
-            row = MODES[mode](head, py_modules)
+            row = modes[mode](head, py_modules)
             row.update({"round": rnd, "load": loadavg()})
             print(f"round {rnd} {mode}: {json.dumps(row)}", flush=True)
             if rnd >= 0:
@@ -277,7 +304,7 @@ def _wait_for(what: str, check: Any, timeout: float, interval: float) -> Any:
     raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def start_standalone() -> tuple[Any, Any, Path]:
+def start_standalone(dags: tuple[str, ...] = ("bench_overhead_deferrable",)) -> tuple[Any, Any, Path]:
     """``airflow standalone`` (api-server, scheduler, dag-processor, triggerer, LocalExecutor) on SQLite, in its
     own session; the connection and storage come from this process's environment."""
     import httpx
@@ -301,6 +328,8 @@ def start_standalone() -> tuple[Any, Any, Path]:
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     env.pop("BENCH_RECORD", None)
+    if PROVIDER_SRC:  # "before": the provider as it was at another commit, first on the path
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [PROVIDER_SRC, env.get("PYTHONPATH")]))
     log_path = home / "standalone.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
@@ -314,9 +343,9 @@ def start_standalone() -> tuple[Any, Any, Path]:
     try:
         _wait_for("the api-server", lambda: client.get("/api/v2/monitor/health").status_code == 200, 300, 2)
         client.headers["Authorization"] = f"Bearer {client.get('/auth/token').json()['access_token']}"
-        dag = "bench_overhead_deferrable"
-        _wait_for("the DAG to be parsed", lambda: client.get(f"/api/v2/dags/{dag}").status_code == 200, 240, 2)
-        client.patch(f"/api/v2/dags/{dag}", json={"is_paused": False}).raise_for_status()
+        for dag in dags:
+            _wait_for(f"{dag} to be parsed", lambda d=dag: client.get(f"/api/v2/dags/{d}").status_code == 200, 240, 2)
+            client.patch(f"/api/v2/dags/{dag}", json={"is_paused": False}).raise_for_status()
     except BaseException:
         print(log_path.read_text(errors="replace")[-6000:], flush=True)
         stop_standalone(process)
@@ -384,6 +413,190 @@ def bench_deferrable(head: Any, py_modules: list[str]) -> dict[str, Any]:
         client.close()
         stop_standalone(process)
     return runs
+
+
+# -- (4) scale --------------------------------------------------------------------------------------------------
+
+
+def _process_tree(root: Any) -> list[Any]:
+    import psutil
+
+    try:
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _triggerer(standalone: Any) -> Any:
+    """The ``airflow triggerer`` process standalone started (its trigger runner is a child of it)."""
+    import psutil
+
+    for proc in psutil.Process(standalone.pid).children(recursive=True):
+        try:
+            cmd = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        if "triggerer" in cmd and "standalone" not in cmd:
+            return proc
+    raise RuntimeError("no triggerer process under airflow standalone")
+
+
+def _cpu_s(procs: list[Any]) -> float:
+    import psutil
+
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system + times.children_user + times.children_system
+        except psutil.Error:
+            pass
+    return total
+
+
+def _rss_mib(procs: list[Any]) -> float:
+    import psutil
+
+    total = 0
+    for proc in procs:
+        try:
+            total += proc.memory_info().rss
+        except psutil.Error:
+            pass
+    return total / 2**20
+
+
+def _dashboard_requests(head: Any, since: float, until: float) -> dict[str, int]:
+    """Requests the dashboard served between two times, from its access log, by kind. In the scale window
+    only the triggerer talks to Ray: every task is deferred and this process makes no Ray call."""
+    import re
+    from datetime import datetime
+
+    counts: dict[str, int] = {}
+    pattern = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}).*'(GET|POST|PUT) (\S+) HTTP[^']*'")
+    log = Path(head.temp_dir) / "session_latest" / "logs" / "dashboard.log"
+    for line in log.read_text(errors="replace").splitlines():
+        match = pattern.match(line)
+        if not match:
+            continue
+        when = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()  # local time, like the log
+        if since <= when <= until:
+            path = match.group(3)
+            kind = "logs/tail" if path.endswith("/logs/tail") else "logs" if path.endswith("/logs") else "status"
+            key = f"{match.group(2)} {kind}"
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _ti_states(client: Any, dag: str, run_id: str) -> list[dict[str, Any]]:
+    response = client.get(f"/api/v2/dags/{dag}/dagRuns/{run_id}/taskInstances", params={"limit": 1000})
+    response.raise_for_status()
+    return list(response.json()["task_instances"])
+
+
+def run_scale(head: Any, client: Any, standalone: Any, n: int) -> dict[str, Any]:
+    """Trigger ``bench_scale_<n>`` (n mapped tasks, each a deferred waiting job); once all n are deferred and
+    their jobs run, watch the triggerer for ``SCALE_WINDOW_S``; then release the jobs and time the finish."""
+    from airflow_ray_train.hooks.ray_train import RayTrainHook
+
+    dag = f"bench_scale_{n}"
+    triggerer = _triggerer(standalone)
+    hook = RayTrainHook()
+    ramp_started = time.time()
+    response = client.post(f"/api/v2/dags/{dag}/dagRuns", json={"logical_date": None})
+    response.raise_for_status()
+    run_id = response.json()["dag_run_id"]
+
+    def all_deferred() -> bool:
+        tis = _ti_states(client, dag, run_id)
+        return len(tis) == n and all(ti["state"] == "deferred" for ti in tis)
+
+    _wait_for(f"{n} deferred tasks", all_deferred, 900, 1.0)
+    time.sleep(10)  # the triggers' start-up (connection lookup, stream opening) is not the steady cost
+    ours = [j for j in hook.list_jobs() if j["metadata"].get("bench") == "scale" and j["status"] == "RUNNING"]
+    ramp_s = time.time() - ramp_started
+    procs = _process_tree(triggerer)
+    cpu0, wall0, rss = _cpu_s(procs), time.time(), [_rss_mib(procs)]
+    held: list[int] = []
+    while time.time() - wall0 < SCALE_WINDOW_S:
+        time.sleep(5)
+        procs = _process_tree(triggerer)
+        rss.append(_rss_mib(procs))
+        held.append(sum(ti["state"] in ("running", "queued") for ti in _ti_states(client, dag, run_id)))
+    wall1 = time.time()
+    cpu = _cpu_s(_process_tree(triggerer)) - cpu0
+    window = wall1 - wall0
+    requests = _dashboard_requests(head, wall0, wall1)
+    release = Path(os.environ["BENCH_RELEASE_DIR"]) / dag
+    release.touch()
+    released = time.time()
+
+    def finished() -> str | None:
+        state = client.get(f"/api/v2/dags/{dag}/dagRuns/{run_id}").json()["state"]
+        return state if state in ("success", "failed") else None
+
+    state = _wait_for(f"{dag} to finish", finished, 900, 0.5)
+    tis = _ti_states(client, dag, run_id)
+    jobs = {j["submission_id"]: j for j in hook.list_jobs() if j["metadata"].get("bench") == "scale"}
+    hook.close()
+    latencies = []
+    for ti in tis:
+        entry = client.get(
+            f"/api/v2/dags/{dag}/dagRuns/{run_id}/taskInstances/wait/xcomEntries/return_value",
+            params={"map_index": ti["map_index"], "deserialize": True, "stringify": False},
+        )
+        job = jobs.get(str(entry.json().get("value"))) if entry.status_code == 200 else None
+        if job is not None and ti.get("end_date") and job.get("end_time"):
+            latencies.append(_iso(ti["end_date"]) - job["end_time"] / 1000)
+    job_ends = [j["end_time"] / 1000 for j in jobs.values() if j["end_time"] and j["end_time"] / 1000 >= released]
+    last_ti_end = max(_iso(ti["end_date"]) for ti in tis if ti.get("end_date"))
+    total_requests = sum(requests.values())
+    return {
+        "n": n,
+        "jobs_running_at_start": len(ours),
+        "ramp_s": ramp_s,
+        "window_s": window,
+        "triggerer_cpu_s": cpu,
+        "triggerer_core_pct": 100 * cpu / window,
+        "cpu_s_per_job_minute": cpu / (n * window / 60),
+        "triggerer_rss_mib_max": max(rss),
+        "triggerer_rss_mib_start": rss[0],
+        "requests": requests,
+        "requests_per_job_minute": total_requests / (n * window / 60),
+        "worker_slots_held_max": max(held) if held else None,
+        "state": state,
+        "release_to_last_task_end_s": last_ti_end - released,
+        "completion_latency_s": sorted(latencies),
+        "release_to_last_job_end_s": (max(job_ends) - released) if job_ends else None,
+        "load": loadavg(),
+    }
+
+
+def bench_scale(head: Any) -> dict[str, Any]:
+    """1, 10, 50 deferred jobs in turn in one ``airflow standalone``; first its triggerer idle (no trigger)."""
+    os.environ["BENCH_RELEASE_DIR"] = str(ROOT / "release")
+    (ROOT / "release").mkdir(exist_ok=True)
+    dags = tuple(f"bench_scale_{n}" for n in SCALE_NS)
+    process, client, _ = start_standalone(dags)
+    rows = []
+    try:
+        time.sleep(15)  # let standalone settle before the idle baseline
+        triggerer = _triggerer(process)
+        procs = _process_tree(triggerer)
+        cpu0, wall0 = _cpu_s(procs), time.time()
+        time.sleep(SCALE_WINDOW_S / 2)
+        idle = {"window_s": time.time() - wall0, "triggerer_cpu_s": _cpu_s(_process_tree(triggerer)) - cpu0}
+        idle["triggerer_core_pct"] = 100 * idle["triggerer_cpu_s"] / idle["window_s"]
+        idle["triggerer_rss_mib"] = _rss_mib(_process_tree(triggerer))
+        print(f"scale idle: {json.dumps(idle)}", flush=True)
+        for n in SCALE_NS:
+            row = run_scale(head, client, process, n)
+            print(f"scale {n}: {json.dumps(row)}", flush=True)
+            rows.append(row)
+    finally:
+        client.close()
+        stop_standalone(process)
+    return {"provider": PROVIDER_SRC or "this checkout", "idle": idle, "rows": rows}
 
 
 # -- report -----------------------------------------------------------------------------------------------------
@@ -702,9 +915,10 @@ def main(argv: list[str]) -> int:
                 ("shipping", bench_shipping),
                 ("overhead", lambda: bench_overhead(head, py_modules)),
                 ("deferrable", lambda: bench_deferrable(head, py_modules)),
+                ("scale_before" if PROVIDER_SRC else "scale", lambda: bench_scale(head)),
             )
             for name, stage in stages:
-                if name not in wanted and name != "shipping":
+                if name.split("_")[0] not in wanted and name != "shipping":
                     continue
                 started = {"date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "load_start": loadavg()}
                 value = stage()

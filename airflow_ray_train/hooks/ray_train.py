@@ -174,7 +174,7 @@ def _ws_options(settings: ClusterSettings, open_timeout: float) -> dict[str, Any
         "additional_headers": _http_headers(settings),
         "ssl": _ssl_context(settings),
         "open_timeout": open_timeout,
-        "close_timeout": 2,
+        "close_timeout": 0.2,  # Ray answers a close only after its next file poll: don't wait for it
         "compression": None,  # Ray's dashboard proxy drops a compressed stream (ERROR, then close)
         "max_size": None,  # Ray sends up to 10 lines or 20,000 characters a message; a line can be longer
     }
@@ -466,7 +466,7 @@ class RayTrainHook(BaseHook):
         self,
         job_id: str,
         *,
-        poll_interval: float = 1.0,
+        poll_interval: float = 5.0,
         on_logs: Callable[[str], None] | None = None,
         timeout: float | None = None,
     ) -> dict[str, Any]:
@@ -773,7 +773,7 @@ class AsyncRayTrainHook(BaseHook):
             # No receive timeout: the stream is quiet while the job prints nothing.
             return await session.ws_connect(
                 log_stream_url(settings.address, job_id),
-                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0),
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=0.2),
                 max_msg_size=0,
             )
         except Exception as exc:  # noqa: BLE001 - polling still works: say so and go on

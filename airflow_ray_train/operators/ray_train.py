@@ -263,7 +263,7 @@ class RayTrainOperator(BaseOperator):
         self.ship_modules = list(ship_modules)
         self.ray_conn_id = ray_conn_id
         self.poll_interval = (
-            poll_interval if poll_interval is not None else conf.getfloat("ray_train", "poll_interval", fallback=1.0)
+            poll_interval if poll_interval is not None else conf.getfloat("ray_train", "poll_interval", fallback=5.0)
         )
         self.model_asset = model_asset
         self.deferrable = deferrable

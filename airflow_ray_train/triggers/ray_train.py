@@ -68,7 +68,7 @@ class RayTrainJobTrigger(BaseTrigger):
         *,
         job_id: str,
         ray_conn_id: str = AsyncRayTrainHook.default_conn_name,
-        poll_interval: float = 1.0,
+        poll_interval: float = 5.0,
         log_offset: int = 0,
         timeout_at: float | None = None,
         timeout_label: str = "the deadline",

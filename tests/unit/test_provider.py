@@ -42,7 +42,7 @@ def test_connection_form_link_decorator_and_config_are_registered():
     behaviours = _airflow("providers", "behaviours")
     assert "ray_train" in behaviours
     assert "airflow_ray_train.links.ray_train.RayJobLink" in _airflow("providers", "links")
-    assert _airflow("config", "get-value", "ray_train", "poll_interval").strip() == "1.0"
+    assert _airflow("config", "get-value", "ray_train", "poll_interval").strip() == "5.0"
 
     from airflow.providers_manager import ProvidersManager
 
