@@ -42,6 +42,8 @@ class ThroughputCallback(pl.Callback):  # type: ignore[misc]
     - ``steps_s``: per epoch, ``on_train_epoch_start`` -> the last ``on_train_batch_end`` (data loading,
       forward, backward, DDP all-reduce, optimizer step, per-step logging and callbacks), summed.
     - ``samples``: training samples this rank processed (the batch sizes, summed).
+    - ``cpu_fit_s``/``cpu_steps_s``: the same spans in this worker process's CPU time (all its threads,
+      ``time.process_time``): less sensitive than wall time to other work on a shared machine.
     """
 
     def __init__(self, timing_dir: str) -> None:
@@ -50,18 +52,22 @@ class ThroughputCallback(pl.Callback):  # type: ignore[misc]
         self.samples = 0
         self.steps = 0
         self.fit_started = self.epoch_started = self.last_batch_end = 0.0
+        self.cpu_fit_started = self.cpu_epoch_started = self.cpu_last_batch_end = 0.0
         self.epochs: list[dict[str, float]] = []
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self.fit_started = time.perf_counter()
+        self.cpu_fit_started = time.process_time()
         self.wall_started = time.time()
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         self.epoch_started = self.last_batch_end = time.perf_counter()
+        self.cpu_epoch_started = self.cpu_last_batch_end = time.process_time()
         self.epoch_samples = 0
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.last_batch_end = time.perf_counter()
+        self.cpu_last_batch_end = time.process_time()
         size = int(batch[1].shape[0])
         self.samples += size
         self.epoch_samples += size
@@ -72,6 +78,7 @@ class ThroughputCallback(pl.Callback):  # type: ignore[misc]
         self.epochs.append(
             {
                 "steps_s": self.last_batch_end - self.epoch_started,
+                "cpu_steps_s": self.cpu_last_batch_end - self.cpu_epoch_started,
                 "samples": self.epoch_samples,
                 "started": self.epoch_started - self.fit_started,
             }
@@ -85,6 +92,8 @@ class ThroughputCallback(pl.Callback):  # type: ignore[misc]
             "steps": self.steps,
             "fit_s": time.perf_counter() - self.fit_started,
             "steps_s": sum(e["steps_s"] for e in self.epochs),
+            "cpu_fit_s": time.process_time() - self.cpu_fit_started,
+            "cpu_steps_s": sum(e["cpu_steps_s"] for e in self.epochs),
             "wall_started": self.wall_started,
             "wall_ended": time.time(),
             "epochs": self.epochs,

@@ -606,44 +606,80 @@ def med(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def plots(runs: dict[str, list[dict[str, Any]]], deferred: dict[str, list[dict[str, Any]]] | None) -> list[str]:
+def plots(results: dict[str, Any]) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     written = []
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for i, mode in enumerate(MODES):
-        walls = [r["wall_s"] for r in runs[mode]]
-        ax.scatter([i] * len(walls), walls, alpha=0.6)
-        ax.hlines(med(walls), i - 0.25, i + 0.25, colors="black")
-    short = {"a": "(a) driver on the cluster", "b": "(b) ray job submit", "c": "(c) operator sync"}
-    ax.set_xticks(range(len(MODES)), [short[m] for m in MODES], fontsize=8)
-    ax.set_ylabel("wall time (s)")
-    ax.set_title("Same 2-worker Ray Train job: wall time per run (line = median)")
-    fig.tight_layout()
-    fig.savefig(OUT / "overhead.png", dpi=100)
-    written.append("overhead.png")
-    plt.close(fig)
+    runs = results.get("overhead")
+    if runs:
+        modes = list(runs)
+        fig, ax = plt.subplots(figsize=(8, 4))
+        for i, mode in enumerate(modes):
+            walls = [r["wall_s"] for r in runs[mode]]
+            ax.scatter([i] * len(walls), walls, alpha=0.6)
+            ax.hlines(med(walls), i - 0.25, i + 0.25, colors="black")
+        short = {
+            "a": "(a) driver",
+            "b": "(b) ray job submit",
+            "c": "(c) operator sync",
+            "astro": "astro-provider-ray",
+            "google": "Google provider",
+        }
+        ax.set_xticks(range(len(modes)), [short.get(m, m) for m in modes], fontsize=8)
+        ax.set_ylabel("wall time (s)")
+        ax.set_title("Same 2-worker Ray Train job: wall time per run (line = median)")
+        fig.tight_layout()
+        fig.savefig(OUT / "overhead.png", dpi=100)
+        written.append("overhead.png")
+        plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    series = [("ray job submit", runs["b"]), ("RayTrainOperator sync", runs["c"])]
-    if deferred:
-        series.append(("deferrable (triggerer)", deferred["d"]))
-    for i, (_, rows) in enumerate(series):
-        lat = [r["latency_s"] for r in rows]
-        ax.scatter([i] * len(lat), lat, alpha=0.6)
-        ax.hlines(med(lat), i - 0.25, i + 0.25, colors="black")
-    ax.axhline(1.0, color="red", linestyle="--", linewidth=0.8, label="target sync 1 s")
-    ax.axhline(2.0, color="orange", linestyle="--", linewidth=0.8, label="target deferrable 2 s")
-    ax.set_xticks(range(len(series)), [name for name, _ in series], fontsize=8)
-    ax.set_ylabel("Ray end_time -> caller done (s)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(OUT / "latency.png", dpi=100)
-    written.append("latency.png")
-    plt.close(fig)
+    series = []
+    for label, section, mode in (
+        ("sync before", "overhead_before", "c"),
+        ("sync after", "overhead", "c"),
+        ("deferrable before", "deferrable_before", "d"),
+        ("deferrable after", "deferrable", "d"),
+    ):
+        if results.get(section):
+            series.append((label, [r["latency_s"] for r in results[section][mode]]))
+    if series:
+        fig, ax = plt.subplots(figsize=(7, 3.8))
+        for i, (_, lat) in enumerate(series):
+            ax.scatter([i] * len(lat), lat, alpha=0.6)
+            ax.hlines(med(lat), i - 0.25, i + 0.25, colors="black")
+        ax.axhline(1.0, color="red", linestyle="--", linewidth=0.8, label="target sync 1 s")
+        ax.axhline(2.0, color="orange", linestyle="--", linewidth=0.8, label="target deferrable 2 s")
+        ax.set_xticks(range(len(series)), [name for name, _ in series], fontsize=8)
+        ax.set_ylabel("Ray end_time -> task done (s)")
+        ax.set_title("Completion latency, before and after the log stream")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(OUT / "latency.png", dpi=100)
+        written.append("latency.png")
+        plt.close(fig)
+
+    keys = (("before", "scale_before"), ("after", "scale"))
+    scale = [(label, results[key]) for label, key in keys if results.get(key)]
+    if scale:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+        for label, data in scale:
+            ns = [r["n"] for r in data["rows"]]
+            left.plot(ns, [r["triggerer_core_pct"] for r in data["rows"]], marker="o", label=label)
+            right.plot(ns, [r["requests_per_job_minute"] for r in data["rows"]], marker="o", label=label)
+        left.axhline(5.0, color="red", linestyle="--", linewidth=0.8, label="target 5%")
+        left.set_xlabel("deferred jobs")
+        left.set_ylabel("triggerer CPU, % of one core")
+        right.set_xlabel("deferred jobs")
+        right.set_ylabel("HTTP requests per job-minute")
+        left.legend(fontsize=8)
+        right.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(OUT / "scale.png", dpi=100)
+        written.append("scale.png")
+        plt.close(fig)
     return written
 
 
@@ -666,49 +702,137 @@ def _table(rows: list[tuple[str, list[float], str]]) -> list[str]:
 def _ratios(runs: dict[str, list[dict[str, Any]]], pairs: list[tuple[str, str, str]]) -> list[str]:
     out = ["| ratio | of medians | median of per-round ratios | target |", "|---|---:|---:|---|"]
     for num, den, target in pairs:
+        if num not in runs or den not in runs:
+            continue
         per_round = [n["wall_s"] / d["wall_s"] for n, d in zip(runs[num], runs[den], strict=False)]
         of_medians = med([r["wall_s"] for r in runs[num]]) / med([r["wall_s"] for r in runs[den]])
         out.append(f"| ({num})/({den}) | {of_medians:.3f} | {med(per_round):.3f} | {target} |")
     return out
 
 
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
 def _targets(results: dict[str, Any]) -> list[str]:
     out = []
     runs, deferred, shipping = results.get("overhead"), results.get("deferrable"), results.get("shipping")
+    before, dbefore = results.get("overhead_before"), results.get("deferrable_before")
 
-    def verdict(ok: bool) -> str:
-        return "met" if ok else "NOT met"
+    def was(section: dict[str, Any] | None, fn: Any) -> str:
+        return f" (before: {fn(section):.3f})" if section else ""
 
     if runs:
-        cb = med([r["wall_s"] for r in runs["c"]]) / med([r["wall_s"] for r in runs["b"]])
+
+        def cb(r: dict[str, Any]) -> float:
+            return med([x["wall_s"] for x in r["c"]]) / med([x["wall_s"] for x in r["b"]])
+
+        def lat(r: dict[str, Any]) -> float:
+            return med([x["latency_s"] for x in r["c"]])
+
         ca = med([r["wall_s"] for r in runs["c"]]) / med([r["wall_s"] for r in runs["a"]])
-        lat = med([r["latency_s"] for r in runs["c"]])
-        out.append(f"- (c)/(b) = {cb:.3f} (target <= 1.05: {verdict(cb <= 1.05)}; (c)/(a) = {ca:.3f}, see below)")
-        out.append(f"- sync completion latency = {lat:.2f} s (target <= 1 s: {verdict(lat <= 1.0)}; spread below)")
+        out.append(
+            f"- (c)/(b) = {cb(runs):.3f}{was(before, cb)}: target <= 1.05 {_verdict(cb(runs) <= 1.05)}; "
+            f"(c)/(a) = {ca:.3f}"
+        )
+        out.append(
+            f"- sync completion latency = {lat(runs):.2f} s{was(before, lat)}: target <= 1 s "
+            f"{_verdict(lat(runs) <= 1.0)}"
+        )
     if deferred:
-        db = med([r["wall_s"] for r in deferred["d"]]) / med([r["wall_s"] for r in deferred["b"]])
-        lat = med([r["latency_s"] for r in deferred["d"]])
-        out.append(f"- (d)/(b) = {db:.3f} (target <= 1.10: {verdict(db <= 1.10)})")
-        out.append(f"- deferrable completion latency = {lat:.2f} s (target <= 2 s: {verdict(lat <= 2.0)})")
+
+        def db(r: dict[str, Any]) -> float:
+            return med([x["wall_s"] for x in r["d"]]) / med([x["wall_s"] for x in r["b"]])
+
+        def dlat(r: dict[str, Any]) -> float:
+            return med([x["latency_s"] for x in r["d"]])
+
+        out.append(f"- (d)/(b) = {db(deferred):.3f}{was(dbefore, db)}: target <= 1.10 {_verdict(db(deferred) <= 1.10)}")
+        out.append(
+            f"- deferrable completion latency = {dlat(deferred):.2f} s{was(dbefore, dlat)}: target <= 2 s "
+            f"{_verdict(dlat(deferred) <= 2.0)}"
+        )
     if shipping:
         repeat = max(r["bytes_uploaded"] for r in shipping["rows"][1:])
-        out.append(f"- repeat submit uploads {repeat} bytes (target 0: {verdict(repeat == 0)})")
-    out.append("- scale (4) and throughput (5): not measured yet (see the end)")
-    out.append(
-        "- Whole `make bench` (all sections, 5 rounds + 1 warm-up): about 20 min here (overhead ~9.5 min, "
-        "deferrable incl. standalone start ~8.5 min, heads ~1 min)."
-    )
+        out.append(f"- repeat submit uploads {repeat} bytes: target 0 {_verdict(repeat == 0)}")
+    scale = results.get("scale")
+    if scale:
+        top = max(scale["rows"], key=lambda r: r["n"])
+        prev = results.get("scale_before")
+        was_pct = ""
+        if prev:
+            ptop = [r for r in prev["rows"] if r["n"] == top["n"]]
+            was_pct = f" (before: {ptop[0]['triggerer_core_pct']:.1f}%)" if ptop else ""
+        out.append(
+            f"- {top['n']} deferred jobs: triggerer {top['triggerer_core_pct']:.1f}% of one core{was_pct} "
+            f"(its idle baseline {scale['idle']['triggerer_core_pct']:.1f}% included): target < 5% "
+            f"{_verdict(top['triggerer_core_pct'] < 5.0)}; worker slots held {top['worker_slots_held_max']}: "
+            f"target 0 {_verdict(top['worker_slots_held_max'] == 0)}"
+        )
+    tp = results.get("throughput")
+    if tp:
+        import throughput
+
+        out.extend(throughput.target_lines(tp))
     return out
+
+
+def _section_scale(results: dict[str, Any]) -> list[str]:
+    lines = [
+        "## (4) Scale: N deferred jobs watched by one triggerer",
+        "",
+        "`bench_scale_<N>` (`bench/bench_dags.py`): N mapped tasks, each submits a job that only waits (it prints "
+        "a line every 5 s until the benchmark creates its release file) and defers on the provider's "
+        "`RayTrainJobTrigger` with `[ray_train] poll_interval`, as `RayTrainOperator(deferrable=True)` does. "
+        f"Once all N are deferred and 10 s have passed, a {SCALE_WINDOW_S:.0f} s window: the CPU time "
+        "(user+system, psutil) of the `airflow triggerer` process and its children (the trigger runner), its RSS "
+        "every 5 s, the task states every 5 s (running/queued = worker slots held), and the requests Ray's "
+        "dashboard logged in its access log in the window (only the triggerer talks to Ray then). Then the jobs are "
+        "released together. One `airflow standalone` (LocalExecutor, `[core] parallelism` 4) for all N. "
+        "'before' is the same harness with the provider at git 7ef15e1 first on the standalone's PYTHONPATH.",
+        "",
+        "| provider | N | triggerer % of one core | CPU s per job-minute | RSS MiB (max) | requests per "
+        "job-minute | requests in window | worker slots held (max) | all N tasks done after release (s) |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for label, key in (("before", "scale_before"), ("after", "scale")):
+        data = results.get(key)
+        if not data:
+            continue
+        idle = data["idle"]
+        lines.append(
+            f"| {label} | 0 (idle) | {idle['triggerer_core_pct']:.2f} | | {idle['triggerer_rss_mib']:.0f} | | | | |"
+        )
+        for r in data["rows"]:
+            lines.append(
+                f"| {label} | {r['n']} | {r['triggerer_core_pct']:.2f} | {r['cpu_s_per_job_minute']:.3f} | "
+                f"{r['triggerer_rss_mib_max']:.0f} | {r['requests_per_job_minute']:.1f} | {r['requests']} | "
+                f"{r['worker_slots_held_max']} | {r['release_to_last_task_end_s']:.1f} |"
+            )
+    after = results.get("scale")
+    if after:
+        lines += ["", "Completion latency per task when all N end at once (task `end_date` - job `end_time`, s):", ""]
+        for r in after["rows"]:
+            lat = r.get("completion_latency_s") or []
+            if lat:
+                lines.append(
+                    f"- N={r['n']}: median {med(lat):.2f}, min {min(lat):.2f}, max {max(lat):.2f} (the resumed "
+                    "tasks queue for the executor's 4 slots: each `execute_complete` is a new task process)"
+                )
+    lines += ["", "![scale](scale.png)", ""]
+    return lines
 
 
 def report(results: dict[str, Any]) -> str:
     info, sections = results["machine"], results["sections"]
     lines = [
-        "# Benchmarks (issue 6): first measurements",
+        "# Benchmarks (issue 6)",
         "",
         "Generated by `make bench` (`bench/run.py`; `bench/run.py --report-only` rewrites this page from "
-        "`bench/results.json`, which holds every raw number). This machine is shared and was loaded by other "
-        "work while these ran: read the ratios, not the absolute times.",
+        "`bench/results.json`, which holds every raw number). This machine is shared (2 cores) and other work "
+        "ran beside some sections: read the ratios, not the absolute times. 'Before' numbers are the provider "
+        "before the log stream (git 93be6ba/7ef15e1: a status and a full-log GET every 2 s); 'after' is this "
+        "checkout.",
         "",
         "## Machine and versions",
         "",
@@ -747,6 +871,9 @@ def report(results: dict[str, Any]) -> str:
         "- (c) `bench/bench_dags.py` `bench_overhead_sync`: one `RayTrainOperator` (subclassed only to record "
         "when `execute()` started and returned and to count the hook's HTTP requests), run by `dag.test()` in "
         "the benchmark process; connection `ray_train_default` = the head (env `AIRFLOW_CONN_...`).",
+        "- Peers, in the same rounds as (a)-(c) (`bench/peers.py`): the same entrypoint and py_modules through "
+        "astro-provider-ray 0.4.0's `SubmitRayJob` and the Google provider 22.8.0's `RaySubmitJobOperator`, each "
+        "by `dag.test()` in its own venv (Airflow 3.3.2 + Ray 2.60.0 + the peer; `make bench` creates them).",
         "- (d) `bench_overhead_deferrable` (plain `RayTrainOperator(deferrable=True)`) in `airflow standalone` "
         "(scheduler, triggerer, LocalExecutor, SQLite), triggered by `POST /api/v2/dags/{id}/dagRuns`; wall = "
         "POST -> the REST API reports the run finished (polled every 0.25 s). Interleaved with (b) while "
@@ -758,6 +885,7 @@ def report(results: dict[str, Any]) -> str:
     summary = _targets(results)
     if summary:
         lines += ["## Targets at a glance (medians on this machine)", "", *summary, ""]
+    lines += [IMPROVED, ""]
     shipping = results.get("shipping")
     if shipping:
         lines += [
@@ -774,12 +902,17 @@ def report(results: dict[str, Any]) -> str:
             "(met: one `GET /api/packages/gcs/<name>` per package, no PUT).",
             "",
         ]
-    runs = results.get("overhead")
-    if runs:
-        lines += ["## (1) Overhead, (a)/(b)/(c): wall time per run (s)", ""]
-        lines += _table([(LABELS[m], [r["wall_s"] for r in runs[m]], "") for m in MODES])
+    for key, title in (("overhead", "after"), ("overhead_before", "before")):
+        runs = results.get(key)
+        if not runs:
+            continue
+        modes = list(runs)
+        lines += [f"## (1) Overhead, {title}: wall time per run (s)", ""]
+        lines += _table([(LABELS.get(m, m), [r["wall_s"] for r in runs[m]], "") for m in modes])
         lines += ["", "Ratios (the per-round ratio pairs runs that ran back to back):", ""]
-        lines += _ratios(runs, [("b", "a", ""), ("c", "a", ""), ("c", "b", "<= 1.05")])
+        pairs = [("b", "a", ""), ("c", "a", ""), ("c", "b", "<= 1.05")]
+        pairs += [(p, "b", "") for p in modes if p not in MODES] + [(p, "c", "") for p in modes if p not in MODES]
+        lines += _ratios(runs, pairs)
         lines += [
             "",
             "Where (c)'s time goes (medians): Ray's own job time (`end_time - start_time`) "
@@ -791,12 +924,16 @@ def report(results: dict[str, Any]) -> str:
             "Load average when each run ended:",
             "",
         ]
-        for mode in MODES:
+        for mode in modes:
             lines.append(f"- {mode}: " + "; ".join(r["load"] for r in runs[mode]))
-        lines += ["", "![overhead](overhead.png)", ""]
-    deferred = results.get("deferrable")
-    if deferred:
-        lines += ["## (1d) Deferrable through the real triggerer, against (b) under the same load", ""]
+        lines += [""]
+        if key == "overhead":
+            lines += ["![overhead](overhead.png)", "", PEERS_TEXT, ""]
+    for key, title in (("deferrable", "after"), ("deferrable_before", "before")):
+        deferred = results.get(key)
+        if not deferred:
+            continue
+        lines += [f"## (1d) Deferrable through the real triggerer, against (b) under the same load, {title}", ""]
         lines += _table(
             [
                 ("(b) ray job submit", [r["wall_s"] for r in deferred["b"]], ""),
@@ -812,17 +949,21 @@ def report(results: dict[str, Any]) -> str:
             + "; ".join(f"{m}: " + ", ".join(r["load"] for r in deferred[m]) for m in ("b", "d")),
             "",
         ]
-    if runs or deferred:
-        lines += ["## (3) Completion latency (s): Ray's job `end_time` -> the caller is done", ""]
-        rows = []
-        if runs:
+    rows = []
+    for key, title in (("overhead_before", "before"), ("overhead", "after")):
+        if results.get(key):
+            runs = results[key]
             rows += [
-                ("(b) `ray job submit` exits", [r["latency_s"] for r in runs["b"]], ""),
-                ("(c) sync: `execute()` returns", [r["latency_s"] for r in runs["c"]], "<= 1 s"),
-                ("(c) sync: `dag.test()` returns", [r["latency_dagtest_s"] for r in runs["c"]], ""),
+                (f"{title}: (b) `ray job submit` exits", [r["latency_s"] for r in runs["b"]], ""),
+                (f"{title}: (c) sync, `execute()` returns", [r["latency_s"] for r in runs["c"]], "<= 1 s"),
+                (f"{title}: (c) sync, `dag.test()` returns", [r["latency_dagtest_s"] for r in runs["c"]], ""),
             ]
-        if deferred:
-            rows += [("(d) deferrable: task `end_date`", [r["latency_s"] for r in deferred["d"]], "<= 2 s")]
+    for key, title in (("deferrable_before", "before"), ("deferrable", "after")):
+        if results.get(key):
+            latencies = [r["latency_s"] for r in results[key]["d"]]
+            rows += [(f"{title}: (d) deferrable, task `end_date`", latencies, "<= 2 s")]
+    if rows:
+        lines += ["## (3) Completion latency (s): Ray's job `end_time` -> the caller is done", ""]
         lines += _table(rows)
         lines += [
             "",
@@ -832,60 +973,76 @@ def report(results: dict[str, Any]) -> str:
             "![latency](latency.png)",
             "",
         ]
-    if runs:
-        lines += ["HTTP requests the hook sent per (c) run (method, kind):", ""]
-        lines += [f"- {r['requests']} (bytes uploaded {r['bytes_uploaded']})" for r in runs["c"]]
-        lines += [""]
-    lines += [OBSERVATIONS, NOTES]
+    for key, title in (("overhead_before", "before"), ("overhead", "after")):
+        if results.get(key):
+            lines += [f"HTTP requests the hook sent per (c) run, {title} (method, kind):", ""]
+            lines += [f"- {r['requests']} (bytes uploaded {r['bytes_uploaded']})" for r in results[key]["c"]]
+            lines += [""]
+    if results.get("scale") or results.get("scale_before"):
+        lines += _section_scale(results)
+    if results.get("throughput"):
+        import throughput
+
+        lines += throughput.throughput_section(results["throughput"])
+    lines += [NOTES]
     return "\n".join(lines)
 
 
-OBSERVATIONS = """## Where the overhead and the latency come from (as observed; to fix in the next session)
+IMPROVED = """## What was improved, and why (before -> after)
 
-- (c) sync is *faster* than (b): the `ray` CLI costs a Python + Ray import at start and, after Ray's
-  `end_time`, another 2.6-4.3 s before it exits (it tails the log to the end). So (c)/(b) flatters the
-  operator; (c)/(a) is the honest overhead. Between (a) and (c) the Jobs API itself costs ~2 s of the job's
-  own time (Ray's `end_time - start_time` for (c) vs (a)'s whole wall time: job supervisor actor, runtime_env
-  set-up for the py_modules, the driver started by the supervisor), and the operator adds the rest.
-- Sync completion latency is the poll loop: `RayTrainHook.wait_for_job` does GET `/api/jobs/{id}`, then GET
-  `/api/jobs/{id}/logs`, then `time.sleep(poll_interval)` with `poll_interval` 2.0 s (`[ray_train]
-  poll_interval`). The end is seen 0-2 s (+ two requests) after Ray's `end_time`: measured 0.14-2.4 s. A
-  shorter interval, or a backoff that starts short, or the log websocket (`/api/jobs/{id}/logs/tail`, which
-  closes when the job ends) would bring it under 1 s every time.
-- Every poll re-downloads the *whole* job log (`get_job_logs` returns all of it; the new part is cut off
-  client-side by offset): bytes per poll grow with the log, O(n^2) over a long job. The same in the trigger
-  (`RayTrainJobTrigger._show_new_logs`). Then `collect_result` (sync) and `execute_complete` (deferrable)
-  fetch the full log once more to find the manifest line.
-- Requests per (c) run (listed above): ~1 job-info + 1 log GET per 2 s of job time, plus a fixed handful per
-  submit (the previous-try lookup GET `/api/jobs/{id}` -> 404, GET `/api/v0/nodes` for the resource check,
-  one GET `/api/packages/gcs/<name>` per shipped package, the POST). The fixed part is milliseconds.
-- Shipping is already cheap: two zips (~33 KB together), built and hashed on every submit (~15-60 ms incl.
-  the existence checks); a repeat submit uploads nothing.
-- `dag.test()`'s first call in a process costs ~8 s more (DagBag fill, serialization): a harness cost, left
-  out by the warm-up round; later calls add ~0.2 s over `execute()`.
-- Deferrable (d): after Ray's `end_time` the trigger sees it on its next poll (the operator passes its own
-  `poll_interval`, 2 s; the trigger's default is 5 s), then the scheduler must pick the event up and the
-  executor start a new task process that re-runs the hook's set-up and fetches the log and job info again
-  before `execute_complete` can return: see the (d) latency row.
+- **Completion was noticed by sleeping between polls.** Before: `wait_for_job` and the trigger did GET
+  `/api/jobs/{id}`, GET `/api/jobs/{id}/logs` (the *whole* log, every time: O(n^2) bytes over a long job),
+  then slept `poll_interval` (2 s). The end was seen 0-2 s late, plus, for the deferrable path, the
+  scheduler's pickup. After: both follow the job's log over the Jobs API's websocket
+  (`/api/jobs/{id}/logs/tail`): new lines arrive as Ray writes them, never twice. The runtime driver's last
+  line is its result manifest: when it goes by, the status is polled every 0.2 s until Ray marks the job
+  done; when Ray closes the stream (the job ended, with or without a manifest) it is polled at once. The
+  status poll itself became a 5 s backstop (`[ray_train] poll_interval`, default 5), so a waiting job costs
+  a twelfth of a request per second instead of a full-log download every 2 s. Where the websocket cannot be
+  opened (a proxy without websockets), both fall back to the old polling, tested with a stub server.
+- **Closing the stream cost 2 s.** Ray answers a websocket close only after its next 1 s file poll; a 2 s
+  close timeout showed as 2 s of latency in the first cut. The close timeout is now 0.2 s.
+- **The triggerer paid httpx's CPU per poll.** `AsyncRayTrainHook` moved to aiohttp (measured here: ~0.5 ms
+  of CPU per status GET against ~1.5 ms with `httpx.AsyncClient`), with one session per trigger reused for
+  every request and for the websocket.
+- **Ray's own dashboard proxy breaks compressed websockets.** With the `websockets` client's default
+  permessage-deflate, Ray 2.60's dashboard (which proxies the stream from its job module) logged
+  `Unknown msg type: 258` and closed the stream after ~3 s; compression is off now (Ray's own CLI does not
+  ask for it either).
+- **Where it lands.** Ray's tail handler reads the log file in 1 s steps, so a line reaches Airflow up to
+  ~1-2 s after the driver printed it; the manifest line usually arrives before Ray marks the job finished
+  (the driver still shuts Ray down), so the fast polls catch the end within ~0.2 s of it.
 """
 
 
-NOTES = """## Not measured yet, and why
+PEERS_TEXT = """### Peers
 
-- (1) peers. astro-provider-ray 0.4.0 (the last release, marked deprecated/unmaintained on PyPI): its wheel
-  (read, not installed) imports `airflow.utils.context.Context` (not usable on Airflow 3.3, see
-  `/work/shared/NOTES.md`), `airflow.models.BaseOperator`, and subclasses the cncf-kubernetes `KubernetesHook`;
-  it needs `apache-airflow-providers-cncf-kubernetes` and pins nothing for Airflow 3. Not installed here (this
-  venv is shared; a separate venv is the next step). The Google provider's `RaySubmitJobOperator`
-  (`airflow.providers.google.cloud.operators.ray`) talks to any Ray dashboard address through Ray's
-  `JobSubmissionClient`, so it can run the same job on the local head; not tried yet: it needs the Google
-  provider (large dependency tree, google-cloud-aiplatform) in a separate venv.
-- (4) scale: 1, 10 and 50 concurrent deferred jobs watched by one triggerer (its CPU seconds per job-minute,
-  RSS, HTTP requests per job-minute, worker slots held): not built yet. 50 Train runs do not fit 2 cores;
-  a cheap job through the same trigger (e.g. a `sleep` entrypoint submitted by the hook, then the trigger
-  pointed at it) isolates the triggerer's cost; measure the triggerer's process with psutil.
-- (5) training throughput (Lightning example through the runtime vs a hand-written TorchTrainer script with
-  `ray.train.lightning`; 1 vs 2 workers): not built yet.
+Both peers install beside Airflow 3.3.2 + Ray 2.60.0 (Python 3.11) and ran the same job: the same
+`python -m airflow_ray_train.runtime <spec>` entrypoint and `py_modules`, through `dag.test()` from their own
+venvs (`bench/peers.py`). **astro-provider-ray 0.4.0** (its last release) warns on import that it is no longer
+maintained and imports Airflow's deprecated `airflow.utils.context` shim; 0.3.1 fails on the current Kubernetes
+provider (`ImportError: cannot import name 'PodOperatorHookProtocol'`). Its `SubmitRayJob` always defers to
+its trigger (`dag.test()` runs the trigger in line), its hook subclasses `KubernetesHook` (so the Kubernetes
+provider is required, and pytest too), and it cannot set a submission id. **apache-airflow-providers-google
+22.8.0**'s `RaySubmitJobOperator` accepts a plain `http://` dashboard address and uses no GCP credentials,
+but still needs a (possibly empty) `google_cloud_default` connection; it brings about 60 Google libraries
+(a 2.1 GB venv), polls every 5 s (fixed), and returns successfully even when the Ray job ends FAILED
+(`bench/peers.py` checks the job's status on the head itself). Both need Ray installed next to Airflow;
+airflow-ray-train needs only `httpx`, `aiohttp` and `websockets` there.
+"""
+
+
+NOTES = """## Noticed and left
+
+- The deferrable path's remaining latency is Airflow's: after the trigger's event, the triggerer hands it to
+  the database, the scheduler queues the task on its next loop, and the executor starts a new task process
+  that runs `execute_complete` (which reads the log once to find the manifest). With N jobs ending at once
+  the resumed tasks queue for the executor's slots (scale table).
+- (b) `ray job submit` exits 2-4 s after Ray's `end_time` (it tails the log to the end through the same
+  websocket and Ray's 1 s file polling), so (c)/(b) flatters the operator; (c)/(a) is the honest overhead,
+  and most of it is the Jobs API's own (job supervisor actor, runtime_env set-up of the py_modules).
+- `dag.test()`'s first call in a process costs ~8 s more (DagBag fill, serialization): a harness cost, left
+  out by the warm-up round.
 """
 
 
@@ -933,8 +1090,7 @@ def main(argv: list[str]) -> int:
         finally:
             head.stop()
             shutil.rmtree(temp_dir, ignore_errors=True)
-    if results.get("overhead"):
-        plots(results["overhead"], results.get("deferrable"))
+    plots(results)
     (OUT / "REPORT.md").write_text(report(results))
     print(f"wrote {OUT / 'REPORT.md'}", flush=True)
     shutil.rmtree(ROOT, ignore_errors=True)
