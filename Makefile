@@ -29,8 +29,19 @@ unit: install
 
 .PHONY: bench
 # Benchmarks (issue 6): writes bench/REPORT.md, bench/results.json and PNG plots. BENCH_RUNS=5 rounds by default.
+# Peers run in their own venvs (made here, under /tmp; BENCH_PEERS= skips them). Then the scale section again
+# with the provider as it was before the log stream (BENCH_BEFORE_REF; empty skips it).
+BENCH_PEERS ?= astro,google
+BENCH_BEFORE_REF ?= 7ef15e1
 bench: install
-	$(PY) bench/run.py
+	@for peer in $$(echo "$(BENCH_PEERS)" | tr , ' '); do $(PY) bench/peers.py setup $$peer || exit 1; done
+	BENCH_PEERS=$(BENCH_PEERS) $(PY) bench/run.py
+	@if [ -n "$(BENCH_BEFORE_REF)" ]; then \
+		rm -rf .bench_before && mkdir -p .bench_before && \
+		git archive $(BENCH_BEFORE_REF) airflow_ray_train | tar -x -C .bench_before && \
+		BENCH_SECTIONS=scale BENCH_PROVIDER_SRC=$(CURDIR)/.bench_before PYTHONPATH=$(CURDIR)/.bench_before \
+			$(PY) bench/run.py; \
+	fi
 
 test: lint
 	$(PY) -m pytest tests -q -rs

@@ -572,6 +572,14 @@ def run_scale(head: Any, client: Any, standalone: Any, n: int) -> dict[str, Any]
     }
 
 
+def bench_throughput(head: Any) -> dict[str, Any]:
+    """(5): the Lightning example through the runtime vs a hand-written script; 1 vs 2 workers
+    (``bench/throughput.py``). Its drivers are fresh processes, so it needs no warm-up round."""
+    import throughput
+
+    return dict(throughput.bench_throughput(head, RUNS, int(os.environ.get("BENCH_TP_WARMUP", "0")), ROOT / "tp"))
+
+
 def bench_scale(head: Any) -> dict[str, Any]:
     """1, 10, 50 deferred jobs in turn in one ``airflow standalone``; first its triggerer idle (no trigger)."""
     os.environ["BENCH_RELEASE_DIR"] = str(ROOT / "release")
@@ -983,7 +991,7 @@ def report(results: dict[str, Any]) -> str:
     if results.get("throughput"):
         import throughput
 
-        lines += throughput.throughput_section(results["throughput"])
+        lines += [*throughput.throughput_section(results["throughput"]), "", "![throughput](throughput.png)", ""]
     lines += [NOTES]
     return "\n".join(lines)
 
@@ -1054,7 +1062,7 @@ def main(argv: list[str]) -> int:
     results: dict[str, Any] = json.loads(results_file.read_text()) if results_file.exists() else {}
     results.setdefault("sections", {})
     if "--report-only" not in argv:
-        wanted = os.environ.get("BENCH_SECTIONS", "shipping,overhead,deferrable").split(",")
+        wanted = os.environ.get("BENCH_SECTIONS", "shipping,overhead,deferrable,scale,throughput").split(",")
         results["machine"] = machine()
         temp_dir = tempfile.mkdtemp(prefix="art_bray_")
         head = start_ray_head(temp_dir=temp_dir, token=secrets.token_hex(16), num_cpus=4)
@@ -1073,15 +1081,18 @@ def main(argv: list[str]) -> int:
                 ("overhead", lambda: bench_overhead(head, py_modules)),
                 ("deferrable", lambda: bench_deferrable(head, py_modules)),
                 ("scale_before" if PROVIDER_SRC else "scale", lambda: bench_scale(head)),
+                ("throughput", lambda: bench_throughput(head)),
             )
             for name, stage in stages:
                 if name.split("_")[0] not in wanted and name != "shipping":
                     continue
+                if PROVIDER_SRC and not name.endswith("_before"):
+                    name += "_before"  # the provider at another commit: its own keys
                 started = {"date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "load_start": loadavg()}
                 value = stage()
-                if name == "shipping":
+                if name.startswith("shipping"):
                     py_modules = value["rows"][0]["py_modules"]
-                    if name not in wanted:
+                    if "shipping" not in wanted:
                         continue
                 results[name] = value
                 results["sections"][name] = {**started, "command": command, "load_end": loadavg()}
@@ -1091,6 +1102,10 @@ def main(argv: list[str]) -> int:
             head.stop()
             shutil.rmtree(temp_dir, ignore_errors=True)
     plots(results)
+    if results.get("throughput"):
+        import throughput
+
+        throughput.throughput_plot(results["throughput"], OUT)
     (OUT / "REPORT.md").write_text(report(results))
     print(f"wrote {OUT / 'REPORT.md'}", flush=True)
     shutil.rmtree(ROOT, ignore_errors=True)

@@ -344,6 +344,27 @@ def summarize(rows: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 TARGET = 0.97
 
 
+def target_lines(results: dict[str, Any]) -> list[str]:
+    """The throughput lines of the report's "targets at a glance"."""
+    ratios = results.get("ratios") or summarize(results["runs"])["ratios"]
+    out = []
+    main = ratios.get("runtime-2 / handwritten-2")
+    if main:
+        sps = main["samples_per_s"]
+        cpu = main["cpu_ms_per_sample"]
+        ok = sps["per_round_median"] >= TARGET
+        out.append(
+            f"- throughput, runtime / hand-written (2 workers, samples/s): {sps['of_medians']:.3f} of medians, "
+            f"{sps['per_round_median']:.3f} median of per-round ratios: target >= {TARGET} "
+            f"{'met' if ok else 'NOT met'} (CPU ms per sample, runtime / hand-written: "
+            f"{cpu['per_round_median']:.3f})"
+        )
+    speedup = ratios.get("runtime-2 / runtime-1 (speedup)")
+    if speedup:
+        out.append(f"- 2 workers / 1 worker (runtime, samples/s): {speedup['samples_per_s']['of_medians']:.2f}")
+    return out
+
+
 def throughput_section(results: dict[str, Any]) -> list[str]:
     """The markdown section for REPORT.md."""
     cfg, rows = results["config"], results["runs"]
