@@ -311,8 +311,7 @@ def start_standalone(dags: tuple[str, ...] = ("bench_overhead_deferrable",)) -> 
 
     from airflow_ray_train.local_cluster import free_port
 
-    home = ROOT / "standalone"
-    home.mkdir()
+    home = Path(tempfile.mkdtemp(prefix="standalone_", dir=ROOT))  # one per section
     port = free_port()
     env = {
         **os.environ,
@@ -797,7 +796,8 @@ def _section_scale(results: dict[str, Any]) -> list[str]:
         "every 5 s, the task states every 5 s (running/queued = worker slots held), and the requests Ray's "
         "dashboard logged in its access log in the window (only the triggerer talks to Ray then). Then the jobs are "
         "released together. One `airflow standalone` (LocalExecutor, `[core] parallelism` 4) for all N. "
-        "'before' is the same harness with the provider at git 7ef15e1 first on the standalone's PYTHONPATH.",
+        "'before' is the same harness with the provider at git 7ef15e1 first on the standalone's PYTHONPATH "
+        "(`make bench` does this with `git archive`).",
         "",
         "| provider | N | triggerer % of one core | CPU s per job-minute | RSS MiB (max) | requests per "
         "job-minute | requests in window | worker slots held (max) | all N tasks done after release (s) |",
@@ -1042,6 +1042,30 @@ airflow-ray-train needs only `httpx`, `aiohttp` and `websockets` there.
 
 NOTES = """## Noticed and left
 
+- **Scale, 50 deferred jobs: 10.6% of one core, over the 5% target** (before: 17.3%). What went down is the
+  provider's part: requests per job-minute 57 -> 12 (no log downloads; one status GET per 5 s), RSS 466 ->
+  431 MiB. The trigger code itself is not the rest: 50 `RayTrainJobTrigger.run()` in one plain asyncio
+  process, same waiting jobs, cost 1.0% of a core at `poll_interval` 5 s (3.6% at 1 s; a 30 s window after
+  10 s of settling, `/tmp` script, not part of `make bench`). So about 8 points are spent in the triggerer
+  process around the triggers (linear, ~0.19 points per trigger: N=1 +0.2, N=10 +1.9, N=50 +9.3 over the
+  idle 1.3%), and each job here prints a line every 5 s that the triggerer forwards to the task's log.
+  Not profiled yet (py-spy on the trigger runner during the window is the next step); if it is the log
+  forwarding, logging one record per stream message (up to 10 lines) instead of per line would cut it for
+  chatty jobs.
+- **Throughput: 0.944 of medians (0.974 median of per-round ratios)**, with the workers' CPU per sample 1.08x
+  in this run; the helper's 10-round A/B of the two training loops inside one set of Ray workers gave 0.996
+  samples/s and 1.002 CPU per sample, and single fits swing 0.78-1.63x here. Nothing per-sample differs: the
+  runtime adds a progress print every 50 steps on rank 0 and one report record per epoch. The cores used
+  outside the workers during the fit were 0.23 (runtime) vs 0.15 (hand-written): the runtime's driver also
+  has its recorder actor, and its log is streamed; not separated further. Why 2 workers were slower than 1:
+  a 38k-parameter model on 2 cores, where the per-step gradient all-reduce and `sync_dist` dominate.
+- A job that prints no result manifest (the scale section's `sh` loops, or a driver that crashed) is noticed
+  when Ray closes the log stream, 1-3 s after it ended (Ray's 1 s file polling, twice): 2.66 s for N=1 in
+  the scale table, against 1.66 s for the Train job of (d), whose manifest line starts the 0.2 s polls.
+- (c)'s job itself runs ~0.8 s longer than (b)'s by Ray's own `end_time - start_time` (before and after
+  alike), with the same entrypoint and py_modules; the operator's job also carries `env_vars` in its
+  runtime_env and its log is followed while it runs. Not explained yet.
+
 - The deferrable path's remaining latency is Airflow's: after the trigger's event, the triggerer hands it to
   the database, the scheduler queues the task on its next loop, and the executor starts a new task process
   that runs `execute_complete` (which reads the log once to find the manifest). With N jobs ending at once
@@ -1074,6 +1098,8 @@ def main(argv: list[str]) -> int:
 
             db.resetdb()
             command = f"BENCH_SECTIONS={','.join(wanted)} BENCH_RUNS={RUNS} BENCH_WARMUP={WARMUP} bench/run.py"
+            if PROVIDER_SRC:
+                command = f"BENCH_PROVIDER_SRC={PROVIDER_SRC} PYTHONPATH={PROVIDER_SRC} {command}"
             # Shipping always runs first, on the fresh head: it uploads the packages the other sections use.
             py_modules: list[str] = []
             stages = (
