@@ -364,9 +364,17 @@ class RayTrainOperator(BaseOperator):
             job_id = self._submit_or_attach(hook, spec, runtime_env, context)
         if self.deferrable:
             self._defer(job_id)
-        info = hook.wait_for_job(job_id, poll_interval=self.poll_interval, on_logs=self._log_job_output)
+        # wait_for_job hands on the whole log, from its start, before it returns: keep it for the manifest
+        # instead of downloading it once more.
+        pieces: list[str] = []
+
+        def on_logs(chunk: str) -> None:
+            pieces.append(chunk)
+            self._log_job_output(chunk)
+
+        info = hook.wait_for_job(job_id, poll_interval=self.poll_interval, on_logs=on_logs)
         self._flush_log()
-        return self.collect_result(hook, job_id, info, context)
+        return self.collect_result(hook, job_id, info, context, logs="".join(pieces))
 
     def _previous_job(self, hook: RayTrainHook, spec: TrainSpec, try_number: int) -> dict[str, Any] | None:
         """The newest job an earlier try of this task instance submitted, found by its derived submission id
