@@ -13,6 +13,7 @@ import json
 import math
 import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from enum import StrEnum
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -50,7 +51,23 @@ FAILURE_CONFIG_FIELDS: dict[str, tuple[type, ...]] = {
     "max_preemption_failures": (int,),
 }
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
-JOB_STATUSES = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+class JobStatus(StrEnum):
+    """A Ray job's status, as the Jobs API spells it; a manifest's status is one of the terminal ones."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    STOPPED = "STOPPED"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (JobStatus.STOPPED, JobStatus.SUCCEEDED, JobStatus.FAILED)
+
+
+JOB_STATUSES = tuple(status.value for status in JobStatus if status.is_terminal)
 
 _TRAIN_FUNC_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]*$")

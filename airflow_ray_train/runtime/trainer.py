@@ -1,47 +1,43 @@
-"""The job driver: ``TrainSpec`` -> ``TorchTrainer.fit()`` -> ``ResultManifest`` written next to the run.
+"""The job driver: ``TrainSpec`` -> ``TorchTrainer.fit()`` -> ``ResultManifest``, printed in the job log and
+written next to the run.
 
-Runs on the Ray cluster (``python -m airflow_ray_train.runtime SPEC``). Never imports Airflow.
+Runs on the Ray cluster (``python -m airflow_ray_train.runtime SPEC``). Never imports Airflow. The manifest is
+printed before anything else is written (the metrics history CSV, the learning curve): Ray kills a stopped
+job's driver 3 s after its SIGTERM, and a storage that fails must not cost Airflow the result.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import math
+import dataclasses
 import os
 import signal
 import sys
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from airflow_ray_train.runtime.checkpoints import resolve_checkpoints
 from airflow_ray_train.runtime.frameworks import import_object
-from airflow_ray_train.runtime.spec import MANIFEST_MARKER, CheckpointRecord, ResultManifest, SpecError, TrainSpec
+from airflow_ray_train.runtime.learning_curve import learning_curve_png
+from airflow_ray_train.runtime.reports import history_csv, make_recorder, make_report_callback, read_reports
+from airflow_ray_train.runtime.spec import MANIFEST_MARKER, ResultManifest, SpecError, TrainSpec
+from airflow_ray_train.runtime.storage import Storage
 
-#: Each ``ray.train.report`` is echoed in the job log behind this prefix, so a person can follow training.
-REPORT_PREFIX = "[airflow-ray-train] report"
 MANIFEST_DIR = "airflow_ray_train"
 PRINT_PATCH_ENV = "RAY_TRAIN_ENABLE_PRINT_PATCH"
 TRACEBACK_TAIL_CHARS = 4000
 #: Worker-group start attempts after the first (each waits ``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S``, 60 s by
 #: default) before the run fails, unless the spec sets ``failure_config.controller_failure_limit``.
 DEFAULT_CONTROLLER_FAILURE_LIMIT = 2
-
-_SCHEMES = {"local": "", "s3": "s3", "gcs": "gs", "hdfs": "hdfs", "abfs": "abfs"}
-#: Reported numbers that are bookkeeping, not a learning curve (Ray's, Lightning's and Trainer's).
-_NOT_CURVES = {"epoch", "step", "start_epoch", "learning_rate", "grad_norm", "total_flos"}
-_NOT_CURVE_SUFFIXES = ("_step", "_runtime", "_per_second", "_time", "_timestamp")
-_SCORE_WORDS = ("acc", "f1", "auc", "precision", "recall", "score", "iou", "map", "bleu", "rouge")
+#: Seconds to read the report history: after a stop, Ray kills the driver 3 s after its SIGTERM.
+REPORTS_TIMEOUT_S = 30.0
+REPORTS_TIMEOUT_STOPPING_S = 1.0
 
 
 class TrainFuncImportError(ImportError):
     """``train_func`` could not be imported on the cluster."""
-
-
-class JobStopped(BaseException):
-    """Raised in the driver when Ray stops the job (SIGTERM), so the manifest still gets written."""
 
 
 def load_train_func(path: str) -> Callable[..., Any]:
@@ -58,194 +54,63 @@ def load_train_func(path: str) -> Callable[..., Any]:
     return target  # type: ignore[no-any-return]
 
 
-def uri_for(filesystem: Any, path: str | None) -> str | None:
-    """Give a storage path back its scheme: Ray drops it (``s3://b/p`` comes back as ``b/p``)."""
-    if path is None:
-        return None
-    type_name = str(getattr(filesystem, "type_name", "local"))
-    if type_name.startswith("py::fsspec+"):
-        scheme = type_name.removeprefix("py::fsspec+").split("+")[0].split(",")[0].strip("()'\"")
-    else:
-        scheme = _SCHEMES.get(type_name, type_name)
-    if not scheme or scheme in ("file", "local"):
-        return path
-    return f"{scheme}://{path.lstrip('/')}" if "://" not in path else path
+class JobStopped(BaseException):
+    """Raised in the driver when Ray stops the job (SIGTERM) during ``fit()``, so the manifest still gets out."""
 
 
-def json_safe(value: Any) -> Any:
-    """Metrics as JSON: numpy/torch scalars become numbers, NaN/inf become None, anything else a string."""
-    if value is None or isinstance(value, (str, bool, int)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    item = getattr(value, "item", None)
-    if callable(item):
-        try:
-            return json_safe(item())
-        except (TypeError, ValueError, RuntimeError):
-            pass
-    return str(value)
+class StopSignal:
+    """SIGTERM while fitting raises ``JobStopped``; once the fit is over it only sets ``requested``, so the
+    driver prints its manifest and skips the slow artifacts instead of dying half way."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.raising = True
+        self._previous: Any = None
+
+    def __enter__(self) -> StopSignal:
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        if self.raising:
+            raise JobStopped(f"the Ray job was stopped (signal {signum})")
 
 
-class Storage:
-    """Writes small files into the run's storage: a local/shared path or a ``pyarrow.fs`` URI."""
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a job's files go: ``<storage>/<run>/airflow_ray_train/<submission_id>/``."""
 
-    def __init__(self, root: str) -> None:
-        self.root = root
-        self.is_uri = "://" in root and not root.startswith("file://")
-        self._fs: Any = None
-        self._fs_root = root.removeprefix("file://")
-        if self.is_uri:
-            import pyarrow.fs
+    storage: Storage
+    storage_path: str
+    run_name: str
+    folder: str
 
-            self._fs, self._fs_root = pyarrow.fs.FileSystem.from_uri(root)
+    @classmethod
+    def of(cls, spec: TrainSpec, default_storage_path: str) -> RunPaths:
+        storage_path = os.path.expanduser(spec.run_config.get("storage_path") or default_storage_path)
+        run_name = spec.effective_run_name
+        return cls(Storage(storage_path), storage_path, run_name, f"{run_name}/{MANIFEST_DIR}/{spec.submission_id}")
 
-    def join(self, *parts: str) -> str:
-        return "/".join([self.root.rstrip("/"), *parts])
+    @property
+    def run_path(self) -> str:
+        return self.storage.join(self.run_name)
 
-    def write_text(self, relative: str, text: str) -> str:
-        return self.write_bytes(relative, text.encode())
-
-    def write_bytes(self, relative: str, data: bytes) -> str:
-        """Write then rename, so a reader never sees half a file. Returns the file's path or URI."""
-        target = "/".join([self._fs_root.rstrip("/"), relative])
-        tmp = f"{target}.tmp-{os.getpid()}"
-        if self._fs is None:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, target)
-        else:
-            self._fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
-            with self._fs.open_output_stream(tmp) as stream:
-                stream.write(data)
-            self._fs.move(tmp, target)
-        return self.join(relative)
+    def file(self, name: str) -> str:
+        return f"{self.folder}/{name}"
 
 
-def _make_recorder_actor() -> Any:
-    import ray
+@dataclass
+class FitOutcome:
+    """What ``fit()`` left: Ray's ``Result`` (None when it raised), the report recorder, the status, the error."""
 
-    @ray.remote(num_cpus=0)
-    class ReportRecorder:
-        """Holds every report; lives beside the driver so the controller's callback can hand them over."""
-
-        def __init__(self) -> None:
-            self.reports: list[dict[str, Any]] = []
-
-        def record(self, report: dict[str, Any]) -> int:
-            self.reports.append(report)
-            return len(self.reports)
-
-        def get(self) -> list[dict[str, Any]]:
-            return self.reports
-
-    return ReportRecorder.remote()  # type: ignore[attr-defined]
-
-
-def _make_report_callback(recorder: Any) -> Any:
-    import ray
-    from ray.train import UserCallback
-
-    class RecordReports(UserCallback):
-        """Sees every ``ray.train.report`` (``Result.metrics`` keeps only the last checkpointed one)."""
-
-        def __init__(self, handle: Any) -> None:
-            self.recorder = handle
-
-        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-            rank0 = json_safe(metrics[0]) if metrics else {}
-            path = uri_for(checkpoint.filesystem, checkpoint.path) if checkpoint is not None else None
-            report = {"time": time.time(), "metrics": rank0, "checkpoint_path": path}
-            index = ray.get(self.recorder.record.remote(report))
-            shown = " ".join(f"{k}={_fmt(v)}" for k, v in rank0.items())
-            suffix = f" checkpoint={path}" if path else ""
-            print(f"{REPORT_PREFIX} {index}: {shown}{suffix}", flush=True)
-
-    return RecordReports(recorder)
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
-
-
-def _history_csv(reports: list[dict[str, Any]]) -> str:
-    columns: list[str] = []
-    for report in reports:
-        columns.extend(k for k in report["metrics"] if k not in columns)
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["report", "time", *columns, "checkpoint_path"])
-    for index, report in enumerate(reports, 1):
-        metrics = report["metrics"]
-        row = [json.dumps(metrics[c]) if isinstance(metrics.get(c), (dict, list)) else metrics.get(c) for c in columns]
-        writer.writerow([index, f"{report['time']:.3f}", *row, report.get("checkpoint_path") or ""])
-    return out.getvalue()
-
-
-def _numeric_columns(reports: list[dict[str, Any]]) -> list[str]:
-    columns: list[str] = []
-    for report in reports:
-        for key, value in report["metrics"].items():
-            if key not in columns and _is_number(value):
-                columns.append(key)
-    return columns
-
-
-def learning_curve_panels(reports: list[dict[str, Any]]) -> tuple[str, list[tuple[str, list[str]]]]:
-    """What the learning curve shows: the x axis (``epoch`` when every report has one, else the report
-    number) and the panels (losses; scores such as accuracy; else the other metrics), each with its metrics."""
-    columns = _numeric_columns(reports)
-    has_epoch = bool(reports) and all(isinstance(r["metrics"].get("epoch"), (int, float)) for r in reports)
-    x_axis = "epoch" if has_epoch else "report"
-    plotted = [c for c in columns if c not in _NOT_CURVES and not c.endswith(_NOT_CURVE_SUFFIXES)]
-    losses = [c for c in plotted if "loss" in c.lower()]
-    scores = [c for c in plotted if c not in losses and any(word in c.lower() for word in _SCORE_WORDS)]
-    panels = [(title, names) for title, names in (("loss", losses), ("score", scores)) if names]
-    if not panels and plotted:
-        panels = [("metrics", plotted[:8])]
-    return x_axis, panels
-
-
-def learning_curve_png(reports: list[dict[str, Any]], title: str) -> bytes | None:
-    """The learning curve as a PNG, or None when there is nothing to plot or matplotlib is missing."""
-    x_axis, panels = learning_curve_panels(reports)
-    if not panels:
-        return None
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        print(
-            "[airflow-ray-train] matplotlib is not installed on the cluster: no learning-curve plot "
-            "(the metrics history CSV is written). Fix: pip install matplotlib",
-            flush=True,
-        )
-        return None
-    xs = [r["metrics"]["epoch"] if x_axis == "epoch" else i for i, r in enumerate(reports, 1)]
-    figure = Figure(figsize=(5.5 * len(panels), 4), layout="tight")
-    axes = figure.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (panel, names) in zip(axes, panels, strict=True):
-        for name in names:
-            points = [(x, r["metrics"][name]) for x, r in zip(xs, reports, strict=True) if name in r["metrics"]]
-            points = [(x, y) for x, y in points if _is_number(y)]
-            if points:
-                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
-        ax.set_xlabel(x_axis)
-        ax.set_ylabel(panel)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    figure.suptitle(title, fontsize=10)
-    out = io.BytesIO()
-    figure.savefig(out, format="png", dpi=100)
-    return out.getvalue()
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    status: str = "SUCCEEDED"
+    error: dict[str, str] | None = None
+    result: Any = None
+    recorder: Any = None
 
 
 def _error_dict(exc: BaseException) -> dict[str, str]:
@@ -271,49 +136,29 @@ def failure_config_kwargs(given: dict[str, Any] | None) -> dict[str, Any]:
     return kwargs
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise JobStopped(f"the Ray job was stopped (signal {signum})")
-
-
-def run(spec: TrainSpec) -> ResultManifest:
-    """Fit the trainer the spec describes and write its manifest; never raises for a training failure."""
+def fit(spec: TrainSpec, paths: RunPaths) -> FitOutcome:
+    """Build the ``TorchTrainer`` the spec describes and fit it; every failure becomes the outcome's error."""
     import ray
-    import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.constants import DEFAULT_STORAGE_PATH
     from ray.train.torch import TorchTrainer
 
-    started = time.time()
-    run_name = spec.effective_run_name
-    storage_path = os.path.expanduser(spec.run_config.get("storage_path") or DEFAULT_STORAGE_PATH)
-    storage = Storage(storage_path)
-    run_path = storage.join(run_name)
-    manifest_rel = f"{run_name}/{MANIFEST_DIR}/{spec.submission_id}/manifest.json"
-    history_rel = f"{run_name}/{MANIFEST_DIR}/{spec.submission_id}/metrics_history.csv"
-    curve_rel = f"{run_name}/{MANIFEST_DIR}/{spec.submission_id}/learning_curve.png"
-    manifest_path = storage.join(manifest_rel)
-
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    reports: list[dict[str, Any]] = []
-    recorder: Any = None
-    result: Any = None
-    status, error = "SUCCEEDED", None
+    outcome = FitOutcome()
     # Train V2 routes a worker's print() to its logger and also to stdout: every progress line would reach the
     # job log twice. Ray propagates this variable from the driver to the controller and the workers.
     os.environ.setdefault(PRINT_PATCH_ENV, "0")
     try:
         if not ray.is_initialized():
             ray.init(log_to_driver=True)
-        recorder = _make_recorder_actor()
+        outcome.recorder = make_recorder()
         train_func = load_train_func(spec.train_func)
         rc = dict(spec.run_config)
         run_config = RunConfig(
-            name=run_name,
-            storage_path=storage_path,
+            name=paths.run_name,
+            storage_path=paths.storage_path,
             checkpoint_config=CheckpointConfig(**(rc.get("checkpoint_config") or {})),
             failure_config=FailureConfig(**failure_config_kwargs(rc.get("failure_config"))),
             worker_runtime_env=rc.get("worker_runtime_env"),  # type: ignore[call-arg]
-            callbacks=[_make_report_callback(recorder)],
+            callbacks=[make_report_callback(outcome.recorder)],
         )
         trainer = TorchTrainer(
             train_loop_per_worker=train_func,
@@ -321,91 +166,89 @@ def run(spec: TrainSpec) -> ResultManifest:
             scaling_config=ScalingConfig(**spec.scaling_config),
             run_config=run_config,
         )
-        print(f"[airflow-ray-train] run {run_name!r} in {storage_path} with {spec.scaling_config}", flush=True)
-        result = trainer.fit()
-        if getattr(result, "error", None) is not None:
-            status, error = "FAILED", _error_dict(result.error)
+        print(
+            f"[airflow-ray-train] run {paths.run_name!r} in {paths.storage_path} with {spec.scaling_config}", flush=True
+        )
+        outcome.result = trainer.fit()
+        if getattr(outcome.result, "error", None) is not None:
+            outcome.status, outcome.error = "FAILED", _error_dict(outcome.result.error)
     except JobStopped as exc:
-        status, error = "STOPPED", _error_dict(exc)
+        outcome.status, outcome.error = "STOPPED", _error_dict(exc)
     except BaseException as exc:  # noqa: BLE001 - every failure must still leave a manifest
-        status, error = "FAILED", _error_dict(exc)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    if recorder is not None:
-        try:
-            reports = ray.get(recorder.get.remote(), timeout=30)
-        except Exception as exc:  # noqa: BLE001 - losing history must not lose the manifest
-            print(f"[airflow-ray-train] could not read the report history: {exc!r}", file=sys.stderr)
+        outcome.status, outcome.error = "FAILED", _error_dict(exc)
+    return outcome
 
-    checkpoint_path = next((r["checkpoint_path"] for r in reversed(reports) if r["checkpoint_path"]), None)
-    best: list[CheckpointRecord] = []
-    if result is not None:
-        if result.checkpoint is not None:
-            checkpoint_path = uri_for(result.checkpoint.filesystem, result.checkpoint.path)
-        run_path = uri_for(getattr(result, "filesystem", None), result.path) or run_path
-        for ckpt, metrics in result.best_checkpoints or []:
-            path = uri_for(ckpt.filesystem, ckpt.path)
-            if path:
-                best.append(CheckpointRecord(path=path, metrics=json_safe(metrics)))
-    else:
-        best = [
-            CheckpointRecord(path=r["checkpoint_path"], metrics=r["metrics"]) for r in reports if r["checkpoint_path"]
-        ]
-        keep = (spec.run_config.get("checkpoint_config") or {}).get("num_to_keep")
-        best = best[-keep:] if keep else best
-    best_checkpoint_path = _best_path(spec, best) or checkpoint_path
 
-    history_path = curve_path = None
+def publish(manifest: ResultManifest, paths: RunPaths) -> None:
+    """Print the manifest in the job log (Airflow reads the last one printed), then write it to storage."""
+    print(MANIFEST_MARKER + manifest.to_json(), flush=True)
     try:
-        if reports:
-            history_path = storage.write_text(history_rel, _history_csv(reports))
-    except OSError as exc:
+        paths.storage.write_text(paths.file("manifest.json"), manifest.to_json())
+    except Exception as exc:  # noqa: BLE001 - the printed manifest still reaches Airflow
+        print(f"[airflow-ray-train] could not write the manifest to {manifest.manifest_path}: {exc!r}", file=sys.stderr)
+
+
+def write_artifacts(reports: list[dict[str, Any]], paths: RunPaths) -> tuple[str | None, str | None]:
+    """The metrics history CSV and the learning curve PNG; their paths, None where nothing was written."""
+    history = curve = None
+    if not reports:
+        return history, curve
+    try:
+        history = paths.storage.write_text(paths.file("metrics_history.csv"), history_csv(reports))
+    except Exception as exc:  # noqa: BLE001 - an artifact must never cost the manifest
         print(f"[airflow-ray-train] could not write the metrics history: {exc!r}", file=sys.stderr)
     try:
-        png = learning_curve_png(reports, run_name)
+        png = learning_curve_png(reports, paths.run_name)
         if png is not None:
-            curve_path = storage.write_bytes(curve_rel, png)
-            print(f"[airflow-ray-train] learning curve: {curve_path}", flush=True)
+            curve = paths.storage.write_bytes(paths.file("learning_curve.png"), png)
+            print(f"[airflow-ray-train] learning curve: {curve}", flush=True)
     except Exception as exc:  # noqa: BLE001 - a plot must never cost the manifest
         print(f"[airflow-ray-train] could not write the learning curve: {exc!r}", file=sys.stderr)
-    manifest = ResultManifest(
-        status=status,
-        submission_id=spec.submission_id,
-        run_name=run_name,
-        run_path=run_path,
-        manifest_path=manifest_path,
-        checkpoint_path=checkpoint_path,
-        best_checkpoint_path=best_checkpoint_path,
-        best_checkpoints=best,
-        metrics=reports[-1]["metrics"] if reports else {},
-        metrics_history_path=history_path,
-        learning_curve_path=curve_path,
-        num_reports=len(reports),
-        error=error,
-        started_at=started,
-        finished_at=time.time(),
-        ray_version=ray.__version__,
-    )
-    try:
-        storage.write_text(manifest_rel, manifest.to_json())
-    except OSError as exc:
-        # The manifest still reaches Airflow through the job log (MANIFEST_MARKER).
-        print(f"[airflow-ray-train] could not write the manifest to {manifest_path}: {exc!r}", file=sys.stderr)
+    return history, curve
+
+
+def run(spec: TrainSpec) -> ResultManifest:
+    """Fit the trainer the spec describes, print and write its manifest, then its artifacts (skipped when the
+    job is being stopped). Never raises for a training failure."""
+    import ray
+    from ray.train.constants import DEFAULT_STORAGE_PATH
+
+    started = time.time()
+    paths = RunPaths.of(spec, DEFAULT_STORAGE_PATH)
+    with StopSignal() as stop:
+        outcome = fit(spec, paths)
+        stop.raising = False
+        stopping = stop.requested or outcome.status == "STOPPED"
+        reports = (
+            read_reports(outcome.recorder, REPORTS_TIMEOUT_STOPPING_S if stopping else REPORTS_TIMEOUT_S)
+            if outcome.recorder is not None
+            else []
+        )
+        checkpoints = resolve_checkpoints(spec, outcome.result, reports)
+        manifest = ResultManifest(
+            status=outcome.status,
+            submission_id=spec.submission_id,
+            run_name=paths.run_name,
+            run_path=checkpoints.run_path or paths.run_path,
+            manifest_path=paths.storage.join(paths.file("manifest.json")),
+            checkpoint_path=checkpoints.latest,
+            best_checkpoint_path=checkpoints.best,
+            best_checkpoints=checkpoints.kept,
+            metrics=reports[-1]["metrics"] if reports else {},
+            num_reports=len(reports),
+            error=outcome.error,
+            started_at=started,
+            finished_at=time.time(),
+            ray_version=ray.__version__,
+        )
+        publish(manifest, paths)
+        if stopping:
+            return manifest
+        history, curve = write_artifacts(reports, paths)
+        if (history or curve) and not stop.requested:
+            manifest = dataclasses.replace(manifest, metrics_history_path=history, learning_curve_path=curve)
+            publish(manifest, paths)
     return manifest
-
-
-def _best_path(spec: TrainSpec, best: list[CheckpointRecord]) -> str | None:
-    checkpoint_config = spec.run_config.get("checkpoint_config") or {}
-    attribute = checkpoint_config.get("checkpoint_score_attribute")
-    if not best:
-        return None
-    if not attribute:
-        return best[-1].path
-    scored = [r for r in best if isinstance(r.metrics.get(attribute), (int, float))]
-    if not scored:
-        return best[-1].path
-    pick = max if checkpoint_config.get("checkpoint_score_order", "max") == "max" else min
-    return pick(scored, key=lambda r: r.metrics[attribute]).path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -421,7 +264,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[airflow-ray-train] {exc}", file=sys.stderr)
         return 2
     manifest = run(spec)
-    print(MANIFEST_MARKER + manifest.to_json(), flush=True)
     if manifest.error:
         print(f"[airflow-ray-train] {manifest.status}: {manifest.error['message']}", file=sys.stderr)
         print(manifest.error["traceback"], file=sys.stderr)

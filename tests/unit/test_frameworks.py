@@ -13,8 +13,8 @@ import pytest
 from airflow_ray_train.runtime import lightning as rl
 from airflow_ray_train.runtime import transformers as rt
 from airflow_ray_train.runtime.frameworks import FrameworkNotInstalledError, import_object
+from airflow_ray_train.runtime.learning_curve import learning_curve_panels, learning_curve_png
 from airflow_ray_train.runtime.spec import ResultManifest, SpecError
-from airflow_ray_train.runtime.trainer import learning_curve_panels, learning_curve_png
 
 REPO = Path(__file__).resolve().parents[2]
 

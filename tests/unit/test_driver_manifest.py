@@ -1,0 +1,68 @@
+"""The driver gets its manifest out first: printed before storage is touched (a storage that fails loses
+nothing), and a SIGTERM (Ray stopping the job) stops the fit but never the manifest."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+
+from airflow_ray_train.exceptions import RayTrainClusterError
+from airflow_ray_train.hooks.ray_train import AsyncRayTrainHook, RayTrainHook
+from airflow_ray_train.runtime.spec import ResultManifest, TrainSpec, manifest_from_log
+from airflow_ray_train.runtime.trainer import JobStopped, RunPaths, StopSignal, publish
+
+
+def _manifest(paths: RunPaths) -> ResultManifest:
+    return ResultManifest(
+        status="STOPPED",
+        submission_id="job-1",
+        run_name=paths.run_name,
+        run_path=paths.run_path,
+        manifest_path=paths.storage.join(paths.file("manifest.json")),
+        checkpoint_path="/shared/run/checkpoint_000002",
+        error={"type": "JobStopped", "message": "stopped", "traceback": ""},
+    )
+
+
+def test_the_manifest_is_printed_even_when_its_folder_cannot_be_made(capsys):
+    spec = TrainSpec(
+        train_func="m:f", run_name="run", submission_id="job-1", run_config={"storage_path": "/dev/null/x"}
+    )
+    paths = RunPaths.of(spec, "/unused")
+    manifest = _manifest(paths)
+    publish(manifest, paths)
+    out = capsys.readouterr()
+    assert manifest_from_log(out.out) == manifest
+    assert "could not write the manifest" in out.err
+
+
+def test_the_manifest_is_written_next_to_the_run(tmp_path, capsys):
+    spec = TrainSpec(
+        train_func="m:f", run_name="run", submission_id="job-1", run_config={"storage_path": str(tmp_path)}
+    )
+    paths = RunPaths.of(spec, "/unused")
+    publish(_manifest(paths), paths)
+    written = tmp_path / "run" / "airflow_ray_train" / "job-1" / "manifest.json"
+    assert ResultManifest.from_json(written.read_text()) == manifest_from_log(capsys.readouterr().out)
+
+
+def test_sigterm_stops_the_fit_but_not_what_comes_after():
+    with StopSignal() as stop:
+        with pytest.raises(JobStopped):
+            os.kill(os.getpid(), signal.SIGTERM)
+        stop.raising = False
+        os.kill(os.getpid(), signal.SIGTERM)  # after the fit: only noted
+        assert stop.requested
+
+
+def test_only_the_task_process_starts_the_embedded_head(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_RAY_TRAIN_LOCAL_DIR", str(tmp_path / "embedded"))
+    monkeypatch.delenv("AIRFLOW_CONN_RAY_TRAIN_DEFAULT", raising=False)
+    ok, message = RayTrainHook().test_connection()  # what the API server runs
+    assert not ok and "no embedded local Ray head is running" in message and "ray_train_default" in message
+    with pytest.raises(RayTrainClusterError, match="no embedded local Ray head is running"):
+        asyncio.run(AsyncRayTrainHook().get_settings())  # what the triggerer runs
+    assert not (tmp_path / "embedded" / "cluster.json").exists()
