@@ -82,6 +82,16 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "/shared/ray_results",
                         "default": "",
                     },
+                    "deployment_id": {
+                        "description": "Tells this Airflow deployment's Ray jobs and Train runs from those of "
+                        "other deployments that share a Ray cluster and storage (staging and prod, a laptop and "
+                        "CI), which run the same DAGs with the same run ids. Empty: a random id made on first use "
+                        "and kept in the metadata DB as the Variable ray_train_deployment_id.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "prod-eu-1",
+                        "default": "",
+                    },
                     "poll_interval": {
                         "description": "Seconds between job status polls while a job runs: a backstop. The "
                         "log streams over a websocket, and the end is noticed from it (the result manifest, "

@@ -32,7 +32,20 @@ class RayTrainClusterError(RayTrainError):
 
 
 class RayTrainAuthError(RayTrainClusterError, AirflowFailException):
-    """The cluster rejected the token (HTTP 401/403)."""
+    """The cluster rejected the token (HTTP 401/403) before anything was submitted."""
+
+
+class RayTrainJobExistsError(RayTrainClusterError):
+    """A job with the submission id already exists on the cluster; ``job`` holds its details."""
+
+    def __init__(self, message: str, job: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.job = job
+
+
+class RayTrainWatchError(RayTrainClusterError):
+    """A submitted job could not be watched to its end (the cluster went away, the token was rejected).
+    Retryable: the next try attaches to the job, or resumes its Train run if it was stopped."""
 
 
 class RayTrainJobError(RayTrainError):

@@ -73,6 +73,13 @@ def ray_conn(ray_head):
     os.environ.pop("AIRFLOW_CONN_RAY_TRAIN_DEFAULT", None)
 
 
+@pytest.fixture
+def direct_deployment(monkeypatch):
+    """A deployment id for tasks run outside a task runner (which cannot keep one in a Variable)."""
+    monkeypatch.setenv("AIRFLOW__RAY_TRAIN__DEPLOYMENT_ID", "tests-direct")
+    return "tests-direct"
+
+
 @pytest.fixture(scope="session")
 def airflow_db():
     """A fresh Airflow metadata DB (SQLite) for the session."""

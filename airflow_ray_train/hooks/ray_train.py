@@ -36,8 +36,13 @@ from airflow.sdk import BaseHook, Connection
 from airflow.sdk.exceptions import AirflowNotFoundException
 from airflow.sdk.log import amask_secret, mask_secret
 
-from airflow_ray_train.exceptions import RayTrainAuthError, RayTrainClusterError, RayTrainConfigError
-from airflow_ray_train.packaging import Package, code_package, runtime_package
+from airflow_ray_train.exceptions import (
+    RayTrainAuthError,
+    RayTrainClusterError,
+    RayTrainConfigError,
+    RayTrainJobExistsError,
+)
+from airflow_ray_train.packaging import Package, runtime_package
 from airflow_ray_train.runtime.spec import MANIFEST_MARKER
 
 if TYPE_CHECKING:
@@ -89,9 +94,11 @@ def _json_extra(extras: dict[str, Any], key: str) -> Any:
     return value
 
 
-def settings_from_connection(conn: Connection | None, extras: dict[str, Any], conn_id: str) -> ClusterSettings:
+def settings_from_connection(
+    conn: Connection | None, extras: dict[str, Any], conn_id: str, *, start_embedded: bool = False
+) -> ClusterSettings:
     """Resolve where the cluster is from a connection (``None``: it does not exist). No network I/O, except
-    that the embedded default starts (or finds) the local head."""
+    that the embedded default looks up the local head (and starts it with ``start_embedded``)."""
     if conn is None:
         if conn_id != RayTrainHook.default_conn_name:
             raise RayTrainConfigError(
@@ -100,10 +107,10 @@ def settings_from_connection(conn: Connection | None, extras: dict[str, Any], co
                 "local cluster.",
                 field="ray_conn_id",
             )
-        return _embedded_settings({})
+        return _embedded_settings({}, start=start_embedded)
     host = (conn.host or "").strip()
     if host.lower() in LOCAL_HOSTS:
-        return _embedded_settings(extras)
+        return _embedded_settings(extras, start=start_embedded)
     if "://" not in host:
         scheme = conn.schema or "http"
         host = f"{scheme}://{host}"
@@ -122,13 +129,23 @@ def settings_from_connection(conn: Connection | None, extras: dict[str, Any], co
     )
 
 
-def _embedded_settings(extras: dict[str, Any]) -> ClusterSettings:
+def _embedded_settings(extras: dict[str, Any], *, start: bool) -> ClusterSettings:
+    """The embedded local head's settings. Only the process that runs a task starts it (``start``); the
+    triggerer and the API server only look it up: a head of their own would be an empty cluster."""
     from airflow_ray_train.local_cluster import LocalRayCluster
 
+    cluster = LocalRayCluster()
     try:
-        head = LocalRayCluster().ensure()
+        head = cluster.ensure() if start else cluster.running()
     except RuntimeError as exc:
         raise RayTrainClusterError(str(exc)) from exc
+    if head is None:
+        raise RayTrainClusterError(
+            f"no embedded local Ray head is running on this machine (state: {cluster.state_file}). The "
+            "embedded head is started by the task that submits a job, on the machine that runs it; this process "
+            "(a triggerer, the API server) only looks it up. Fix: configure the 'ray_train_default' connection "
+            "with the dashboard address of a Ray cluster every Airflow component reaches, or run the task first."
+        )
     runtime_env = _json_extra(extras, "runtime_env") or {}
     # Same machine: run the job with the interpreter running Airflow, which has ray and torch.
     return ClusterSettings(
@@ -286,16 +303,34 @@ class RayTrainHook(BaseHook):
             },
         }
 
-    @cached_property
-    def settings(self) -> ClusterSettings:
+    def _resolve_settings(self, *, start_embedded: bool = False) -> ClusterSettings:
         try:
             conn = self.get_connection(self.ray_conn_id)
         except AirflowNotFoundException:
-            return settings_from_connection(None, {}, self.ray_conn_id)
-        settings = settings_from_connection(conn, conn.extra_dejson or {}, self.ray_conn_id)
+            return settings_from_connection(None, {}, self.ray_conn_id, start_embedded=start_embedded)
+        settings = settings_from_connection(
+            conn, conn.extra_dejson or {}, self.ray_conn_id, start_embedded=start_embedded
+        )
         for value in settings.headers.values():
             mask_secret(value)
         return settings
+
+    @cached_property
+    def settings(self) -> ClusterSettings:
+        """Where the cluster is, from the connection. With no connection (or host ``local``) this looks up
+        the embedded head and fails if none runs: ``ensure_embedded_head`` is what starts it."""
+        return self._resolve_settings()
+
+    def ensure_embedded_head(self) -> None:
+        """Start the embedded local head when the connection asks for it (no connection, or host ``local``)
+        and none runs; nothing for a remote cluster. Only the process that runs a task calls this."""
+        if "settings" not in self.__dict__:
+            self.__dict__["settings"] = self._resolve_settings(start_embedded=True)
+
+    def reload_settings(self) -> None:
+        """Read the connection again (its token may have been rotated) and open a new HTTP client."""
+        self.close()
+        self.__dict__.pop("settings", None)
 
     # -- HTTP ---------------------------------------------------------------------------------------------
 
@@ -318,23 +353,33 @@ class RayTrainHook(BaseHook):
 
     def _request(self, method: str, path: str, *, ok: tuple[int, ...] = (200,), **kwargs: Any) -> httpx.Response:
         delay = self.retry_backoff
-        for attempt in range(self.max_retries + 1):
+        attempt, reloaded = 0, False
+        while True:
             try:
                 response = self.client.request(method, path, **kwargs)
             except httpx.TransportError as exc:
-                if attempt == self.max_retries:
+                if attempt >= self.max_retries:
                     raise _unreachable_error(self.settings, self.ray_conn_id, exc, attempt + 1) from exc
             else:
                 if response.status_code in (401, 403):
-                    raise _auth_error(self.settings, self.ray_conn_id, path, response)
+                    if reloaded:
+                        raise _auth_error(self.settings, self.ray_conn_id, path, response)
+                    # The token may have been rotated in the connection since it was read: read it once more.
+                    self.log.warning(
+                        "The Ray cluster rejected the token (HTTP %s); reading the connection again",
+                        response.status_code,
+                    )
+                    self.reload_settings()
+                    reloaded = True
+                    continue
                 if response.status_code in ok or response.status_code not in _RETRY_STATUS:
                     return response
-                if attempt == self.max_retries:
+                if attempt >= self.max_retries:
                     return response
             self.log.warning("Ray cluster %s not ready (attempt %d), retrying in %.1f s", path, attempt + 1, delay)
             time.sleep(delay)
             delay *= 2
-        raise AssertionError("unreachable")
+            attempt += 1
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self._request(method, path, **kwargs)
@@ -381,7 +426,16 @@ class RayTrainHook(BaseHook):
             "entrypoint_resources": entrypoint_resources,
         }
         body.update({k: v for k, v in optional.items() if v is not None})
-        return str(self._json("POST", "/api/jobs/", json=body)["submission_id"])
+        try:
+            return str(self._json("POST", "/api/jobs/", json=body)["submission_id"])
+        except RayTrainClusterError as exc:
+            # Ray answers a taken id with a 500 and a traceback; whether the id names a job says it for sure.
+            existing = self.find_job(submission_id) if not isinstance(exc, RayTrainAuthError) else None
+            if existing is None:
+                raise
+            raise RayTrainJobExistsError(
+                f"Ray job {submission_id} already exists ({existing.get('status')})", job=existing
+            ) from exc
 
     def get_job_info(self, job_id: str) -> dict[str, Any]:
         return dict(self._json("GET", f"/api/jobs/{job_id}"))
@@ -422,13 +476,19 @@ class RayTrainHook(BaseHook):
         """Every job the cluster knows; ``metadata`` is always a dict (Ray gives None for a job without)."""
         return [{**job, "metadata": job.get("metadata") or {}} for job in self._json("GET", "/api/jobs/")]
 
-    def find_previous_job(self, submission_ids: list[str]) -> dict[str, Any] | None:
-        """The details of the first of ``submission_ids`` the cluster knows, or None."""
+    def find_jobs(self, submission_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The details of the jobs the cluster has under ``submission_ids`` and their resubmits (``<id>-2``,
+        ``<id>-3`` ...), newest first within each id, in the order of ``submission_ids``."""
+        found: list[dict[str, Any]] = []
         for submission_id in submission_ids:
-            info = self.find_job(submission_id)
-            if info is not None:
-                return info
-        return None
+            chain: list[dict[str, Any]] = []
+            candidate, number = submission_id, 1
+            while (info := self.find_job(candidate)) is not None:
+                chain.append({**info, "metadata": info.get("metadata") or {}})
+                number += 1
+                candidate = f"{submission_id}-{number}"
+            found.extend(reversed(chain))
+        return found
 
     def get_cluster_nodes(self) -> list[dict[str, Any]] | None:
         """Total resources of each alive node (the state API's ``/api/v0/nodes``), or None where the cluster
@@ -549,22 +609,13 @@ class RayTrainHook(BaseHook):
         self.log.info("Uploaded %s (%d bytes) as %s", package.source, len(package.data), package.uri)
         return len(package.data)
 
-    def build_runtime_env(
-        self,
-        runtime_env: dict[str, Any] | None,
-        code_modules: Sequence[str] = (),
-        *,
-        packages: Sequence[Package] = (),
-    ) -> dict[str, Any]:
-        """The job's ``runtime_env``: the connection's default, then the task's, plus ``py_modules`` with the
-        runtime package, ``packages`` and the top-level packages that hold ``code_modules``, each uploaded
-        unless the cluster has it already."""
+    def job_runtime_env(
+        self, runtime_env: dict[str, Any] | None, packages: Sequence[Package] = ()
+    ) -> tuple[dict[str, Any], list[Package]]:
+        """The job's ``runtime_env`` (the connection's default, then the task's) with ``py_modules`` holding
+        the runtime package and ``packages``, and the packages to upload for it. Uploads nothing."""
         env = {**self.settings.runtime_env, **(runtime_env or {})}
-        shipped = [runtime_package(), *packages]
-        shipped += [p for p in (code_package(m) for m in code_modules) if p is not None]
-        packages = list({p.uri: p for p in shipped}.values())
-        for package in packages:
-            self.upload_package(package)
+        shipped = list({p.uri: p for p in (runtime_package(), *packages)}.values())
         user_modules = [
             m for m in env.get("py_modules", []) if str(m).startswith(("gcs://", "s3://", "gs://", "https://"))
         ]
@@ -576,7 +627,19 @@ class RayTrainHook(BaseHook):
                 "remote URIs (gcs://, s3://, https://...zip).",
                 field="runtime_env.py_modules",
             )
-        env["py_modules"] = [p.uri for p in packages] + user_modules
+        env["py_modules"] = [p.uri for p in shipped] + user_modules
+        return env, shipped
+
+    def upload_packages(self, packages: Sequence[Package]) -> int:
+        """Upload each package the cluster does not have yet; returns the bytes sent."""
+        return sum(self.upload_package(package) for package in packages)
+
+    def build_runtime_env(
+        self, runtime_env: dict[str, Any] | None, *, packages: Sequence[Package] = ()
+    ) -> dict[str, Any]:
+        """``job_runtime_env``, with its packages uploaded."""
+        env, shipped = self.job_runtime_env(runtime_env, packages)
+        self.upload_packages(shipped)
         return env
 
     def runtime_entrypoint(self, spec_arg: str) -> str:
@@ -726,27 +789,37 @@ class AsyncRayTrainHook(BaseHook):
             self._session = None
 
     async def _request(self, method: str, path: str, *, ok: tuple[int, ...] = (200,)) -> Reply:
-        session = await self.session()
-        settings = await self.get_settings()
         delay = self.retry_backoff
-        for attempt in range(self.max_retries + 1):
+        attempt, reloaded = 0, False
+        while True:
+            session = await self.session()
+            settings = await self.get_settings()
             try:
                 async with session.request(method, settings.address + path) as response:
                     reply = Reply(response.status, await response.text())
             except (aiohttp.ClientError, TimeoutError) as exc:
-                if attempt == self.max_retries:
+                if attempt >= self.max_retries:
                     raise _unreachable_error(settings, self.ray_conn_id, exc, attempt + 1) from exc
             else:
                 if reply.status_code in (401, 403):
-                    raise _auth_error(settings, self.ray_conn_id, path, reply)
+                    if reloaded:
+                        raise _auth_error(settings, self.ray_conn_id, path, reply)
+                    # The token may have been rotated in the connection since it was read: read it once more.
+                    self.log.warning(
+                        "The Ray cluster rejected the token (HTTP %s); reading the connection again", reply.status_code
+                    )
+                    await self.aclose()
+                    self._settings = None
+                    reloaded = True
+                    continue
                 if reply.status_code in ok or reply.status_code not in _RETRY_STATUS:
                     return reply
-                if attempt == self.max_retries:
+                if attempt >= self.max_retries:
                     return reply
             self.log.warning("Ray cluster %s not ready (attempt %d), retrying in %.1f s", path, attempt + 1, delay)
             await asyncio.sleep(delay)
             delay *= 2
-        raise AssertionError("unreachable")
+            attempt += 1
 
     async def _json(self, method: str, path: str) -> Any:
         response = await self._request(method, path)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
-import hashlib
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -20,9 +20,12 @@ from airflow_ray_train.exceptions import (
     RayTrainClusterError,
     RayTrainConfigError,
     RayTrainJobError,
+    RayTrainJobExistsError,
     RayTrainJobSetupError,
+    RayTrainWatchError,
 )
-from airflow_ray_train.hooks.ray_train import TERMINAL_STATUSES, RayTrainHook, cluster_shortfall
+from airflow_ray_train.hooks.ray_train import RayTrainHook, cluster_shortfall
+from airflow_ray_train.identity import TRY_KEY, TryIdentity, deployment_id, other_spec, spec_digest
 from airflow_ray_train.links.ray_train import RayJobLink
 from airflow_ray_train.packaging import CodeLookupError, Package, check_train_func_defined, code_package
 from airflow_ray_train.runtime.spec import (
@@ -34,6 +37,7 @@ from airflow_ray_train.runtime.spec import (
     manifest_from_log,
 )
 from airflow_ray_train.triggers.ray_train import RayTrainJobTrigger
+from airflow_ray_train.try_plan import plan_try
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -47,8 +51,6 @@ LOG_TAIL_LINES = 40
 DEFAULT_DEFER_TIMEOUT = timedelta(days=7)
 #: Airflow's own deferral timeout is a backstop behind the trigger's deadline, which stops the job itself.
 DEFER_TIMEOUT_GRACE = timedelta(minutes=2)
-#: How many earlier tries a new try looks back over for a job to attach to or collect.
-MAX_TRIES_LOOKED_BACK = 100
 #: Ray job ``error_type``s a retry cannot fix: the job's runtime_env is wrong.
 SETUP_ERROR_TYPES = frozenset({"RUNTIME_ENV_SETUP_FAILURE", "JOB_SUPERVISOR_ACTOR_START_FAILURE"})
 #: The top-level ``runtime_env`` fields Ray 2.60 knows (``ray.runtime_env.RuntimeEnv.known_fields``).
@@ -67,26 +69,8 @@ RUNTIME_ENV_FIELDS = (
     "worker_process_setup_hook",
     "image_uri",
 )
-_SLUG_RE = re.compile(r"[^A-Za-z0-9_.-]+")
 _ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _EXCEPTION_LINE_RE = re.compile(r"^\s*((?:[A-Za-z_][\w.]*)?(?:Error|Exception): .+)$", re.MULTILINE)
-
-
-def _slug(text: str, limit: int) -> str:
-    return _SLUG_RE.sub("_", text).strip("_.-")[:limit] or "x"
-
-
-def ray_run_name(dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> str:
-    """The Ray Train run name of one (dag, run, task, map_index): the same for every try, so a retry resumes
-    from the run's latest checkpoint. Readable, with a short hash so sanitising never makes two collide."""
-    mapped = f".{map_index}" if map_index is not None and map_index >= 0 else ""
-    digest = hashlib.sha1(repr((dag_id, run_id, task_id, map_index)).encode()).hexdigest()[:10]
-    return f"{_slug(dag_id, 60)}.{_slug(task_id, 60)}{mapped}.{_slug(run_id, 60)}-{digest}"
-
-
-def ray_submission_id(run_name: str, try_number: int) -> str:
-    """One Ray job per try: ids are never reused (Ray keeps stale records of deleted ones)."""
-    return f"airflow-{run_name}-try{try_number}"
 
 
 def last_exception_line(text: str) -> str | None:
@@ -278,10 +262,8 @@ class RayTrainOperator(BaseOperator):
     # -- the spec -------------------------------------------------------------------------------------------
 
     def build_spec(self, context: Context) -> TrainSpec:
-        """Validate the rendered fields into a ``TrainSpec``; raises ``RayTrainConfigError`` naming the field."""
-        ti = context["ti"]
-        map_index = getattr(ti, "map_index", -1)
-        run_name = ray_run_name(ti.dag_id, ti.run_id, ti.task_id, -1 if map_index is None else map_index)
+        """Validate the rendered fields into a ``TrainSpec``; raises ``RayTrainConfigError`` naming the field.
+        Its run name and submission id are placeholders until the try knows its identity."""
         run_config = dict(self.run_config or {})
         default_storage = conf.get("ray_train", "default_storage_path", fallback=None)
         if default_storage and "storage_path" not in run_config:
@@ -289,8 +271,8 @@ class RayTrainOperator(BaseOperator):
         try:
             spec = TrainSpec(
                 train_func=self.train_func,
-                run_name=run_name,
-                submission_id=ray_submission_id(run_name, ti.try_number),
+                run_name="unnamed",
+                submission_id="unnamed",
                 train_loop_config=dict(self.train_loop_config or {}),
                 scaling_config=dict(self.scaling_config or {}),
                 run_config=run_config,
@@ -301,6 +283,25 @@ class RayTrainOperator(BaseOperator):
             raise RayTrainConfigError(f"Invalid TrainSpec: {exc}") from exc
         self.check_train_func(spec)
         return spec
+
+    def spec_digest(self, spec: TrainSpec, runtime_env: dict[str, Any]) -> str:
+        """What makes two jobs the same run: the spec's content (not its names), the runtime_env with the
+        shipped code's content-addressed URIs, and the driver's resources."""
+        return spec_digest(
+            {
+                "train_func": spec.train_func,
+                "train_loop_config": spec.train_loop_config,
+                "scaling_config": spec.scaling_config,
+                "run_config": spec.run_config,
+                "runtime_env": runtime_env,
+                "entrypoint": [
+                    self.entrypoint_num_cpus,
+                    self.entrypoint_num_gpus,
+                    self.entrypoint_memory,
+                    self.entrypoint_resources,
+                ],
+            }
+        )
 
     def check_train_func(self, spec: TrainSpec) -> None:
         """Fail before submitting when ``train_func`` is not defined where Airflow imports it (and so will not
@@ -329,41 +330,44 @@ class RayTrainOperator(BaseOperator):
     # -- execution ------------------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> dict[str, Any]:
-        spec = self.build_spec(context)
-        check_runtime_env(self.runtime_env)
         hook = self.hook
-        ti = context["ti"]
-        previous = self._previous_job(hook, spec, ti.try_number)
-        job_id = None
-        if previous is not None:
-            previous_id, previous_status = str(previous["submission_id"]), str(previous["status"])
-            if previous_status == "SUCCEEDED":
-                result = self._collect_previous(hook, previous, context)
-                if result is not None:
-                    return result
-            elif previous_status not in TERMINAL_STATUSES:
-                self.log.info(
-                    "An earlier try's Ray job %s is still %s: attaching to it instead of training again",
-                    previous_id,
-                    previous_status,
-                )
-                job_id = previous_id
-                self._remember_job(hook, job_id, context)
-            else:
-                self.log.info(
-                    "An earlier try's Ray job %s ended %s; submitting a new one, which resumes Train run %s "
-                    "from its latest checkpoint",
-                    previous_id,
-                    previous_status,
-                    spec.effective_run_name,
-                )
-        if job_id is None:
+        check_runtime_env(self.runtime_env)
+        draft = self.build_spec(context)
+        hook.ensure_embedded_head()
+        runtime_env, packages = hook.job_runtime_env(self.runtime_env, self.packages_to_ship(draft))
+        digest = self.spec_digest(draft, runtime_env)
+        identity = TryIdentity.from_context(context, deployment_id(), self.retries or 0)
+        found = hook.find_jobs([identity.submission_id(), *identity.earlier_submission_ids()])
+        plan = plan_try(identity, digest, found)
+        for note in plan.notes:
+            self.log.info("%s", note)
+        for job_id in plan.stop:
+            self.log.info("Stopped Ray job %s: %s", job_id, hook.stop_job_and_wait(job_id))
+        spec = dataclasses.replace(draft, run_name=identity.run_name(digest), submission_id=plan.submission_id)
+        if plan.action == "collect" and plan.job is not None:
+            result = self._collect_previous(hook, dict(plan.job), context)
+            if result is not None:
+                return result
+        if plan.action == "attach" and plan.job is not None:
+            job_id = str(plan.job["submission_id"])
+            self.log.info(
+                "An earlier try's Ray job %s is still %s: attaching to it instead of training again",
+                job_id,
+                plan.job["status"],
+            )
+            self._remember_job(hook, job_id, context)
+        else:
             if self.check_cluster_resources:
                 self._check_cluster_resources(hook, spec)
-            runtime_env = hook.build_runtime_env(self.runtime_env, packages=self.packages_to_ship(spec))
-            job_id = self._submit_or_attach(hook, spec, runtime_env, context)
+            hook.upload_packages(packages)
+            metadata = identity.job_metadata(digest, spec.effective_run_name)
+            job_id = self._submit(hook, spec, runtime_env, metadata, identity, digest, context)
         if self.deferrable:
             self._defer(job_id)
+        return self._wait(hook, job_id, context)
+
+    def _wait(self, hook: RayTrainHook, job_id: str, context: Context) -> dict[str, Any]:
+        """Follow the job in this worker to its end and return its result."""
         # wait_for_job hands on the whole log, from its start, before it returns: keep it for the manifest
         # instead of downloading it once more.
         pieces: list[str] = []
@@ -372,16 +376,46 @@ class RayTrainOperator(BaseOperator):
             pieces.append(chunk)
             self._log_job_output(chunk)
 
-        info = hook.wait_for_job(job_id, poll_interval=self.poll_interval, on_logs=on_logs)
-        self._flush_log()
+        try:
+            info = hook.wait_for_job(job_id, poll_interval=self.poll_interval, on_logs=on_logs)
+        except Exception as exc:
+            raise self._lost_track(
+                hook, job_id, context, f"{type(exc).__name__}: {exc}", rejected=isinstance(exc, RayTrainAuthError)
+            ) from exc
+        finally:
+            self._flush_log()
         return self.collect_result(hook, job_id, info, context, logs="".join(pieces))
 
-    def _previous_job(self, hook: RayTrainHook, spec: TrainSpec, try_number: int) -> dict[str, Any] | None:
-        """The newest job an earlier try of this task instance submitted, found by its derived submission id
-        (each try clears its XComs, so the id cannot come from there)."""
-        earliest = max(1, try_number - MAX_TRIES_LOOKED_BACK)
-        ids = [ray_submission_id(spec.run_name, n) for n in range(try_number - 1, earliest - 1, -1)]
-        return hook.find_previous_job(ids)
+    def _lost_track(
+        self, hook: RayTrainHook, job_id: str, context: Context, cause: str, *, rejected: bool
+    ) -> RayTrainWatchError:
+        """The job could not be watched to its end. No job is left running with nobody watching it: it is
+        stopped when no try will come back for it (this was the last, or the token was rejected, so even a
+        retry might not see it); else the next try attaches to it. Returns the (retryable) error to raise."""
+        ti = context["ti"]
+        last_try = not self.retries or ti.try_number > getattr(ti, "max_tries", ti.try_number)
+        what = f"Lost track of Ray job {job_id} while waiting for it: {cause}."
+        if rejected or last_try:
+            reason = "the cluster rejected the token" if rejected else "this was the task's last try"
+            try:
+                final = hook.stop_job_and_wait(job_id)
+            except Exception as exc:  # noqa: BLE001 - say so loudly: the job may run on with nobody watching
+                self.log.error(
+                    "Could not stop Ray job %s (%s): it may still be running, with nobody watching it. Stop it "
+                    "from %s or with `ray job stop %s`.",
+                    job_id,
+                    exc,
+                    hook.dashboard_url(job_id),
+                    job_id,
+                )
+                what += f" Stopping it failed too ({exc}): stop it by hand."
+            else:
+                self.log.warning("Stopped Ray job %s (now %s) because %s", job_id, final, reason)
+                what += f" It has been stopped ({final}) because {reason}; a retry resumes its Train run."
+        else:
+            self.log.warning("Ray job %s is left running: the next try attaches to it", job_id)
+            what += " The job may still be running; the next try attaches to it."
+        return RayTrainWatchError(f"{what} Dashboard: {hook.dashboard_url(job_id)}")
 
     def _collect_previous(self, hook: RayTrainHook, info: dict[str, Any], context: Context) -> dict[str, Any] | None:
         """An earlier try's job succeeded (its task died before it could say so): its result, or None when it
@@ -439,13 +473,13 @@ class RayTrainOperator(BaseOperator):
         hook = self.hook
         status = event.get("status")
         if status == "error":
-            message = (
-                f"Lost track of Ray job {job_id} while waiting for it: {event.get('message')}. "
-                f"The job may still be running; the next try attaches to it. Dashboard: {hook.dashboard_url(job_id)}"
+            raise self._lost_track(
+                hook,
+                job_id,
+                context,
+                str(event.get("message")),
+                rejected=event.get("error_type") == RayTrainAuthError.__name__,
             )
-            if event.get("error_type") == "RayTrainAuthError":
-                raise RayTrainAuthError(message)
-            raise RayTrainClusterError(message)
         logs = hook.get_job_logs(job_id)
         self._log_job_output(logs[int(event.get("log_offset") or 0) :])
         self._flush_log()
@@ -470,18 +504,16 @@ class RayTrainOperator(BaseOperator):
                 self.on_kill()
         return super().resume_execution(next_method, next_kwargs, context)
 
-    def _submit_or_attach(
-        self, hook: RayTrainHook, spec: TrainSpec, runtime_env: dict[str, Any], context: Context
+    def _submit(
+        self,
+        hook: RayTrainHook,
+        spec: TrainSpec,
+        runtime_env: dict[str, Any],
+        metadata: dict[str, str],
+        identity: TryIdentity,
+        digest: str,
+        context: Context,
     ) -> str:
-        ti = context["ti"]
-        metadata = {
-            "airflow_dag_id": ti.dag_id,
-            "airflow_run_id": ti.run_id,
-            "airflow_task_id": ti.task_id,
-            "airflow_map_index": str(getattr(ti, "map_index", -1)),
-            "airflow_try_number": str(ti.try_number),
-            "ray_train_run_name": spec.effective_run_name,
-        }
         try:
             job_id = hook.submit_job(
                 entrypoint=hook.runtime_entrypoint(spec.to_arg()),
@@ -494,12 +526,19 @@ class RayTrainOperator(BaseOperator):
                 entrypoint_resources=self.entrypoint_resources,
             )
             self.log.info("Submitted Ray job %s (Train run %s)", job_id, spec.effective_run_name)
-        except RayTrainClusterError as exc:
-            # This try's id already exists: this try submitted it before its process died. Attach.
-            if "already exists" not in str(exc):
-                raise
+        except RayTrainJobExistsError as exc:
+            # Taken between this try's lookup and its submit: only this same try may have done that.
+            theirs = exc.job.get("metadata") or {}
+            why = identity.not_ours(theirs) or other_spec(theirs, digest)
+            if why is None and theirs.get(TRY_KEY) != str(identity.try_number):
+                why = f"try {theirs.get(TRY_KEY)} submitted it"
+            if why is not None:
+                raise RayTrainClusterError(
+                    f"Ray job {spec.submission_id} appeared while this try submitted it and is not this try's "
+                    f"({why}); leaving it alone. A retry submits under a free id."
+                ) from exc
             job_id = spec.submission_id
-            self.log.info("Ray job %s already exists for this try; attaching to it", job_id)
+            self.log.info("Ray job %s was just submitted by another process of this same try; attaching", job_id)
         self._remember_job(hook, job_id, context)
         return job_id
 
@@ -614,4 +653,4 @@ class RayTrainOperator(BaseOperator):
         self.log.info("Stopped Ray job %s on kill: %s", self.job_id, status)
 
 
-__all__ = ["RayTrainOperator", "manifest_to_xcom", "ray_run_name", "ray_submission_id"]
+__all__ = ["RayTrainOperator", "manifest_to_xcom"]

@@ -153,3 +153,21 @@ with DAG(dag_id="test_ray_train_bad_input", schedule=None, start_date=START, cat
         retries=0,
         on_failure_callback=record_failure,
     )
+
+# One task whose epochs come from the run's conf: run by two Airflow deployments with the same logical date,
+# and run again after its DAG run is deleted, each must train its own model.
+with DAG(
+    dag_id="test_ray_train_identity",
+    schedule=None,
+    start_date=START,
+    catchup=False,
+    render_template_as_native_obj=True,
+) as identity_dag:
+    RayTrainOperator(
+        task_id="train",
+        train_func=SLOW_COUNTER,
+        train_loop_config={"epochs": "{{ dag_run.conf.get('epochs', 2) }}", "sleep_s": 0.2},
+        scaling_config={"num_workers": 1},
+        poll_interval=1.0,
+        retries=0,
+    )

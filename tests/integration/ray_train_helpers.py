@@ -9,8 +9,9 @@ import os
 import re
 import time
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import psutil
@@ -26,9 +27,14 @@ def get_dag(dag_id: str, module: str = FAULT_DAGS) -> Any:
     return next(v for v in vars(mod).values() if getattr(v, "dag_id", None) == dag_id and hasattr(v, "test"))
 
 
-def run_dag(dag_id: str, logical_date: datetime | None = None, module: str = FAULT_DAGS) -> Any:
+def run_dag(
+    dag_id: str, logical_date: datetime | None = None, module: str = FAULT_DAGS, conf: dict[str, Any] | None = None
+) -> Any:
+    """Run the DAG with dag.test(); a ``logical_date`` also fixes the run id (``manual__<logical_date>``)."""
     dag = get_dag(dag_id, module)
-    return dag.test(logical_date=logical_date) if logical_date is not None else dag.test()
+    if logical_date is None:
+        return dag.test(run_conf=conf)
+    return dag.test(logical_date=logical_date, run_after=logical_date, run_conf=conf)
 
 
 def xcom(dag_run: Any, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
@@ -114,15 +120,24 @@ def assert_stopped_without_workers(hook: RayTrainHook, job_id: str, worker_pids:
 
 
 class FakeTaskInstance:
-    """Just enough of a task instance for ``RayTrainOperator.execute`` outside a DAG run."""
+    """Just enough of a task instance for ``RayTrainOperator.execute`` outside a DAG run (whose deployment id
+    comes from ``[ray_train] deployment_id``: the ``direct_deployment`` fixture sets it)."""
 
-    def __init__(self, task_id: str, try_number: int = 1) -> None:
+    def __init__(self, task_id: str, try_number: int = 1, run_id: str | None = None, max_tries: int = 0) -> None:
         self.dag_id = "test_ray_train_direct"
-        self.run_id = f"manual__{uuid.uuid4().hex[:12]}"
+        self.run_id = run_id or f"manual__{uuid.uuid4().hex[:12]}"
         self.task_id = task_id
         self.map_index = -1
         self.try_number = try_number
+        self.max_tries = max_tries
         self.xcoms: dict[str, Any] = {}
+
+    def next_try(self) -> FakeTaskInstance:
+        """The retry of this task instance: same run, next try number, its XComs cleared."""
+        return FakeTaskInstance(self.task_id, self.try_number + 1, self.run_id, self.max_tries)
+
+    def context(self, run_started_at: datetime = datetime(2026, 1, 1, tzinfo=UTC)) -> dict[str, Any]:
+        return {"ti": self, "dag_run": SimpleNamespace(run_id=self.run_id, start_date=run_started_at)}
 
     def xcom_push(self, key: str, value: Any) -> None:
         self.xcoms[key] = value
@@ -131,11 +146,12 @@ class FakeTaskInstance:
         return self.xcoms.get(key)
 
 
-def run_next_try(dag_id: str, run_id: str, task_id: str) -> Any:
+def run_next_try(dag_id: str, run_id: str, task_id: str, *, clear: bool = False) -> Any:
     """Run the next try of one task instance of an existing DAG run, in this process, the way dag.test()
-    runs a try (dag.test() itself always makes a new run, so a try number never goes past the retries)."""
+    runs a try (dag.test() itself always makes a new run, so a try number never goes past the retries).
+    ``clear``: the user cleared the task first (Airflow's own clear, which starts a new series of tries)."""
     from airflow.models.dagrun import DagRun
-    from airflow.models.taskinstance import TaskInstance
+    from airflow.models.taskinstance import TaskInstance, clear_task_instances
     from airflow.sdk.definitions.dag import _run_task
     from airflow.utils.session import create_session
     from airflow.utils.state import TaskInstanceState
@@ -148,6 +164,9 @@ def run_next_try(dag_id: str, run_id: str, task_id: str) -> Any:
                 TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id, TaskInstance.task_id == task_id
             )
         ).one()
+        if clear:
+            clear_task_instances([ti], session)
+            session.flush()
         # What the scheduler does for a retry: the next try number, then SCHEDULED.
         ti.try_number += 1
         ti.state = TaskInstanceState.SCHEDULED

@@ -129,7 +129,7 @@ def test_defer_timeout_stops_the_job_and_its_workers(hook, airflow_db):
 
 
 @pytest.mark.slow
-def test_trigger_on_kill_stops_the_job_and_its_workers(hook, ray_conn):
+def test_trigger_on_kill_stops_the_job_and_its_workers(hook, ray_conn, direct_deployment):
     operator = RayTrainOperator(
         task_id="killed_while_deferred",
         train_func="ray_train_test_loops:slow_counter",
@@ -140,7 +140,7 @@ def test_trigger_on_kill_stops_the_job_and_its_workers(hook, ray_conn):
     )
     ti = FakeTaskInstance("killed_while_deferred")
     with pytest.raises(TaskDeferred) as deferred:
-        operator.execute({"ti": ti})  # type: ignore[arg-type]
+        operator.execute(ti.context())  # type: ignore[arg-type]
     trigger = deferred.value.trigger
     assert isinstance(trigger, RayTrainJobTrigger) and trigger.job_id == ti.xcoms["job_id"]
     assert deferred.value.timeout is not None  # every deferral is bounded

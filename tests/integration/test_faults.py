@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from pathlib import Path
 
 import psutil
 import pytest
@@ -29,6 +30,7 @@ from ray_train_helpers import (
 from airflow_ray_train.exceptions import RayTrainJobError
 from airflow_ray_train.hooks.ray_train import RayTrainHook
 from airflow_ray_train.operators.ray_train import RayTrainOperator
+from airflow_ray_train.runtime.spec import ResultManifest, manifest_from_log
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -40,7 +42,7 @@ def hook(ray_conn):
     hook.close()
 
 
-def test_on_kill_stops_the_job_and_its_workers(hook):
+def test_on_kill_stops_the_job_and_its_workers_and_leaves_a_stopped_manifest(hook, direct_deployment):
     operator = RayTrainOperator(
         task_id="killed_while_waiting",
         train_func="ray_train_test_loops:slow_counter",
@@ -53,7 +55,7 @@ def test_on_kill_stops_the_job_and_its_workers(hook):
 
     def execute() -> None:
         try:
-            operator.execute({"ti": ti})  # type: ignore[arg-type]
+            operator.execute(ti.context())  # type: ignore[arg-type]
         except BaseException as exc:  # noqa: BLE001 - the test reads it
             outcome["error"] = exc
 
@@ -61,10 +63,18 @@ def test_on_kill_stops_the_job_and_its_workers(hook):
     worker.start()
     job_id = wait_for(lambda: ti.xcoms.get("job_id"), 120, what="the submission")
     pids = wait_for(lambda: train_worker_pids(hook, job_id), 120, 1.0, "a Train worker")
+    wait_for(lambda: "report 2:" in hook.get_job_logs(job_id), 120, 0.5, "a second checkpointed report")
     operator.on_kill()  # what Airflow calls on SIGTERM and on execution_timeout
     worker.join(60)
     assert_stopped_without_workers(hook, job_id, pids)
-    assert isinstance(outcome.get("error"), RayTrainJobError) and outcome["error"].status == "STOPPED"
+    error = outcome.get("error")
+    assert isinstance(error, RayTrainJobError) and error.status == "STOPPED"
+    # The driver got its manifest out within Ray's 3 s between SIGTERM and SIGKILL, with the latest checkpoint.
+    manifest = manifest_from_log(hook.get_job_logs(job_id))
+    assert manifest is not None and manifest.status == "STOPPED", hook.get_job_logs(job_id)[-2000:]
+    assert manifest.checkpoint_path and Path(manifest.checkpoint_path, "state.json").is_file()
+    assert ResultManifest.from_json(Path(manifest.manifest_path).read_text()).status == "STOPPED"
+    assert error.manifest_path == manifest.manifest_path and manifest.checkpoint_path in str(error)
 
 
 _FIRST_TRY = textwrap.dedent(
@@ -110,12 +120,20 @@ def test_next_try_attaches_to_the_job_of_a_killed_task_then_collects_it_and_trai
     assert result["job_id"] == job_id and job_id.endswith("-try1")  # try 2 attached to try 1's job
     assert result["metrics"] == {"epoch": 7, "start_epoch": 0, "total": sum(range(8))}
 
-    # A third try (the task cleared after success) finds the job SUCCEEDED and collects it: no new job.
+    # A third try of the same series (its process died after the job SUCCEEDED) collects it: no new job.
     dag_run = run_next_try("test_ray_train_attach", run_id, "train_attach")
     assert states(dag_run) == {"train_attach": "success"}
     assert task_instances(dag_run)["train_attach"].try_number == 3
     assert xcom(dag_run, "train_attach") == result
     assert [j["submission_id"] for j in jobs_of(hook, "test_ray_train_attach", run_id)] == [job_id]  # trained once
+
+    # The user clears the task: that asks for a new run, which trains from scratch in a Train run of its own.
+    dag_run = run_next_try("test_ray_train_attach", run_id, "train_attach", clear=True)
+    assert states(dag_run) == {"train_attach": "success"}
+    cleared = xcom(dag_run, "train_attach")
+    assert cleared["job_id"] != job_id and cleared["job_id"].endswith("-try4")
+    assert cleared["metrics"] == {"epoch": 7, "start_epoch": 0, "total": sum(range(8))}
+    assert len(jobs_of(hook, "test_ray_train_attach", run_id)) == 2
 
 
 def test_a_killed_train_worker_is_restarted_from_the_checkpoint(hook, airflow_db):

@@ -133,17 +133,17 @@ def test_a_repeat_submit_uploads_nothing_and_changed_code_uploads_again(hook, tm
     monkeypatch.syspath_prepend(str(tmp_path))
 
     first = RayTrainHook()
-    env = first.build_runtime_env({"env_vars": {"A": "1"}}, ["shipped_pkg"])
+    env = first.build_runtime_env({"env_vars": {"A": "1"}}, packages=[code_package("shipped_pkg")])
     assert env["env_vars"] == {"A": "1"} and len(env["py_modules"]) == 2
     assert first.bytes_uploaded > 0
 
     again = RayTrainHook()
-    assert again.build_runtime_env({"env_vars": {"A": "1"}}, ["shipped_pkg"]) == env
+    assert again.build_runtime_env({"env_vars": {"A": "1"}}, packages=[code_package("shipped_pkg")]) == env
     assert again.bytes_uploaded == 0
 
     (package / "__init__.py").write_text("VALUE = 2\n")
     changed = RayTrainHook()
-    env2 = changed.build_runtime_env(None, ["shipped_pkg"])
+    env2 = changed.build_runtime_env(None, packages=[code_package("shipped_pkg")])
     assert env2["py_modules"][0] == env["py_modules"][0]  # the runtime did not change
     assert env2["py_modules"][1] != env["py_modules"][1]
     assert changed.bytes_uploaded == len(code_package("shipped_pkg").data)  # only the changed package
@@ -169,7 +169,7 @@ def test_driver_writes_a_failed_manifest_when_train_func_is_not_on_the_cluster(h
         scaling_config={"num_workers": 1},
         run_config={"storage_path": str(storage)},
     )
-    env = hook.build_runtime_env(None, [])
+    env = hook.build_runtime_env(None)
     job_id = hook.submit_job(
         entrypoint=hook.runtime_entrypoint(spec.to_arg()), submission_id=spec.submission_id, runtime_env=env
     )

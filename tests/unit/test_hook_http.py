@@ -71,14 +71,27 @@ def test_a_busy_cluster_is_retried_with_backoff(stub_ray):
 
 
 def test_a_rejected_token_fails_at_once_with_the_fix_and_without_the_token(stub_ray):
-    StubRay.script = [(401, {"error": "Unauthorized: invalid token"})]
+    StubRay.script = [(401, {"error": "Unauthorized: invalid token"})] * 2
     hook = RayTrainHook("ray_stub", max_retries=3, retry_backoff=0.01)
     with pytest.raises(RayTrainAuthError) as raised:
         hook.get_version()
     assert isinstance(raised.value, AirflowFailException)  # retrying cannot fix a wrong token
     assert "HTTP 401" in str(raised.value) and "ray get-auth-token" in str(raised.value)
     assert TOKEN not in str(raised.value)
-    assert len(StubRay.seen) == 1
+    assert len(StubRay.seen) == 2  # the connection was read once more, in case the token was rotated
+
+
+def test_a_token_rotated_in_the_connection_is_picked_up_on_the_next_rejection(stub_ray, monkeypatch):
+    hook = RayTrainHook("ray_stub", max_retries=0)
+    assert hook.get_version()["ray_version"] == "2.60.0"
+    rotated = {"conn_type": "ray_train", "host": stub_ray, "password": "rotated-token"}
+    monkeypatch.setenv("AIRFLOW_CONN_RAY_STUB", json.dumps(rotated))
+    StubRay.script = [(403, {"error": "Forbidden"})]
+    assert hook.get_version()["ray_version"] == "2.60.0"
+    assert [seen["headers"]["Authorization"] for seen in StubRay.seen[-2:]] == [
+        f"Bearer {TOKEN}",
+        "Bearer rotated-token",
+    ]
 
 
 def test_an_unreachable_cluster_gives_up_after_bounded_retries_naming_the_address(monkeypatch):

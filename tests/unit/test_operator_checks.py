@@ -8,8 +8,9 @@ import subprocess
 import sys
 
 import pytest
+from airflow.sdk.exceptions import AirflowFailException
 
-from airflow_ray_train.exceptions import RayTrainAuthError, RayTrainClusterError, RayTrainConfigError
+from airflow_ray_train.exceptions import RayTrainAuthError, RayTrainConfigError, RayTrainWatchError
 from airflow_ray_train.hooks.ray_train import cluster_shortfall, worker_resources
 from airflow_ray_train.operators.ray_train import RayTrainOperator, check_runtime_env
 from airflow_ray_train.runtime.trainer import DEFAULT_CONTROLLER_FAILURE_LIMIT, failure_config_kwargs
@@ -87,16 +88,43 @@ def test_deferrable_defaults_to_the_operators_default_deferrable_option():
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
 
 
+class _TI:
+    task_id = "t"
+
+    def __init__(self, try_number: int, max_tries: int) -> None:
+        self.try_number, self.max_tries = try_number, max_tries
+
+
 @pytest.mark.parametrize(
-    ("error_type", "raises"), [("RayTrainAuthError", RayTrainAuthError), ("ConnectError", RayTrainClusterError)]
+    ("error_type", "retries", "try_number", "stop_works", "stopped", "says"),
+    [
+        ("ConnectError", 2, 1, True, False, "the next try attaches to it"),
+        ("ConnectError", 2, 3, True, True, "stopped (STOPPED) because this was the task's last try"),
+        ("ConnectError", 0, 1, True, True, "stopped (STOPPED) because this was the task's last try"),
+        ("RayTrainAuthError", 2, 1, True, True, "stopped (STOPPED) because the cluster rejected the token"),
+        ("RayTrainAuthError", 2, 1, False, True, "Stopping it failed too (HTTP 403): stop it by hand"),
+    ],
 )
-def test_a_trigger_error_event_fails_the_try_saying_the_next_one_attaches(monkeypatch, error_type, raises):
-    operator = RayTrainOperator(task_id="t", train_func="m:f")
+def test_a_job_that_cannot_be_watched_is_left_to_the_next_try_or_stopped(
+    monkeypatch, error_type, retries, try_number, stop_works, stopped, says
+):
+    operator = RayTrainOperator(task_id="t", train_func="m:f", retries=retries)
     monkeypatch.setattr(type(operator.hook), "dashboard_url", lambda self, job_id: f"http://ray/#/jobs/{job_id}")
+    stops: list[str] = []
+
+    def stop(self: object, job_id: str) -> str:
+        stops.append(job_id)
+        if not stop_works:
+            raise RayTrainAuthError("HTTP 403")
+        return "STOPPED"
+
+    monkeypatch.setattr(type(operator.hook), "stop_job_and_wait", stop)
     event = {"status": "error", "job_id": "j1", "message": "boom", "error_type": error_type, "log_offset": 0}
-    with pytest.raises(raises) as raised:
-        operator.execute_complete({}, event)  # type: ignore[arg-type]
-    assert "Lost track of Ray job j1" in str(raised.value) and "the next try attaches" in str(raised.value)
+    with pytest.raises(RayTrainWatchError) as raised:
+        operator.execute_complete({"ti": _TI(try_number, max_tries=retries)}, event)  # type: ignore[arg-type]
+    assert not isinstance(raised.value, AirflowFailException)  # a retry may see the job again
+    assert "Lost track of Ray job j1" in str(raised.value) and says in str(raised.value)
+    assert stops == (["j1"] if stopped else [])
 
 
 def test_airflows_deferral_timeout_stops_the_job_before_failing_the_try(monkeypatch):

@@ -1,0 +1,71 @@
+"""What a task try does with the Ray jobs it finds under its series' submission ids: collect a result,
+attach to a running job, or submit a new job (which resumes the Train run from its latest checkpoint).
+
+Pure decisions over job details, so each rule has a unit test; the operator fetches the jobs and acts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from airflow_ray_train.identity import TryIdentity, other_spec
+from airflow_ray_train.runtime.spec import JobStatus
+
+Action = Literal["collect", "attach", "submit"]
+
+
+@dataclass(frozen=True)
+class TryPlan:
+    """``action`` on ``job`` (None when submitting), under ``submission_id`` when submitting; ``notes`` say
+    what was found and not used (one log line each); ``stop`` lists this series' superseded running jobs."""
+
+    action: Action
+    submission_id: str
+    job: Mapping[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+    stop: list[str] = field(default_factory=list)
+
+
+def free_submission_id(identity: TryIdentity, taken: Sequence[str]) -> str:
+    """This try's submission id, or ``<id>-2``, ``<id>-3`` ... when a job already holds it (the same try
+    re-run after its job ended, or another's job): Ray never accepts an id twice."""
+    base = identity.submission_id()
+    if base not in taken:
+        return base
+    number = 2
+    while f"{base}-{number}" in taken:
+        number += 1
+    return f"{base}-{number}"
+
+
+def plan_try(identity: TryIdentity, digest: str, found: Sequence[Mapping[str, Any]]) -> TryPlan:
+    """Decide from ``found``: the details of the jobs under this series' submission ids (this try's and the
+    earlier tries', resubmits included), newest first."""
+    notes: list[str] = []
+    stop: list[str] = []
+    taken = [str(job["submission_id"]) for job in found]
+    for job in found:
+        job_id, status = str(job["submission_id"]), JobStatus(str(job["status"]))
+        foreign = identity.not_ours(job.get("metadata"))
+        if foreign is not None:
+            notes.append(f"Found Ray job {job_id} ({status}) but it is not this task's: {foreign}. Leaving it alone.")
+            continue
+        changed = other_spec(job.get("metadata"), digest)
+        if changed is not None:
+            if status.is_terminal:
+                notes.append(f"Earlier Ray job {job_id} ({status}) is not used: {changed}.")
+            else:
+                notes.append(f"Earlier Ray job {job_id} is still {status} but {changed}: stopping it (superseded).")
+                stop.append(job_id)
+            continue
+        if status is JobStatus.SUCCEEDED:
+            return TryPlan("collect", job_id, job, notes, stop)
+        if not status.is_terminal:
+            return TryPlan("attach", job_id, job, notes, stop)
+        notes.append(
+            f"Earlier Ray job {job_id} ended {status}; a new job resumes its Train run from the latest checkpoint."
+        )
+        break
+    return TryPlan("submit", free_submission_id(identity, taken), None, notes, stop)
