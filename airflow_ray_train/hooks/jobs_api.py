@@ -1,0 +1,180 @@
+"""The Ray Jobs REST API as both hooks speak it: its paths, its replies, the one retry policy, and the errors a
+failed call becomes. No HTTP client here: ``RayTrainHook`` (httpx) and ``AsyncRayTrainHook`` (aiohttp) send the
+requests and ask ``Attempts`` what to do with each answer, so the twins cannot drift.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from airflow_ray_train.exceptions import RayTrainAuthError, RayTrainClusterError
+from airflow_ray_train.hooks.settings import ClusterSettings
+
+VERSION = "/api/version"
+JOBS = "/api/jobs/"
+NODES = "/api/v0/nodes"
+#: How long a stop is waited for: Ray sends SIGKILL 3 s after SIGTERM and reports STOPPED ~3 s later.
+STOP_TIMEOUT_S = 30.0
+STOP_POLL_S = 0.5
+#: URI schemes of ``py_modules`` Ray fetches itself (anything else is a local path the REST API cannot take).
+REMOTE_MODULE_SCHEMES = ("gcs://", "s3://", "gs://", "https://")
+_EXCEPTION_LINE_RE = re.compile(r"^\s*((?:[A-Za-z_][\w.]*)?(?:Error|Exception): .+)$", re.MULTILINE)
+
+
+def job_path(job_id: str, action: str = "") -> str:
+    """``/api/jobs/<id>`` and its actions (``logs``, ``stop``)."""
+    return f"{JOBS}{job_id}" + (f"/{action}" if action else "")
+
+
+def package_path(name: str) -> str:
+    return f"/api/packages/gcs/{name}"
+
+
+def log_stream_url(address: str, job_id: str) -> str:
+    """The websocket that follows a job's log: ``ws(s)://<dashboard>/api/jobs/<id>/logs/tail``."""
+    parts = urlsplit(address)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    return urlunsplit((scheme, parts.netloc, f"{parts.path.rstrip('/')}{job_path(job_id, 'logs/tail')}", "", ""))
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An HTTP answer, read in full."""
+
+    status_code: int
+    text: str
+
+    def json(self) -> Any:
+        return json.loads(self.text)
+
+
+def last_exception_line(text: str) -> str | None:
+    """The last ``SomeError: message`` line of a traceback (Ray puts whole ones in replies and messages)."""
+    found = _EXCEPTION_LINE_RE.findall(text)
+    return found[-1].strip() if found else None
+
+
+def ray_says(text: str, limit: int = 1500) -> str:
+    """What Ray answered, short: a traceback becomes its last exception line, anything else its tail."""
+    text = text.strip()
+    return last_exception_line(text) or (text if len(text) <= limit else "..." + text[-limit:])
+
+
+def http_error(settings: ClusterSettings, method: str, path: str, reply: Reply) -> RayTrainClusterError:
+    return RayTrainClusterError(
+        f"{method} {path} on {settings.address} failed with HTTP {reply.status_code}: {ray_says(reply.text)}",
+        http_status=reply.status_code,
+    )
+
+
+def unreachable_error(settings: ClusterSettings, conn_id: str, exc: BaseException, attempts: int) -> RayTrainClusterError:
+    return RayTrainClusterError(
+        f"cannot reach the Ray cluster at {settings.address} ({type(exc).__name__}: {exc}) "
+        f"after {attempts} attempts. Fix: check that the head is up and that the "
+        f"'{conn_id}' connection's host is its dashboard address (port 8265 by default)."
+    )
+
+
+def auth_error(settings: ClusterSettings, conn_id: str, path: str, reply: Reply) -> RayTrainAuthError:
+    return RayTrainAuthError(
+        f"the Ray cluster at {settings.address} rejected the request to {path} "
+        f"(HTTP {reply.status_code}: {reply.text.strip()[:200]}). Fix: set the password of "
+        f"connection '{conn_id}' to the cluster's token (`ray get-auth-token` on the head).",
+        http_status=reply.status_code,
+    )
+
+
+class Step(enum.Enum):
+    """What a hook does after one attempt of a call."""
+
+    RETURN = "return"  # hand the reply to the caller
+    RETRY = "retry"  # wait ``Attempts.delay``, then send again
+    RELOAD = "reload"  # read the connection again (a rotated token), then send again at once
+    GIVE_UP = "give_up"  # raise ``Attempts.error``
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When a Jobs API call is sent again: the one policy both hooks share.
+
+    :param max_retries: retries, with exponential backoff, when the cluster cannot be reached or is busy.
+    :param backoff: seconds before the first retry; doubles each time.
+    """
+
+    max_retries: int = 3
+    backoff: float = 1.0
+    retry_status: frozenset[int] = frozenset({502, 503, 504})
+
+    def is_retryable(self, status_code: int | None) -> bool:
+        """A transport failure (``None``) or a busy gateway: the cluster may answer in a moment."""
+        return status_code is None or status_code in self.retry_status
+
+
+class Attempts:
+    """The attempts of one call under a ``RetryPolicy``: after each answer (or transport failure), the step to
+    take. A 401/403 reads the connection once more (its token may have been rotated), then gives up."""
+
+    def __init__(self, policy: RetryPolicy, settings: ClusterSettings, conn_id: str, path: str) -> None:
+        self.policy = policy
+        self.settings = settings
+        self.conn_id = conn_id
+        self.path = path
+        self.attempt = 0
+        self.reloaded = False
+        self.error: RayTrainClusterError | None = None
+
+    @property
+    def delay(self) -> float:
+        return self.policy.backoff * 2 ** (self.attempt - 1)
+
+    def answered(self, reply: Reply, ok: tuple[int, ...]) -> Step:
+        if reply.status_code in (401, 403):
+            if self.reloaded:
+                self.error = auth_error(self.settings, self.conn_id, self.path, reply)
+                return Step.GIVE_UP
+            self.reloaded = True
+            return Step.RELOAD
+        if reply.status_code in ok or not self.policy.is_retryable(reply.status_code):
+            return Step.RETURN
+        return Step.RETURN if self.attempt >= self.policy.max_retries else self._next()
+
+    def failed(self, exc: BaseException) -> Step:
+        if self.attempt >= self.policy.max_retries:
+            self.error = unreachable_error(self.settings, self.conn_id, exc, self.attempt + 1)
+            return Step.GIVE_UP
+        return self._next()
+
+    def reloaded_settings(self, settings: ClusterSettings) -> None:
+        self.settings = settings
+
+    def _next(self) -> Step:
+        self.attempt += 1
+        return Step.RETRY
+
+
+def submit_body(entrypoint: str, submission_id: str, **optional: Any) -> dict[str, Any]:
+    """The ``POST /api/jobs/`` body: the entrypoint, the id, and the optional fields that are set."""
+    return {"entrypoint": entrypoint, "submission_id": submission_id, **{k: v for k, v in optional.items() if v is not None}}
+
+
+def job_details(data: Any) -> dict[str, Any]:
+    """A job's details, ``metadata`` always a dict (Ray gives None for a job without)."""
+    return {**data, "metadata": data.get("metadata") or {}}
+
+
+def alive_nodes(data: Any) -> list[dict[str, Any]] | None:
+    """Each alive node's total resources from the state API's ``/api/v0/nodes`` reply, or None if unreadable."""
+    try:
+        nodes = data["data"]["result"]["result"]
+    except (KeyError, TypeError):
+        return None
+    return [
+        {"node_id": n.get("node_id"), "resources": dict(n.get("resources_total") or {})}
+        for n in nodes
+        if n.get("state") == "ALIVE"
+    ]
