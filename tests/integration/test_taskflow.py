@@ -34,3 +34,14 @@ def test_decorated_function_sweeps_on_ray_and_the_best_is_picked(ray_conn, airfl
     assert "_airflow_ray_train_fn_" in str(info["runtime_env"]) or any(
         "_ray_pkg_" in uri for uri in info["runtime_env"]["py_modules"]
     )
+
+
+def test_a_task_inside_a_dag_function_trains_with_its_closure_on_ray(ray_conn, airflow_db):
+    dag_run = run_dag("test_taskflow_dag_function", module="ray_train_taskflow_dags")
+    assert str(dag_run.state) == "success", states(dag_run)
+    result = xcom(dag_run, "fit_closure_line")
+    assert result["status"] == "SUCCEEDED" and result["metrics"]["epoch"] == 14
+    # The line came from the closure (slope 2.0, intercept 0.5): the model learned it on the cluster.
+    assert result["metrics"]["weight"] == pytest.approx(2.0, abs=0.02)
+    assert result["metrics"]["bias"] == pytest.approx(0.5, abs=0.02)
+    assert result["metrics"]["loss"] < 1e-3
