@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from airflow_ray_train.runtime.frameworks import import_object
+from airflow_ray_train.runtime.frameworks import import_function
 from airflow_ray_train.runtime.spec import MANIFEST_MARKER, CheckpointRecord, ResultManifest, SpecError, TrainSpec
 
 #: Each ``ray.train.report`` is echoed in the job log behind this prefix, so a person can follow training.
@@ -45,17 +45,15 @@ class JobStopped(BaseException):
 
 
 def load_train_func(path: str) -> Callable[..., Any]:
-    """Import ``package.module:function`` and return the function."""
-    target = import_object(
+    """Import ``package.module:function`` and return the function (a plain function, not from the standard
+    library: ``train_func`` may come from run conf, and Ray calls it with the config)."""
+    return import_function(
         path,
         "train_func",
         error=TrainFuncImportError,
         fix="let the operator ship your code (ship_code=True, the default) from where Airflow imports it, "
         "or install the module in the cluster's image.",
     )
-    if not callable(target):
-        raise TrainFuncImportError(f"train_func {path!r} is a {type(target).__name__}, not a function.")
-    return target  # type: ignore[no-any-return]
 
 
 def uri_for(filesystem: Any, path: str | None) -> str | None:
