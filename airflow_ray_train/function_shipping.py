@@ -170,7 +170,8 @@ class _Shipment:
         return _Binding(code, _IMPORTS, modules={module.split(".")[0]})
 
     def _value(self, name: str, value: Any, user: str) -> _Binding:
-        kind = f"a {type(value).__module__}.{type(value).__qualname__}"
+        type_name = f"{type(value).__module__}.{type(value).__qualname__}"
+        kind = f"{'an' if type_name[0] in 'aeiou' else 'a'} {type_name}"
         if _from_airflow(type(value).__module__):
             raise CodeLookupError(
                 f"{user} uses {name!r}, {kind}: an Airflow object, and the Ray cluster has no Airflow. Fix: pass "

@@ -229,6 +229,8 @@ def _walk(
 
 
 def _human(size: int) -> str:
+    if size < 2**10:
+        return f"{size} B"
     return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB"
 
 

@@ -1,5 +1,6 @@
 """@task.ray_train through dag.test() on the real Ray head: the decorated function trains on Ray (shipped
-without its DAG file), .expand() runs a sweep as separate Ray jobs and runs, and the Ray Job link is set."""
+without its DAG file), .expand() runs a sweep as separate Ray jobs and runs, the Ray Job link is set, and a
+task defined inside a @dag function trains with what its closure holds."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def test_decorated_function_sweeps_on_ray_and_the_best_is_picked(ray_conn, airfl
 
 
 def test_a_task_inside_a_dag_function_trains_with_its_closure_on_ray(ray_conn, airflow_db):
-    dag_run = run_dag("test_taskflow_dag_function", module="ray_train_taskflow_dags")
+    dag_run = run_dag("test_taskflow_dag_function", module="ray_train_shipping_dags")
     assert str(dag_run.state) == "success", states(dag_run)
     result = xcom(dag_run, "fit_closure_line")
     assert result["status"] == "SUCCEEDED" and result["metrics"]["epoch"] == 14
