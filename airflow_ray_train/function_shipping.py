@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import copy
 import hashlib
 import inspect
 import pickle
@@ -214,6 +215,7 @@ class _Shipment:
         ``name``, after binding everything it reads from outside itself."""
         target = obj if inspect.isclass(obj) else _unwrapped(obj)
         node, filename = self._node(target)
+        node = copy.deepcopy(node)  # renamed and stripped below; the parsed file stays as it is
         user = _describe(target)
         if isinstance(node, ast.Lambda):
             code = f"{name} = {ast.unparse(node)}"
@@ -275,7 +277,7 @@ class _Shipment:
             if isinstance(node, ast.Lambda) and name == "<lambda>" and node.lineno == line:
                 found.append(node)
             elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
-                if min([node.lineno, *(d.lineno for d in node.decorator_list)]) == line:
+                if line in (node.lineno, min([node.lineno, *(d.lineno for d in node.decorator_list)])):
                     found.append(node)
         if len(found) != 1:
             raise CodeLookupError(
