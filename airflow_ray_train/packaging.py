@@ -2,7 +2,13 @@
 
 The hook zips the runtime and the user's code the way Ray unpacks ``py_modules`` (the zip's top level is
 put on ``PYTHONPATH``) and names each zip by the hash of its bytes, so an unchanged package is found on
-the cluster and never uploaded twice. Zips are built reproducibly (sorted entries, fixed timestamps).
+the cluster and never uploaded twice. Zips are built reproducibly (sorted entries, fixed timestamps) in a
+temporary file, and uploaded from it in pieces.
+
+What ships from a package folder follows the conventions of Ray's own ``working_dir``: ``.gitignore`` and
+``.rayignore`` files (gitignore syntax, in the folder and below) are honoured on top of ``DEFAULT_EXCLUDES``
+(a ``!pattern`` in them ships a file the defaults leave out), a symlink that leaves the folder is skipped,
+and a package over ``MAX_PACKAGE_BYTES`` is refused naming its biggest files.
 """
 
 from __future__ import annotations
@@ -11,65 +17,244 @@ import ast
 import difflib
 import hashlib
 import importlib.util
-import inspect
-import io
+import logging
 import os
+import shutil
+import symtable
 import sys
 import sysconfig
+import tempfile
+import weakref
 import zipfile
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from pathspec import GitIgnoreSpec
+
+log = logging.getLogger(__name__)
 
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
-_SKIP_DIRS = {"__pycache__", ".git", ".hg", ".svn", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".ipynb_checkpoints"}
-_SKIP_SUFFIXES = (".pyc", ".pyo")
+_CHUNK = 1024 * 1024
 RUNTIME_PACKAGE = "airflow_ray_train"
+IGNORE_FILES = (".gitignore", ".rayignore")
+#: Left out of every package folder unless an ignore file re-includes them (``!name``): hidden files and
+#: folders, bytecode, keys and certificates, checkpoints and weights, data files and training outputs.
+DEFAULT_EXCLUDES = (
+    ".*",
+    "__pycache__/",
+    "*.py[cod]",
+    "*.pem",
+    "*.key",
+    "*.p12",
+    "*.pfx",
+    "*.jks",
+    "*.keystore",
+    "id_rsa*",
+    "id_ecdsa*",
+    "id_ed25519*",
+    "*.ckpt",
+    "*.pt",
+    "*.pth",
+    "*.safetensors",
+    "*.h5",
+    "*.onnx",
+    "*.pkl",
+    "*.pickle",
+    "*.joblib",
+    "*.csv",
+    "*.tsv",
+    "*.jsonl",
+    "*.parquet",
+    "*.arrow",
+    "*.feather",
+    "*.npy",
+    "*.npz",
+    "*.tfrecord",
+    "*.db",
+    "*.sqlite",
+    "*.zip",
+    "*.tar",
+    "*.tar.gz",
+    "*.tgz",
+    "checkpoints/",
+    "lightning_logs/",
+    "ray_results/",
+    "mlruns/",
+    "wandb/",
+)
+_DEFAULT_SPEC = GitIgnoreSpec.from_lines(DEFAULT_EXCLUDES)
+#: The most a package folder may hold (its files, before compression). The Ray dashboard takes uploads of up
+#: to 100 MiB; code is far smaller, so a bigger package is data or checkpoints that slipped in.
+MAX_PACKAGE_BYTES = 50 * 1024 * 1024
 
 
 class CodeLookupError(ValueError):
     """The training code cannot be found or packaged where Airflow runs."""
 
 
+class _FileChunks:
+    """A file's bytes in pieces, read again each time it is iterated, so a retried upload sends it whole."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __iter__(self) -> Iterator[bytes]:
+        with self.path.open("rb") as file:
+            while chunk := file.read(_CHUNK):
+                yield chunk
+
+
 @dataclass(frozen=True)
 class Package:
-    """A zip ready for ``PUT /api/packages/gcs/<name>``, and the ``gcs://`` URI it will have."""
+    """A zip on local disk ready for ``PUT /api/packages/gcs/<name>``, and the ``gcs://`` URI it will have.
+
+    The file is removed when the ``Package`` is garbage collected.
+    """
 
     source: str
-    data: bytes
+    sha256: str
+    size: int
+    path: Path = field(compare=False)
+
+    def __post_init__(self) -> None:
+        weakref.finalize(self, _remove, self.path)
 
     @property
     def name(self) -> str:
-        return f"_ray_pkg_{hashlib.sha256(self.data).hexdigest()[:32]}.zip"
+        return f"_ray_pkg_{self.sha256[:32]}.zip"
 
     @property
     def uri(self) -> str:
         return f"gcs://{self.name}"
 
+    def chunks(self) -> _FileChunks:
+        """The zip's bytes, read from disk in pieces (an upload body that can be sent again)."""
+        return _FileChunks(self.path)
 
-def _zip(entries: list[tuple[str, Path | str]]) -> bytes:
-    """A reproducible zip: sorted entries, fixed timestamps and modes. Each entry is a file or a text."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for arcname, content in sorted(entries, key=lambda entry: entry[0]):
-            info = zipfile.ZipInfo(arcname, date_time=_FIXED_TIME)
-            info.external_attr = 0o644 << 16
-            info.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(info, content.read_bytes() if isinstance(content, Path) else content)
-    return buffer.getvalue()
+
+def _remove(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+def build_zip(source: str, entries: list[tuple[str, Path | str]]) -> Package:
+    """A reproducible zip of ``entries`` (archive name, then a file or a text) in a temporary file: sorted
+    entries, fixed timestamps and modes, so the same content gets the same name."""
+    fd, name = tempfile.mkstemp(prefix="airflow_ray_train_", suffix=".zip")
+    path = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for arcname, content in sorted(entries, key=lambda entry: entry[0]):
+                info = zipfile.ZipInfo(arcname, date_time=_FIXED_TIME)
+                info.external_attr = 0o644 << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                if isinstance(content, str):
+                    archive.writestr(info, content)
+                    continue
+                try:
+                    with content.open("rb") as src, archive.open(info, "w") as dst:
+                        shutil.copyfileobj(src, dst, _CHUNK)
+                except OSError as exc:
+                    raise CodeLookupError(
+                        f"cannot read {content} to ship it ({exc.strerror or exc}). Fix: make it readable by the "
+                        f"Airflow worker, or list it in a .rayignore file in {source}."
+                    ) from exc
+        digest = hashlib.sha256()
+        with path.open("rb") as file:
+            while chunk := file.read(_CHUNK):
+                digest.update(chunk)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return Package(source=source, sha256=digest.hexdigest(), size=path.stat().st_size, path=path)
+
+
+def _ignore_rules(directory: Path, rel: PurePosixPath) -> list[tuple[PurePosixPath, GitIgnoreSpec]]:
+    rules = []
+    for name in IGNORE_FILES:
+        ignore_file = directory / name
+        if ignore_file.is_file():
+            rules.append((rel, GitIgnoreSpec.from_lines(ignore_file.read_text(encoding="utf-8").splitlines())))
+    return rules
+
+
+def _excluded(rel: PurePosixPath, is_dir: bool, rules: list[tuple[PurePosixPath, GitIgnoreSpec]]) -> bool:
+    """Whether the last rule that matches ``rel`` (defaults, then ignore files from the top down) excludes it."""
+    excluded = False
+    for base, spec in rules:
+        relative = rel.relative_to(base).as_posix() + ("/" if is_dir else "")
+        verdict = spec.check_file(relative).include
+        if verdict is not None:
+            excluded = verdict
+    return excluded
+
+
+def _symlink_target(root: Path, path: Path) -> Path:
+    try:
+        return path.resolve(strict=True)
+    except (OSError, RuntimeError) as exc:
+        raise CodeLookupError(
+            f"cannot ship {path}: it is a symlink to {os.readlink(path)!r}, which does not exist. "
+            f"Fix: remove the link, or list it in {root / '.rayignore'}."
+        ) from exc
+
+
+def _walk(
+    root: Path,
+    directory: Path,
+    rel: PurePosixPath,
+    rules: list[tuple[PurePosixPath, GitIgnoreSpec]],
+    active: frozenset[Path],
+    found: list[tuple[PurePosixPath, Path, int]],
+) -> None:
+    rules = rules + _ignore_rules(directory, rel)
+    with os.scandir(directory) as scan:
+        entries = sorted(scan, key=lambda entry: entry.name)
+    for entry in entries:
+        entry_rel, path = rel / entry.name, Path(entry.path)
+        is_dir = entry.is_dir()
+        if _excluded(entry_rel, is_dir, rules):
+            continue
+        if entry.is_symlink():
+            target = _symlink_target(root, path)
+            if not target.is_relative_to(root):
+                log.warning("Not shipping %s: it is a symlink to %s, outside %s", path, target, root)
+                continue
+        if is_dir:
+            real = path.resolve()
+            if real not in active:  # a link to a folder above it would loop
+                _walk(root, path, entry_rel, rules, active | {real}, found)
+        elif entry.is_file():
+            found.append((entry_rel, path, entry.stat().st_size))
+
+
+def _human(size: int) -> str:
+    if size < 2**10:
+        return f"{size} B"
+    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB"
+
+
+def _check_size(root: Path, files: list[tuple[PurePosixPath, Path, int]]) -> None:
+    total = sum(size for _, _, size in files)
+    if total <= MAX_PACKAGE_BYTES:
+        return
+    biggest = sorted(files, key=lambda file: -file[2])[:5]
+    listed = ", ".join(f"{rel} ({_human(size)})" for rel, _, size in biggest)
+    raise CodeLookupError(
+        f"{root} holds {_human(total)} of files to ship, over the {_human(MAX_PACKAGE_BYTES)} a code package may "
+        f"hold. Biggest: {listed}. Fix: list data, checkpoints and other large files in {root / '.rayignore'} "
+        "(gitignore syntax) and read them from storage in the training code, or install the package on the "
+        "cluster and pass ship_code=False."
+    )
 
 
 def _tree(root: Path, arc_root: str) -> list[tuple[str, Path | str]]:
-    entries: list[tuple[str, Path | str]] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
-        for filename in filenames:
-            if filename.endswith(_SKIP_SUFFIXES) or filename.startswith("."):
-                continue
-            path = Path(dirpath) / filename
-            entries.append((f"{arc_root}/{path.relative_to(root).as_posix()}", path))
-    return entries
+    """The files of the folder ``root`` that ship, under ``arc_root`` in the zip (see the module docstring)."""
+    root = root.resolve()
+    found: list[tuple[PurePosixPath, Path, int]] = []
+    _walk(root, root, PurePosixPath(), [(PurePosixPath(), _DEFAULT_SPEC)], frozenset({root}), found)
+    _check_size(root, found)
+    return [(f"{arc_root}/{rel.as_posix()}", path) for rel, path, _ in found]
 
 
 def runtime_package() -> Package:
@@ -77,7 +262,7 @@ def runtime_package() -> Package:
     root = Path(__file__).resolve().parent
     entries: list[tuple[str, Path | str]] = [(f"{RUNTIME_PACKAGE}/__init__.py", root / "__init__.py")]
     entries += _tree(root / "runtime", f"{RUNTIME_PACKAGE}/runtime")
-    return Package(source=str(root / "runtime"), data=_zip(entries))
+    return build_zip(str(root / "runtime"), entries)
 
 
 def _is_installed(path: Path) -> bool:
@@ -85,13 +270,29 @@ def _is_installed(path: Path) -> bool:
     return any(path.is_relative_to(d) for d in install_dirs) or "site-packages" in path.parts
 
 
+def module_bindings(source: str, filename: str) -> set[str] | None:
+    """The names a module binds at its top level, wherever the binding sits (``if``/``try``/``with`` blocks,
+    tuple targets, imports); None when a star import makes them unknowable."""
+    tree = ast.parse(source, filename)
+    if any(isinstance(n, ast.ImportFrom) and any(a.name == "*" for a in n.names) for n in ast.walk(tree)):
+        return None
+    table = symtable.symtable(source, filename, "exec")
+    return {s.get_name() for s in table.get_symbols() if s.is_assigned() or s.is_imported()}
+
+
 def check_train_func_defined(train_func: str) -> None:
     """Check, without importing the user's module, that ``module:function`` names a top-level definition.
 
     Parses the module's source where Airflow would import it from. Names made at run time (``__getattr__``,
-    ``from x import *``) are given the benefit of the doubt.
+    ``from x import *``) are given the benefit of the doubt. A standard-library function is refused: it is
+    not a training loop (a ``train_func`` templated from run conf could otherwise name, say, ``subprocess:run``).
     """
     module_name, _, attr_path = train_func.partition(":")
+    if module_name.split(".")[0] in sys.stdlib_module_names:
+        raise CodeLookupError(
+            f"train_func {train_func!r} is in Python's standard library, not a training loop. "
+            "Fix: name your function, 'package.module:function'."
+        )
     reason = ""
     try:
         spec = importlib.util.find_spec(module_name)
@@ -105,20 +306,9 @@ def check_train_func_defined(train_func: str) -> None:
         )
     if not spec.origin or not spec.origin.endswith(".py") or not os.path.exists(spec.origin):
         return
-    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"), filename=spec.origin)
-    names: set[str] = set()
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names.add(node.name)
-        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            names.update(t.id for t in targets if isinstance(t, ast.Name))
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            if any(alias.name == "*" for alias in node.names):
-                return
-            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+    names = module_bindings(Path(spec.origin).read_text(encoding="utf-8"), spec.origin)
     top = attr_path.split(".")[0]
-    if top in names or "__getattr__" in names:
+    if names is None or top in names or "__getattr__" in names:
         return
     close = difflib.get_close_matches(top, sorted(names), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -128,15 +318,18 @@ def check_train_func_defined(train_func: str) -> None:
     )
 
 
-def code_package(module_name: str) -> Package | None:
+def code_package(module_name: str, *, required: bool = True) -> Package | None:
     """Zip the top-level package (or single-file module) that holds ``module_name``, found where Airflow
-    imports it. Returns None for code installed in site-packages (it must be installed on the cluster too)
-    and for this provider's own runtime (shipped separately)."""
+    imports it. Returns None for code installed in site-packages (it must be installed on the cluster too),
+    for this provider's own runtime (shipped separately), and, unless ``required``, for a module Airflow
+    cannot import (it must be installed on the cluster)."""
     top = module_name.split(".")[0]
     if top == RUNTIME_PACKAGE or top in sys.stdlib_module_names:
         return None
     spec = importlib.util.find_spec(top)
     if spec is None:
+        if not required:
+            return None
         raise CodeLookupError(f"module {top!r} is not importable where Airflow runs")
     locations = list(spec.submodule_search_locations or [])
     if locations:
@@ -148,108 +341,10 @@ def code_package(module_name: str) -> Package | None:
         root = Path(locations[0]).resolve()
         if _is_installed(root):
             return None
-        return Package(source=str(root), data=_zip(_tree(root, top)))
+        return build_zip(str(root), _tree(root, top))
     if not spec.origin or not spec.origin.endswith(".py"):
         return None
     origin = Path(spec.origin).resolve()
     if _is_installed(origin):
         return None
-    return Package(source=str(origin), data=_zip([(origin.name, origin)]))
-
-
-_AIRFLOW_ROOTS = ("airflow", "airflow_ray_train")
-
-
-def _binds(node: ast.stmt) -> set[str]:
-    """Names a module-level statement binds."""
-    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-        return {node.name}
-    if isinstance(node, (ast.Import, ast.ImportFrom)):
-        return {(alias.asname or alias.name).split(".")[0] for alias in node.names}
-    if isinstance(node, ast.Assign):
-        return {n.id for t in node.targets for n in ast.walk(t) if isinstance(n, ast.Name)}
-    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-        return {node.target.id}
-    return set()
-
-
-def _is_airflow_import(node: ast.stmt) -> bool:
-    if isinstance(node, ast.Import):
-        return any(alias.name.split(".")[0] in _AIRFLOW_ROOTS for alias in node.names)
-    if isinstance(node, ast.ImportFrom):
-        return (node.module or "").split(".")[0] in _AIRFLOW_ROOTS and node.level == 0
-    return False
-
-
-def _used_names(node: ast.AST) -> set[str]:
-    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
-
-
-def _find_def(body: list[ast.stmt], name: str, first_line: int) -> ast.FunctionDef | None:
-    """The ``def name`` whose first line (its first decorator, if any) is ``first_line``, searched through
-    ``with``/``if``/``try`` blocks (a TaskFlow function usually sits inside ``with DAG(...)``)."""
-    for node in body:
-        if isinstance(node, ast.FunctionDef) and node.name == name:
-            start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
-            if start == first_line:
-                return node
-        for child in ("body", "orelse", "finalbody", "handlers"):
-            found = (
-                _find_def(getattr(node, child, []) or [], name, first_line)
-                if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
-                else None
-            )
-            if found is not None:
-                return found
-    return None
-
-
-def function_package(func: Callable[..., Any]) -> tuple[Package, str, list[str]]:
-    """Ship a function defined in a DAG file without the DAG file: a generated module holding the function
-    (decorators stripped) and the module-level imports, functions, classes and constants it uses, found by
-    walking the syntax tree. Airflow imports are left behind: the cluster has no Airflow.
-
-    Returns the package, the ``module:function`` path to run, and the top-level modules the generated code
-    imports (local ones among them must be shipped too: see ``code_package``).
-    """
-    source_file = inspect.getsourcefile(func)
-    if source_file is None:
-        raise CodeLookupError(f"cannot find the source of {func.__qualname__}; define it in a .py file")
-    tree = ast.parse(Path(source_file).read_text(encoding="utf-8"), filename=source_file)
-    definition = _find_def(tree.body, func.__name__, func.__code__.co_firstlineno)
-    if definition is None:
-        raise CodeLookupError(f"cannot find `def {func.__name__}` in {source_file}; define it at module level")
-    definition.decorator_list = []
-
-    top_level = [n for n in tree.body if _binds(n)]
-    keep: list[ast.stmt] = []
-    wanted: set[str] = _used_names(definition) - {func.__name__}
-    seen: set[str] = set()
-    while wanted - seen:
-        name = (wanted - seen).pop()
-        seen.add(name)
-        for node in top_level:
-            if name in _binds(node) and node not in keep:
-                if _is_airflow_import(node):
-                    raise CodeLookupError(
-                        f"{func.__name__} uses {name!r}, imported from Airflow in {source_file}; the Ray cluster "
-                        "has no Airflow. Fix: use only non-Airflow code inside the training function."
-                    )
-                keep.append(node)
-                wanted |= _used_names(node)
-    future = [n for n in tree.body if isinstance(n, ast.ImportFrom) and n.module == "__future__"]
-    ordered = future + [n for n in tree.body if n in keep and n not in future]
-    module = ast.Module(body=[*ordered, definition], type_ignores=[])
-    code = f'"""Generated by airflow-ray-train from {Path(source_file).name}:{func.__name__}."""\n' + ast.unparse(
-        module
-    )
-    digest = hashlib.sha256(code.encode()).hexdigest()[:16]
-    module_name = f"_airflow_ray_train_fn_{digest}"
-    package = Package(source=f"{source_file}:{func.__name__}", data=_zip([(f"{module_name}.py", code)]))
-    imported = []
-    for node in [*ordered, *(n for n in ast.walk(definition) if isinstance(n, (ast.Import, ast.ImportFrom)))]:
-        if isinstance(node, ast.Import):
-            imported += [alias.name.split(".")[0] for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module != "__future__":
-            imported.append(node.module.split(".")[0])
-    return package, f"{module_name}:{func.__name__}", sorted(set(imported))
+    return build_zip(str(origin), [(origin.name, origin)])

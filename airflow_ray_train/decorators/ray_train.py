@@ -8,8 +8,9 @@
 
     train({"lr": 1e-3})  # or train(config=upstream.output), or train.expand(config=[...])
 
-The function is shipped to the cluster without its DAG file (see ``packaging.function_package``): the DAG
-needs no packaging, and the cluster needs no Airflow. The task returns the operator's XCom contract.
+The function is shipped to the cluster without its DAG file, with what it uses from it and from an enclosing
+``@dag`` function (see ``function_shipping``): the DAG needs no packaging, and the cluster needs no Airflow.
+The task returns the operator's XCom contract.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from airflow.sdk.bases.decorator import DecoratedOperator, TaskDecorator, task_decorator_factory
 
 from airflow_ray_train.exceptions import RayTrainConfigError
+from airflow_ray_train.function_shipping import function_package
 from airflow_ray_train.operators.ray_train import RayTrainOperator
-from airflow_ray_train.packaging import CodeLookupError, Package, code_package, function_package
+from airflow_ray_train.packaging import CodeLookupError, Package, code_package
 from airflow_ray_train.runtime.spec import TrainSpec
 
 if TYPE_CHECKING:
@@ -88,17 +90,11 @@ class _RayTrainDecoratedOperator(DecoratedOperator, RayTrainOperator):
         self.train_loop_config = self._call_config()
         try:
             package, self.train_func, imported = function_package(self.python_callable)
+            # The generated module, plus the local packages it imports (the cluster must have the others).
+            local = [code_package(module, required=False) for module in imported]
         except CodeLookupError as exc:
             raise RayTrainConfigError(str(exc), field="python_callable") from exc
-        # The generated module, plus the local packages it imports (installed ones must be on the cluster).
-        self._function_packages = [package]
-        for module in imported:
-            try:
-                extra = code_package(module)
-            except CodeLookupError:
-                continue  # not importable here: it must be installed on the cluster
-            if extra is not None:
-                self._function_packages.append(extra)
+        self._function_packages = [package, *(p for p in local if p is not None)]
         return super().execute(context)
 
 

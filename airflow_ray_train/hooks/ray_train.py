@@ -599,15 +599,20 @@ class RayTrainHook(BaseHook):
         """Upload ``package`` unless the cluster has it already (same bytes, same name). Returns bytes sent."""
         if self.package_exists(package):
             return 0
-        response = self._request("PUT", f"/api/packages/gcs/{package.name}", content=package.data)
+        response = self._request(
+            "PUT",
+            f"/api/packages/gcs/{package.name}",
+            content=package.chunks(),
+            headers={"Content-Length": str(package.size)},
+        )
         if response.status_code != 200:
             raise RayTrainClusterError(
                 f"uploading {package.source} as {package.name} failed with HTTP {response.status_code}: "
                 f"{response.text.strip()[:500]}"
             )
-        self.bytes_uploaded += len(package.data)
-        self.log.info("Uploaded %s (%d bytes) as %s", package.source, len(package.data), package.uri)
-        return len(package.data)
+        self.bytes_uploaded += package.size
+        self.log.info("Uploaded %s (%d bytes) as %s", package.source, package.size, package.uri)
+        return package.size
 
     def job_runtime_env(
         self, runtime_env: dict[str, Any] | None, packages: Sequence[Package] = ()

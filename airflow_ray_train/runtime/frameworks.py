@@ -3,11 +3,17 @@
 Lightning and Transformers are optional: nothing here imports them at module level, so the runtime (and
 an Airflow worker that only builds a spec) works without them, and a missing one fails where it is first
 needed with the command that installs it.
+
+An import path can be templated from ``dag_run.conf``, so whoever triggers the DAG may choose it: what is
+imported is checked to be what the field expects (``import_function``, ``import_class``) before it is called.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
+import sys
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -57,12 +63,15 @@ def require(framework: str, module: str, purpose: str) -> ModuleType:
         raise FrameworkNotInstalledError(framework, purpose, exc) from exc
 
 
+_SHIP_FIX = "ship it with the operator's ship_modules=[...] or install it on the cluster."
+
+
 def import_object(
     path: str,
     what: str,
     *,
     error: type[ImportError] = ImportError,
-    fix: str = "ship it with the operator's ship_modules=[...] or install it on the cluster.",
+    fix: str = _SHIP_FIX,
 ) -> Any:
     """Import ``"package.module:Attribute"`` (a class or a function) named by the field ``what``; a failure
     raises ``error`` saying what is missing and ``fix``."""
@@ -83,6 +92,42 @@ def import_object(
                 f"{what} {path!r}: {module_name!r} has no attribute {attr_path!r}. Fix: check the name after the ':'."
             ) from exc
     return target
+
+
+def import_function(
+    path: str, what: str, *, error: type[ImportError] = ImportError, fix: str = _SHIP_FIX
+) -> Callable[..., Any]:
+    """``import_object``, checked to be a function written in Python outside the standard library (a path from
+    run conf must not call, say, ``subprocess:run`` with the config); else raises ``error``."""
+    target = import_object(path, what, error=error, fix=fix)
+    if not inspect.isfunction(target):
+        raise error(
+            f"{what} {path!r} is {_kind(target)}, not a function defined with `def`. "
+            "Fix: give the import path of your function, 'package.module:function'."
+        )
+    if target.__module__.split(".")[0] in sys.stdlib_module_names:
+        raise error(
+            f"{what} {path!r} is {target.__module__}.{target.__qualname__}, from Python's standard library. "
+            "Fix: give the import path of your function, 'package.module:function'."
+        )
+    return target
+
+
+def import_class(path: str, what: str, base: type) -> type:
+    """``import_object``, checked to be a subclass of ``base``; else raises ``TypeError``."""
+    target = import_object(path, what)
+    if not (isinstance(target, type) and issubclass(target, base)):
+        raise TypeError(
+            f"{what} {path!r} is {_kind(target)}, not a subclass of {base.__module__}.{base.__qualname__}. "
+            f"Fix: give the import path of your {base.__name__} class, 'package.module:ClassName'."
+        )
+    return target
+
+
+def _kind(target: Any) -> str:
+    if isinstance(target, type):
+        return f"the class {target.__module__}.{target.__qualname__}"
+    return f"a {type(target).__module__}.{type(target).__qualname__}"
 
 
 def module_of(path: str) -> str:

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from types import ModuleType
 from typing import Any
 
-from airflow_ray_train.runtime.frameworks import FrameworkNotInstalledError, import_object, module_of, require
+from airflow_ray_train.runtime.frameworks import FrameworkNotInstalledError, import_class, module_of, require
 from airflow_ray_train.runtime.spec import SpecError, check_json_value
 
 #: The declarative loop, for the operator's ``train_func``.
@@ -245,8 +245,12 @@ def train_loop(config: dict[str, Any]) -> None:
     pl = import_lightning()
     if spec.seed is not None:
         pl.seed_everything(spec.seed, workers=True)
-    module = import_object(spec.module, "module")(**spec.module_kwargs)
-    datamodule = import_object(spec.datamodule, "datamodule")(**spec.datamodule_kwargs) if spec.datamodule else None
+    module = import_class(spec.module, "module", pl.LightningModule)(**spec.module_kwargs)
+    datamodule = (
+        import_class(spec.datamodule, "datamodule", pl.LightningDataModule)(**spec.datamodule_kwargs)
+        if spec.datamodule
+        else None
+    )
     trainer = build_trainer(
         strategy=spec.strategy,
         strategy_kwargs=spec.strategy_kwargs,
@@ -272,7 +276,10 @@ def checkpoint_file(checkpoint_path: str) -> str:
 
 def load_module(module_class: str | type, checkpoint_path: str, **kwargs: Any) -> Any:
     """Load a ``LightningModule`` from the checkpoint a downstream task gets from XCom, on the CPU."""
-    cls: Any = import_object(module_class, "module") if isinstance(module_class, str) else module_class
+    pl = import_lightning()
+    cls: Any = (
+        import_class(module_class, "module", pl.LightningModule) if isinstance(module_class, str) else module_class
+    )
     kwargs.setdefault("map_location", "cpu")
     model = cls.load_from_checkpoint(checkpoint_file(checkpoint_path), **kwargs)
     model.eval()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_ray_train.runtime.checkpoints import resolve_checkpoints
-from airflow_ray_train.runtime.frameworks import import_object
+from airflow_ray_train.runtime.frameworks import import_function
 from airflow_ray_train.runtime.learning_curve import learning_curve_png
 from airflow_ray_train.runtime.reports import history_csv, make_recorder, make_report_callback, read_reports
 from airflow_ray_train.runtime.spec import MANIFEST_MARKER, ResultManifest, SpecError, TrainSpec
@@ -41,17 +41,15 @@ class TrainFuncImportError(ImportError):
 
 
 def load_train_func(path: str) -> Callable[..., Any]:
-    """Import ``package.module:function`` and return the function."""
-    target = import_object(
+    """Import ``package.module:function`` and return the function (a plain function, not from the standard
+    library: ``train_func`` may come from run conf, and Ray calls it with the config)."""
+    return import_function(
         path,
         "train_func",
         error=TrainFuncImportError,
         fix="let the operator ship your code (ship_code=True, the default) from where Airflow imports it, "
         "or install the module in the cluster's image.",
     )
-    if not callable(target):
-        raise TrainFuncImportError(f"train_func {path!r} is a {type(target).__name__}, not a function.")
-    return target  # type: ignore[no-any-return]
 
 
 class JobStopped(BaseException):

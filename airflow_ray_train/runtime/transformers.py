@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from types import ModuleType
 from typing import Any
 
-from airflow_ray_train.runtime.frameworks import import_object, module_of, require
+from airflow_ray_train.runtime.frameworks import import_function, module_of, require
 from airflow_ray_train.runtime.spec import SpecError, check_json_value
 
 #: The declarative loop, for the operator's ``train_func``.
@@ -246,7 +246,7 @@ def train_loop(config: dict[str, Any]) -> None:
         spec.model_name_or_path, num_labels=num_labels
     )
     compute_metrics = (
-        import_object(spec.compute_metrics, "compute_metrics") if spec.compute_metrics else accuracy_metrics
+        import_function(spec.compute_metrics, "compute_metrics") if spec.compute_metrics else accuracy_metrics
     )
     defaults: dict[str, Any] = {"seed": spec.seed, "ddp_find_unused_parameters": False}
     if "average_tokens_across_devices" in transformers.TrainingArguments.__dataclass_fields__:

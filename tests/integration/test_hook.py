@@ -146,7 +146,7 @@ def test_a_repeat_submit_uploads_nothing_and_changed_code_uploads_again(hook, tm
     env2 = changed.build_runtime_env(None, packages=[code_package("shipped_pkg")])
     assert env2["py_modules"][0] == env["py_modules"][0]  # the runtime did not change
     assert env2["py_modules"][1] != env["py_modules"][1]
-    assert changed.bytes_uploaded == len(code_package("shipped_pkg").data)  # only the changed package
+    assert changed.bytes_uploaded == code_package("shipped_pkg").size  # only the changed package
 
     # The shipped code is what the job imports on the cluster.
     job_id = hook.submit_job(

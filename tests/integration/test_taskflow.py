@@ -1,5 +1,6 @@
 """@task.ray_train through dag.test() on the real Ray head: the decorated function trains on Ray (shipped
-without its DAG file), .expand() runs a sweep as separate Ray jobs and runs, and the Ray Job link is set."""
+without its DAG file), .expand() runs a sweep as separate Ray jobs and runs, the Ray Job link is set, and a
+task defined inside a @dag function trains with what its closure holds."""
 
 from __future__ import annotations
 
@@ -34,3 +35,14 @@ def test_decorated_function_sweeps_on_ray_and_the_best_is_picked(ray_conn, airfl
     assert "_airflow_ray_train_fn_" in str(info["runtime_env"]) or any(
         "_ray_pkg_" in uri for uri in info["runtime_env"]["py_modules"]
     )
+
+
+def test_a_task_inside_a_dag_function_trains_with_its_closure_on_ray(ray_conn, airflow_db):
+    dag_run = run_dag("test_taskflow_dag_function", module="ray_train_shipping_dags")
+    assert str(dag_run.state) == "success", states(dag_run)
+    result = xcom(dag_run, "fit_closure_line")
+    assert result["status"] == "SUCCEEDED" and result["metrics"]["epoch"] == 14
+    # The line came from the closure (slope 2.0, intercept 0.5): the model learned it on the cluster.
+    assert result["metrics"]["weight"] == pytest.approx(2.0, abs=0.02)
+    assert result["metrics"]["bias"] == pytest.approx(0.5, abs=0.02)
+    assert result["metrics"]["loss"] < 1e-3

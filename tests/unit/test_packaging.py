@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
-import io
+import gc
+import hashlib
 import re
 import sys
 import zipfile
 
 import pytest
 
-from airflow_ray_train.packaging import CodeLookupError, check_train_func_defined, code_package, runtime_package
+from airflow_ray_train import packaging
+from airflow_ray_train.exceptions import RayTrainConfigError
+from airflow_ray_train.operators.ray_train import RayTrainOperator
+from airflow_ray_train.packaging import (
+    CodeLookupError,
+    Package,
+    check_train_func_defined,
+    code_package,
+    runtime_package,
+)
+from airflow_ray_train.runtime.spec import TrainSpec
 
 
-def _names(data: bytes) -> list[str]:
-    return sorted(zipfile.ZipFile(io.BytesIO(data)).namelist())
+def _names(package: Package | None) -> list[str]:
+    assert package is not None
+    return sorted(zipfile.ZipFile(package.path).namelist())
 
 
 @pytest.fixture
@@ -33,9 +45,9 @@ def user_code(tmp_path, monkeypatch):
 
 def test_runtime_package_is_reproducible_and_holds_only_the_runtime():
     first, second = runtime_package(), runtime_package()
-    assert first.data == second.data and first.uri == second.uri
-    assert first.uri.startswith("gcs://_ray_pkg_") and first.uri.endswith(".zip")
-    names = _names(first.data)
+    assert first.path != second.path and first.path.read_bytes() == second.path.read_bytes()
+    assert first.uri == second.uri and first.uri.startswith("gcs://_ray_pkg_") and first.uri.endswith(".zip")
+    names = _names(first)
     assert "airflow_ray_train/__init__.py" in names
     assert "airflow_ray_train/runtime/spec.py" in names and "airflow_ray_train/runtime/__main__.py" in names
     # The Airflow side (hooks, operators) stays home; no bytecode travels.
@@ -46,7 +58,7 @@ def test_runtime_package_is_reproducible_and_holds_only_the_runtime():
 def test_user_package_is_shipped_whole_and_renamed_when_it_changes(user_code):
     package = code_package("my_models.digits")
     assert package is not None
-    assert _names(package.data) == ["my_models/__init__.py", "my_models/digits.py"]
+    assert _names(package) == ["my_models/__init__.py", "my_models/digits.py"]
     assert code_package("my_models").uri == package.uri  # same bytes, same name: nothing to upload again
     (user_code / "digits.py").write_text("def train_func(config):\n    return 2\n")
     assert code_package("my_models.digits").uri != package.uri
@@ -54,7 +66,7 @@ def test_user_package_is_shipped_whole_and_renamed_when_it_changes(user_code):
 
 def test_single_file_module_is_shipped_at_the_zip_top_level(user_code):
     package = code_package("single")
-    assert package is not None and _names(package.data) == ["single.py"]
+    assert _names(package) == ["single.py"]
 
 
 def test_installed_packages_and_the_runtime_are_not_shipped_as_user_code():
@@ -71,3 +83,86 @@ def test_train_func_is_checked_without_importing_the_users_module(user_code):
         CodeLookupError, match=re.escape("module 'my_modles.digits' is not importable where Airflow runs")
     ):
         check_train_func_defined("my_modles.digits:train_func")
+
+
+def test_the_zip_is_a_temporary_file_named_by_its_hash_and_removed_with_its_package(user_code):
+    package = code_package("my_models")
+    assert package is not None
+    path = package.path
+    assert path.stat().st_size == package.size and hashlib.sha256(path.read_bytes()).hexdigest() == package.sha256
+    assert b"".join(package.chunks()) == b"".join(package.chunks()) == path.read_bytes()  # an upload can be retried
+    del package
+    gc.collect()
+    assert not path.exists()
+
+
+def test_what_leaves_the_package_secrets_checkpoints_data_and_ignored_files_stay_home(user_code, tmp_path, caplog):
+    secret = tmp_path / "outside.txt"
+    secret.write_text("s3cr3t")
+    (user_code / "leak.txt").symlink_to(secret)
+    (user_code / "alias.py").symlink_to(user_code / "digits.py")  # stays inside: ships
+    (user_code / "server.pem").write_text("-----BEGIN PRIVATE KEY-----")
+    (user_code / "model.ckpt").write_bytes(b"\0" * 64)
+    (user_code / "data").mkdir()
+    (user_code / "data" / "train.csv").write_text("x,y\n")
+    (user_code / "labels.csv").write_text("cat,dog\n")
+    (user_code / "notes").mkdir()
+    (user_code / "notes" / "draft.py").write_text("")
+    (user_code / ".rayignore").write_text("notes/\n!labels.csv\n")
+    (user_code / "sub").mkdir()
+    (user_code / "sub" / "__init__.py").write_text("")
+    (user_code / "sub" / "scratch.py").write_text("")
+    (user_code / "sub" / ".gitignore").write_text("scratch.py\n")
+
+    assert _names(code_package("my_models")) == [
+        "my_models/__init__.py",
+        "my_models/alias.py",
+        "my_models/digits.py",
+        "my_models/labels.csv",  # re-included by the ignore file over the default excludes
+        "my_models/sub/__init__.py",
+    ]
+    assert f"symlink to {secret}, outside" in caplog.text
+
+
+def test_a_dangling_symlink_is_a_config_error_naming_the_file_and_the_fix(user_code):
+    (user_code / "gone.py").symlink_to(user_code / "missing.py")
+    fix = re.escape(f"which does not exist. Fix: remove the link, or list it in {user_code / '.rayignore'}.")
+    with pytest.raises(CodeLookupError, match=rf"cannot ship {re.escape(str(user_code / 'gone.py'))}: .*{fix}"):
+        code_package("my_models")
+    # Through the operator it fails the task without retries.
+    operator = RayTrainOperator(task_id="t", train_func="my_models.digits:train_func")
+    spec = TrainSpec(train_func="my_models.digits:train_func", run_name="r", submission_id="s")
+    with pytest.raises(RayTrainConfigError, match=r"gone\.py"):
+        operator.packages_to_ship(spec)
+    # Listed in the ignore file, it is left out.
+    (user_code / ".rayignore").write_text("gone.py\n")
+    assert "my_models/gone.py" not in _names(code_package("my_models"))
+
+
+def test_a_package_over_the_size_cap_fails_naming_its_biggest_files(user_code, monkeypatch):
+    monkeypatch.setattr(packaging, "MAX_PACKAGE_BYTES", 8 * 1024)
+    (user_code / "big_table.py").write_text("X = 1\n" * 2000)
+    (user_code / "vocab.py").write_text("V = 2\n" * 500)
+    with pytest.raises(CodeLookupError) as raised:
+        code_package("my_models")
+    message = str(raised.value)
+    assert "holds 14.7 KiB of files to ship, over the 8.0 KiB a code package may hold" in message
+    assert "Biggest: big_table.py (11.7 KiB), vocab.py (2.9 KiB)," in message
+    assert f"Fix: list data, checkpoints and other large files in {user_code / '.rayignore'}" in message
+
+
+def test_train_func_bound_anywhere_at_the_top_level_is_found(tmp_path, monkeypatch):
+    (tmp_path / "bound_module.py").write_text(
+        "def make():\n    return print, print\n\n\ntrain_a, train_b = make()\n"
+        "try:\n    from json import dumps as train_c\nexcept ImportError:\n    train_c = None\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("train_a", "train_b", "train_c"):
+        check_train_func_defined(f"bound_module:{name}")
+    with pytest.raises(CodeLookupError, match="defines no 'train_d'"):
+        check_train_func_defined("bound_module:train_d")
+
+
+def test_a_standard_library_function_is_refused_as_train_func():
+    with pytest.raises(CodeLookupError, match=r"'subprocess:run' is in Python's standard library.*Fix:"):
+        check_train_func_defined("subprocess:run")
