@@ -12,6 +12,9 @@ __version__ = "0.1.0"
 
 def get_provider_info() -> dict[str, Any]:
     """Provider metadata read by Airflow's ProvidersManager (entry point ``apache_airflow_provider``)."""
+    # Imported here: this module is shipped to the cluster, the form is not.
+    from airflow_ray_train.connection_form import provider_connection_type
+
     return {
         "package-name": "airflow-ray-train",
         "name": "Ray Train",
@@ -23,49 +26,7 @@ def get_provider_info() -> dict[str, Any]:
         "integrations": [
             {"integration-name": "Ray Train", "external-doc-url": "https://docs.ray.io/en/latest/train/train.html"}
         ],
-        "connection-types": [
-            {
-                "hook-class-name": "airflow_ray_train.hooks.ray_train.RayTrainHook",
-                "connection-type": "ray_train",
-                "hook-name": "Ray Train",
-                # The Airflow 3.2+ declarative form; older 3.x read RayTrainHook.get_ui_field_behaviour().
-                "ui-field-behaviour": {
-                    "hidden-fields": ["schema", "login", "port"],
-                    "relabeling": {"host": "Ray dashboard address", "password": "Ray auth token"},
-                    "placeholders": {
-                        "host": "http://ray-head:8265 (or 'local' for an embedded local cluster)",
-                        "password": "output of `ray get-auth-token` on the head (empty if auth is off)",
-                    },
-                },
-                "conn-fields": {
-                    "verify": {
-                        "label": "Verify TLS certificates",
-                        "description": "Check the dashboard's TLS certificate (https addresses).",
-                        "schema": {"type": ["boolean", "null"], "default": True},
-                    },
-                    "ca_bundle": {
-                        "label": "CA bundle path",
-                        "description": "A CA bundle to verify the dashboard's certificate with.",
-                        "schema": {"type": ["string", "null"]},
-                    },
-                    "headers": {
-                        "label": "Extra HTTP headers (JSON)",
-                        "description": 'Sent with every request, e.g. {"X-Proxy-Auth": "..."}.',
-                        "schema": {"type": ["string", "null"]},
-                    },
-                    "runtime_env": {
-                        "label": "Default runtime_env (JSON)",
-                        "description": 'Merged under every job\'s runtime_env, e.g. {"env_vars": {...}}.',
-                        "schema": {"type": ["string", "null"]},
-                    },
-                    "python": {
-                        "label": "Python on the cluster",
-                        "description": "The interpreter the job entrypoint runs (default: python).",
-                        "schema": {"type": ["string", "null"], "default": "python"},
-                    },
-                },
-            }
-        ],
+        "connection-types": [provider_connection_type()],
         "extra-links": ["airflow_ray_train.links.ray_train.RayJobLink"],
         "task-decorators": [
             {"name": "ray_train", "class-name": "airflow_ray_train.decorators.ray_train.ray_train_task"}

@@ -47,22 +47,23 @@ def plan_try(identity: TryIdentity, digest: str, found: Sequence[Mapping[str, An
     stop: list[str] = []
     taken = [str(job["submission_id"]) for job in found]
     for job in found:
-        job_id, status = str(job["submission_id"]), JobStatus(str(job["status"]))
+        job_id, status = str(job["submission_id"]), str(job["status"])
+        ended = JobStatus.ended(status)
         foreign = identity.not_ours(job.get("metadata"))
         if foreign is not None:
             notes.append(f"Found Ray job {job_id} ({status}) but it is not this task's: {foreign}. Leaving it alone.")
             continue
         changed = other_spec(job.get("metadata"), digest)
         if changed is not None:
-            if status.is_terminal:
+            if ended:
                 notes.append(f"Earlier Ray job {job_id} ({status}) is not used: {changed}.")
             else:
                 notes.append(f"Earlier Ray job {job_id} is still {status} but {changed}: stopping it (superseded).")
                 stop.append(job_id)
             continue
-        if status is JobStatus.SUCCEEDED:
+        if status == JobStatus.SUCCEEDED:
             return TryPlan("collect", job_id, job, notes, stop)
-        if not status.is_terminal:
+        if not ended:
             return TryPlan("attach", job_id, job, notes, stop)
         notes.append(
             f"Earlier Ray job {job_id} ended {status}; a new job resumes its Train run from the latest checkpoint."

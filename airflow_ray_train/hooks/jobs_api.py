@@ -21,8 +21,6 @@ NODES = "/api/v0/nodes"
 #: How long a stop is waited for: Ray sends SIGKILL 3 s after SIGTERM and reports STOPPED ~3 s later.
 STOP_TIMEOUT_S = 30.0
 STOP_POLL_S = 0.5
-#: URI schemes of ``py_modules`` Ray fetches itself (anything else is a local path the REST API cannot take).
-REMOTE_MODULE_SCHEMES = ("gcs://", "s3://", "gs://", "https://")
 _EXCEPTION_LINE_RE = re.compile(r"^\s*((?:[A-Za-z_][\w.]*)?(?:Error|Exception): .+)$", re.MULTILINE)
 
 
@@ -72,7 +70,9 @@ def http_error(settings: ClusterSettings, method: str, path: str, reply: Reply) 
     )
 
 
-def unreachable_error(settings: ClusterSettings, conn_id: str, exc: BaseException, attempts: int) -> RayTrainClusterError:
+def unreachable_error(
+    settings: ClusterSettings, conn_id: str, exc: BaseException, attempts: int
+) -> RayTrainClusterError:
     return RayTrainClusterError(
         f"cannot reach the Ray cluster at {settings.address} ({type(exc).__name__}: {exc}) "
         f"after {attempts} attempts. Fix: check that the head is up and that the "
@@ -130,7 +130,7 @@ class Attempts:
 
     @property
     def delay(self) -> float:
-        return self.policy.backoff * 2 ** (self.attempt - 1)
+        return float(self.policy.backoff * 2 ** (self.attempt - 1))
 
     def answered(self, reply: Reply, ok: tuple[int, ...]) -> Step:
         if reply.status_code in (401, 403):
@@ -149,9 +149,6 @@ class Attempts:
             return Step.GIVE_UP
         return self._next()
 
-    def reloaded_settings(self, settings: ClusterSettings) -> None:
-        self.settings = settings
-
     def _next(self) -> Step:
         self.attempt += 1
         return Step.RETRY
@@ -159,7 +156,8 @@ class Attempts:
 
 def submit_body(entrypoint: str, submission_id: str, **optional: Any) -> dict[str, Any]:
     """The ``POST /api/jobs/`` body: the entrypoint, the id, and the optional fields that are set."""
-    return {"entrypoint": entrypoint, "submission_id": submission_id, **{k: v for k, v in optional.items() if v is not None}}
+    given = {key: value for key, value in optional.items() if value is not None}
+    return {"entrypoint": entrypoint, "submission_id": submission_id, **given}
 
 
 def job_details(data: Any) -> dict[str, Any]:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import re
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from functools import cached_property
@@ -19,125 +18,42 @@ from airflow_ray_train.exceptions import (
     RayTrainAuthError,
     RayTrainClusterError,
     RayTrainConfigError,
-    RayTrainJobError,
     RayTrainJobExistsError,
-    RayTrainJobSetupError,
     RayTrainWatchError,
 )
-from airflow_ray_train.hooks.ray_train import RayTrainHook, cluster_shortfall
+from airflow_ray_train.hooks.log_follower import LogFollower
+from airflow_ray_train.hooks.ray_train import RayTrainHook
+from airflow_ray_train.hooks.resources import cluster_shortfall
 from airflow_ray_train.identity import TRY_KEY, TryIdentity, deployment_id, other_spec, spec_digest
 from airflow_ray_train.links.ray_train import RayJobLink
 from airflow_ray_train.packaging import CodeLookupError, Package, check_train_func_defined, code_package
-from airflow_ray_train.runtime.spec import (
-    MANIFEST_MARKER,
-    ResultManifest,
-    SpecError,
-    TrainSpec,
-    check_json_value,
-    manifest_from_log,
-)
-from airflow_ray_train.triggers.ray_train import RayTrainJobTrigger
+from airflow_ray_train.results import ASSET_EXTRA_KEYS, XCOM_KEYS, job_failure, manifest_to_xcom, read_manifest
+from airflow_ray_train.runtime.spec import SpecError, TrainSpec
+from airflow_ray_train.runtime_env import check_runtime_env
+from airflow_ray_train.triggers.ray_train import LOG_TAIL_LINES, RayTrainJobTrigger
 from airflow_ray_train.try_plan import plan_try
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-#: Keys pushed to XCom on their own besides ``return_value`` (the DESIGN.md contract).
-XCOM_KEYS = ("checkpoint_path", "metrics", "best_checkpoint_path")
-#: What a ``model_asset`` event's extra carries to the DAGs scheduled on the Asset.
-ASSET_EXTRA_KEYS = ("checkpoint_path", "best_checkpoint_path", "metrics", "run_path", "job_id", "submission_id")
-LOG_TAIL_LINES = 40
 #: A deferral without an ``execution_timeout`` still ends: the job is stopped after this long.
 DEFAULT_DEFER_TIMEOUT = timedelta(days=7)
 #: Airflow's own deferral timeout is a backstop behind the trigger's deadline, which stops the job itself.
 DEFER_TIMEOUT_GRACE = timedelta(minutes=2)
-#: Ray job ``error_type``s a retry cannot fix: the job's runtime_env is wrong.
-SETUP_ERROR_TYPES = frozenset({"RUNTIME_ENV_SETUP_FAILURE", "JOB_SUPERVISOR_ACTOR_START_FAILURE"})
-#: The top-level ``runtime_env`` fields Ray 2.60 knows (``ray.runtime_env.RuntimeEnv.known_fields``).
-RUNTIME_ENV_FIELDS = (
-    "py_modules",
-    "py_executable",
-    "java_jars",
-    "working_dir",
-    "conda",
-    "pip",
-    "uv",
-    "container",
-    "excludes",
-    "env_vars",
-    "config",
-    "worker_process_setup_hook",
-    "image_uri",
-)
-_ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-_EXCEPTION_LINE_RE = re.compile(r"^\s*((?:[A-Za-z_][\w.]*)?(?:Error|Exception): .+)$", re.MULTILINE)
 
 
-def last_exception_line(text: str) -> str | None:
-    """The last ``SomeError: message`` line of a traceback Ray put in a job's message, or None."""
-    found = _EXCEPTION_LINE_RE.findall(text)
-    return found[-1].strip() if found else None
-
-
-def check_runtime_env(runtime_env: Any) -> None:
-    """Catch what Ray would accept and then fail on (or silently ignore) before anything is submitted."""
-    if runtime_env is None:
-        return
-    if not isinstance(runtime_env, dict):
+def train_func_path(train_func: str | Callable[..., Any]) -> str:
+    """``train_func`` as the ``module:function`` path the cluster imports."""
+    if not callable(train_func):
+        return train_func
+    qualname = getattr(train_func, "__qualname__", "")
+    if "<locals>" in qualname or "<lambda>" in qualname:
         raise RayTrainConfigError(
-            f"runtime_env is a {type(runtime_env).__name__}. Fix: pass a dict such as "
-            "{'pip': ['scikit-learn'], 'env_vars': {'KEY': 'value'}}.",
-            field="runtime_env",
+            f"train_func {qualname!r} is defined inside a function or is a lambda; the cluster imports "
+            "it by name. Fix: define it at the top level of a module.",
+            field="train_func",
         )
-    for key in runtime_env:
-        # Unknown keys go to runtime_env plugins, so only a near miss of a known field is an error.
-        close = difflib.get_close_matches(str(key), RUNTIME_ENV_FIELDS, n=1, cutoff=0.75)
-        if key not in RUNTIME_ENV_FIELDS and close:
-            raise RayTrainConfigError(
-                f"runtime_env.{key} is not a Ray runtime_env field (Ray would ignore it). "
-                f"Fix: did you mean {close[0]!r}? Fields: {sorted(RUNTIME_ENV_FIELDS)}.",
-                field=f"runtime_env.{key}",
-            )
-    env_vars = runtime_env.get("env_vars")
-    if env_vars is not None:
-        if not isinstance(env_vars, dict):
-            raise RayTrainConfigError(
-                f"runtime_env.env_vars is a {type(env_vars).__name__}. Fix: pass a dict of strings.",
-                field="runtime_env.env_vars",
-            )
-        for name, value in env_vars.items():
-            if not isinstance(name, str) or not isinstance(value, str):
-                raise RayTrainConfigError(
-                    f"runtime_env.env_vars[{name!r}] is {value!r} ({type(value).__name__}); Ray takes strings "
-                    f"only. Fix: quote it, e.g. {{{str(name)!r}: {str(value)!r}}}.",
-                    field=f"runtime_env.env_vars[{name!r}]",
-                )
-    try:
-        check_json_value("runtime_env", "runtime_env", runtime_env)
-    except SpecError as exc:
-        raise RayTrainConfigError(str(exc), field=exc.field) from exc
-
-
-def manifest_to_xcom(
-    manifest: ResultManifest | None, *, job_id: str, submission_id: str, dashboard_url: str, status: str
-) -> dict[str, Any]:
-    """The XCom contract, the same on every path (sync, deferrable, attach)."""
-    m = manifest
-    return {
-        "checkpoint_path": m.checkpoint_path if m else None,
-        "metrics": dict(m.metrics) if m else {},
-        "best_checkpoint_path": m.best_checkpoint_path if m else None,
-        "best_checkpoints": [{"path": r.path, "metrics": dict(r.metrics)} for r in m.best_checkpoints] if m else [],
-        "run_path": m.run_path if m else None,
-        "metrics_history_path": m.metrics_history_path if m else None,
-        "learning_curve_path": m.learning_curve_path if m else None,
-        "manifest_path": m.manifest_path if m else None,
-        "job_id": job_id,
-        "submission_id": submission_id,
-        "dashboard_url": dashboard_url,
-        "status": status,
-        "error": dict(m.error) if m and m.error else None,
-    }
+    return f"{train_func.__module__}:{qualname}"
 
 
 class RayTrainOperator(BaseOperator):
@@ -178,10 +94,10 @@ class RayTrainOperator(BaseOperator):
     :param check_cluster_resources: before submitting, fail at once if the cluster's total resources can
         never hold the workers ``scaling_config`` asks for. Turn off on an autoscaling cluster.
 
-    Retries neither train twice nor start over: the Train run name is the same for every try, so a new try
-    resumes from the latest checkpoint; a try that finds the previous try's job still running attaches to it,
-    and one that finds it succeeded collects its result. ``on_kill``, ``execution_timeout`` and the deferral's
-    timeout stop the Ray job and its Train workers.
+    Retries neither train twice nor start over, and use only this task's own jobs (see ``identity``): a
+    retry resumes the series' Train run from its latest checkpoint, attaches to its job still running, or
+    collects its job that succeeded. ``on_kill``, ``execution_timeout`` and the deferral's timeout stop the Ray
+    job and its Train workers; a job no try will come back for is stopped too.
     """
 
     template_fields: Sequence[str] = (
@@ -225,16 +141,7 @@ class RayTrainOperator(BaseOperator):
         if model_asset is not None:
             kwargs["outlets"] = [*(kwargs.get("outlets") or []), model_asset]
         super().__init__(**kwargs)
-        if callable(train_func):
-            qualname = getattr(train_func, "__qualname__", "")
-            if "<locals>" in qualname or "<lambda>" in qualname:
-                raise RayTrainConfigError(
-                    f"train_func {qualname!r} is defined inside a function or is a lambda; the cluster imports "
-                    "it by name. Fix: define it at the top level of a module.",
-                    field="train_func",
-                )
-            train_func = f"{train_func.__module__}:{qualname}"
-        self.train_func = train_func
+        self.train_func = train_func_path(train_func)
         self.train_loop_config = train_loop_config
         self.scaling_config = scaling_config
         self.run_config = run_config
@@ -253,7 +160,6 @@ class RayTrainOperator(BaseOperator):
         self.deferrable = deferrable
         self.check_cluster_resources = check_cluster_resources
         self.job_id: str | None = None
-        self._log_buffer = ""
 
     @cached_property
     def hook(self) -> RayTrainHook:
@@ -367,24 +273,22 @@ class RayTrainOperator(BaseOperator):
         return self._wait(hook, job_id, context)
 
     def _wait(self, hook: RayTrainHook, job_id: str, context: Context) -> dict[str, Any]:
-        """Follow the job in this worker to its end and return its result."""
-        # wait_for_job hands on the whole log, from its start, before it returns: keep it for the manifest
-        # instead of downloading it once more.
-        pieces: list[str] = []
+        """Follow the job in this worker to its end, its log into the task log, and return its result."""
+        follower = LogFollower()
+        tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
 
-        def on_logs(chunk: str) -> None:
-            pieces.append(chunk)
-            self._log_job_output(chunk)
+        def show(lines: list[str]) -> None:
+            for line in lines:
+                self.log.info("[ray] %s", line)
+            tail.extend(lines)
 
         try:
-            info = hook.wait_for_job(job_id, poll_interval=self.poll_interval, on_logs=on_logs)
+            info = hook.wait_for_job(job_id, follower=follower, on_lines=show, poll_interval=self.poll_interval)
         except Exception as exc:
             raise self._lost_track(
                 hook, job_id, context, f"{type(exc).__name__}: {exc}", rejected=isinstance(exc, RayTrainAuthError)
             ) from exc
-        finally:
-            self._flush_log()
-        return self.collect_result(hook, job_id, info, context, logs="".join(pieces))
+        return self.collect_result(hook, job_id, info, context, follower.manifest_line, list(tail))
 
     def _lost_track(
         self, hook: RayTrainHook, job_id: str, context: Context, cause: str, *, rejected: bool
@@ -395,37 +299,37 @@ class RayTrainOperator(BaseOperator):
         ti = context["ti"]
         last_try = not self.retries or ti.try_number > getattr(ti, "max_tries", ti.try_number)
         what = f"Lost track of Ray job {job_id} while waiting for it: {cause}."
-        if rejected or last_try:
-            reason = "the cluster rejected the token" if rejected else "this was the task's last try"
-            try:
-                final = hook.stop_job_and_wait(job_id)
-            except Exception as exc:  # noqa: BLE001 - say so loudly: the job may run on with nobody watching
-                self.log.error(
-                    "Could not stop Ray job %s (%s): it may still be running, with nobody watching it. Stop it "
-                    "from %s or with `ray job stop %s`.",
-                    job_id,
-                    exc,
-                    hook.dashboard_url(job_id),
-                    job_id,
-                )
-                what += f" Stopping it failed too ({exc}): stop it by hand."
-            else:
-                self.log.warning("Stopped Ray job %s (now %s) because %s", job_id, final, reason)
-                what += f" It has been stopped ({final}) because {reason}; a retry resumes its Train run."
-        else:
+        if not (rejected or last_try):
             self.log.warning("Ray job %s is left running: the next try attaches to it", job_id)
-            what += " The job may still be running; the next try attaches to it."
+            return RayTrainWatchError(
+                f"{what} The job may still be running; the next try attaches to it. "
+                f"Dashboard: {hook.dashboard_url(job_id)}"
+            )
+        reason = "the cluster rejected the token" if rejected else "this was the task's last try"
+        try:
+            final = hook.stop_job_and_wait(job_id)
+        except Exception as exc:  # noqa: BLE001 - say so loudly: the job may run on with nobody watching
+            self.log.error(
+                "Could not stop Ray job %s (%s): it may still be running, with nobody watching it. Stop it "
+                "from %s or with `ray job stop %s`.",
+                job_id,
+                exc,
+                hook.dashboard_url(job_id),
+                job_id,
+            )
+            what += f" Stopping it failed too ({exc}): stop it by hand."
+        else:
+            self.log.warning("Stopped Ray job %s (now %s) because %s", job_id, final, reason)
+            what += f" It has been stopped ({final}) because {reason}; a retry resumes its Train run."
         return RayTrainWatchError(f"{what} Dashboard: {hook.dashboard_url(job_id)}")
 
     def _collect_previous(self, hook: RayTrainHook, info: dict[str, Any], context: Context) -> dict[str, Any] | None:
         """An earlier try's job succeeded (its task died before it could say so): its result, or None when it
         left no readable successful manifest."""
         job_id = str(info["submission_id"])
-        logs = hook.get_job_logs(job_id)
-        try:
-            manifest = manifest_from_log(logs)
-        except SpecError:
-            manifest = None
+        follower = LogFollower()
+        follower.catch_up(hook.get_job_logs(job_id))
+        manifest, _ = read_manifest(follower.manifest_line)
         if manifest is None or not manifest.succeeded:
             self.log.warning("An earlier try's Ray job %s SUCCEEDED but left no readable manifest", job_id)
             return None
@@ -433,7 +337,7 @@ class RayTrainOperator(BaseOperator):
             "An earlier try's Ray job %s already SUCCEEDED: collecting its result, not training again", job_id
         )
         self._remember_job(hook, job_id, context)
-        return self.collect_result(hook, job_id, info, context, logs=logs)
+        return self.collect_result(hook, job_id, info, context, follower.manifest_line, [])
 
     def _check_cluster_resources(self, hook: RayTrainHook, spec: TrainSpec) -> None:
         nodes = hook.get_cluster_nodes()
@@ -480,15 +384,13 @@ class RayTrainOperator(BaseOperator):
                 str(event.get("message")),
                 rejected=event.get("error_type") == RayTrainAuthError.__name__,
             )
-        logs = hook.get_job_logs(job_id)
-        self._log_job_output(logs[int(event.get("log_offset") or 0) :])
-        self._flush_log()
         if status == "timeout":
             raise AirflowTaskTimeout(
                 f"{event.get('message')} A retry resumes the Train run from its latest checkpoint. "
                 f"Dashboard: {hook.dashboard_url(job_id)}"
             )
-        return self.collect_result(hook, job_id, hook.get_job_info(job_id), context, logs=logs)
+        info = hook.get_job_info(job_id)
+        return self.collect_result(hook, job_id, info, context, event.get("manifest"), event.get("log_tail") or [])
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
         # Airflow's deferral timeout fired (a backstop: the trigger stops the job at its own deadline first).
@@ -555,95 +457,37 @@ class RayTrainOperator(BaseOperator):
         ti.xcom_push(key=RayJobLink().xcom_key, value=dashboard_url)
         self.log.info("Ray job dashboard: %s", dashboard_url)
 
-    def _log_job_output(self, chunk: str) -> None:
-        text = self._log_buffer + chunk
-        lines = text.split("\n")
-        self._log_buffer = lines.pop()
-        for line in lines:
-            if not line.startswith(MANIFEST_MARKER):
-                self.log.info("[ray] %s", _ANSI_RE.sub("", line).rstrip("\r"))
-
-    def _flush_log(self) -> None:
-        if self._log_buffer:
-            self._log_job_output("\n")
-
     def collect_result(
-        self, hook: RayTrainHook, job_id: str, info: dict[str, Any], context: Context, logs: str | None = None
+        self,
+        hook: RayTrainHook,
+        job_id: str,
+        info: dict[str, Any],
+        context: Context,
+        manifest_line: str | None,
+        log_tail: list[str],
     ) -> dict[str, Any]:
         """Turn a terminal job into the XCom contract, or raise ``RayTrainJobError`` saying why it failed."""
         status = str(info["status"])
-        if logs is None:
-            logs = hook.get_job_logs(job_id)
-        try:
-            manifest = manifest_from_log(logs)
-        except SpecError as exc:
-            self.log.warning("The job printed a manifest this side cannot read: %s", exc)
-            manifest = None
-        submission_id = str(info.get("submission_id") or job_id)
+        manifest, unreadable = read_manifest(manifest_line)
+        if unreadable:
+            self.log.warning("The job printed a manifest this side cannot read: %s", unreadable)
         result = manifest_to_xcom(
             manifest,
             job_id=job_id,
-            submission_id=submission_id,
+            submission_id=str(info.get("submission_id") or job_id),
             dashboard_url=hook.dashboard_url(job_id),
             status=status if manifest is None or status != "SUCCEEDED" else manifest.status,
         )
-        if status == "SUCCEEDED" and manifest is not None and manifest.succeeded:
-            ti = context["ti"]
-            for key in XCOM_KEYS:
-                ti.xcom_push(key=key, value=result[key])
-            self.log.info("Checkpoint: %s; metrics: %s", result["checkpoint_path"], result["metrics"])
-            if self.model_asset is not None:
-                context["outlet_events"][self.model_asset].extra = {key: result[key] for key in ASSET_EXTRA_KEYS}
-                self.log.info("Model Asset event on %s", self.model_asset.uri)
-            return result
-        raise self._job_error(job_id, info, manifest, logs)
-
-    def _job_error(
-        self, job_id: str, info: dict[str, Any], manifest: ResultManifest | None, logs: str
-    ) -> RayTrainJobError:
-        status = str(info["status"])
-        error_type = info.get("error_type")
-        parts = [f"Ray job {job_id} {status}" + (f" ({error_type})" if error_type else "") + "."]
-        train_error = manifest.error if manifest is not None and manifest.error else None
-        setup_failed = error_type in SETUP_ERROR_TYPES
-        code_missing = train_error is not None and train_error["type"] == "TrainFuncImportError"
-        if setup_failed:
-            parts.append(
-                "The job's runtime_env could not be set up on the cluster. Fix: check the task's runtime_env "
-                "and the connection's runtime_env extra (pip/uv package names and versions, env_vars values "
-                "as strings, py_modules/working_dir URIs the cluster can fetch). A retry cannot fix this."
-            )
-        if train_error is not None:
-            parts.append(f"Training error: {train_error['type']}: {train_error['message']}")
-            if "worker group startup timed out" in train_error["message"]:
-                parts.append(
-                    "Ray Train could not start its workers: the resources scaling_config asks for did not "
-                    "become free in time. Fix: lower scaling_config.num_workers or resources_per_worker, free "
-                    "the cluster, or raise run_config.failure_config.controller_failure_limit to wait longer."
-                )
-        elif status == "SUCCEEDED":
-            parts.append("The job succeeded but printed no readable manifest; was it run by this provider's runtime?")
-        if info.get("message"):
-            ray_message = str(info["message"]).strip()
-            shown = last_exception_line(ray_message) if setup_failed else None
-            parts.append(f"Ray says: {shown or ray_message[-1500:]}")
-        tail = [line for line in logs.splitlines() if not line.startswith(MANIFEST_MARKER)][-LOG_TAIL_LINES:]
-        if tail:
-            parts.append("Last lines of the job log:\n" + "\n".join(tail))
-        if manifest is not None:
-            parts.append(f"Manifest: {manifest.manifest_path}")
-            if manifest.checkpoint_path:
-                parts.append(f"Latest checkpoint (kept; a retry resumes from it): {manifest.checkpoint_path}")
-        parts.append(f"Dashboard: {self.hook.dashboard_url(job_id)}")
-        error_class = RayTrainJobSetupError if setup_failed or code_missing else RayTrainJobError
-        return error_class(
-            "\n".join(parts),
-            job_id=job_id,
-            status=status,
-            error_type=error_type,
-            manifest=manifest.to_dict() if manifest else None,
-            manifest_path=manifest.manifest_path if manifest else None,
-        )
+        if status != "SUCCEEDED" or manifest is None or not manifest.succeeded:
+            raise job_failure(job_id, info, manifest, log_tail, hook.dashboard_url(job_id))
+        ti = context["ti"]
+        for key in XCOM_KEYS:
+            ti.xcom_push(key=key, value=result[key])
+        self.log.info("Checkpoint: %s; metrics: %s", result["checkpoint_path"], result["metrics"])
+        if self.model_asset is not None:
+            context["outlet_events"][self.model_asset].extra = {key: result[key] for key in ASSET_EXTRA_KEYS}
+            self.log.info("Model Asset event on %s", self.model_asset.uri)
+        return result
 
     def on_kill(self) -> None:
         """Stop the Ray job (and with it its Train workers) when Airflow kills the task."""

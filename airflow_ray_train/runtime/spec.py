@@ -66,6 +66,14 @@ class JobStatus(StrEnum):
     def is_terminal(self) -> bool:
         return self in (JobStatus.STOPPED, JobStatus.SUCCEEDED, JobStatus.FAILED)
 
+    @classmethod
+    def ended(cls, status: object) -> bool:
+        """Whether a status the Jobs API reported is terminal; one this code does not know is not."""
+        return status in _TERMINAL
+
+
+_TERMINAL = frozenset(status.value for status in JobStatus if status.is_terminal)
+
 
 JOB_STATUSES = tuple(status.value for status in JobStatus if status.is_terminal)
 

@@ -216,6 +216,9 @@ def run(spec: TrainSpec) -> ResultManifest:
     with StopSignal() as stop:
         outcome = fit(spec, paths)
         stop.raising = False
+        if stop.requested and outcome.status == "FAILED":
+            # Ray's blocking calls turn the signal into a SystemExit of their own: it is still a stop.
+            outcome.status, outcome.error = "STOPPED", _error_dict(JobStopped("the Ray job was stopped (SIGTERM)"))
         stopping = stop.requested or outcome.status == "STOPPED"
         reports = (
             read_reports(outcome.recorder, REPORTS_TIMEOUT_STOPPING_S if stopping else REPORTS_TIMEOUT_S)

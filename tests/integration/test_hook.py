@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from airflow_ray_train.hooks.ray_train import TERMINAL_STATUSES, RayTrainHook
+from airflow_ray_train.hooks.log_follower import LogFollower
+from airflow_ray_train.hooks.ray_train import RayTrainHook
 from airflow_ray_train.packaging import code_package
 from airflow_ray_train.runtime.spec import MANIFEST_MARKER, TrainSpec, manifest_from_log
 
@@ -52,13 +53,13 @@ def test_submit_status_and_logs(hook):
 def test_logs_stream_in_pieces_while_the_job_runs(hook):
     code = "import time\nfor i in range(4):\n    print(f'line {i}', flush=True)\n    time.sleep(1)"
     job_id = hook.submit_job(entrypoint=_python(code), submission_id=_id("stream"))
-    pieces: list[str] = []
-    info = hook.wait_for_job(job_id, poll_interval=0.3, on_logs=pieces.append, timeout=120)
+    pieces: list[list[str]] = []
+    info = hook.wait_for_job(job_id, poll_interval=0.3, on_lines=pieces.append, timeout=120)
     assert info["status"] == "SUCCEEDED"
-    streamed = "".join(pieces)
+    streamed = [line for piece in pieces for line in piece]
+    assert streamed == hook.get_job_logs(job_id).splitlines()  # every line once, in order
     assert all(f"line {i}" in streamed for i in range(4))
-    assert len(pieces) >= 2, "the log arrived in one piece at the end, not as the job ran"
-    assert streamed == hook.get_job_logs(job_id)
+    assert sum(1 for piece in pieces if piece) >= 2, "the log arrived in one piece at the end, not as the job ran"
 
 
 # The job prints its manifest line (as the runtime driver does last), then takes a while to exit.
@@ -75,14 +76,19 @@ def test_wait_follows_the_log_stream_and_notices_the_end_without_a_slow_poll(hoo
     real_get_logs = hook.get_job_logs
     monkeypatch.setattr(hook, "get_job_logs", lambda job_id: fetches.append(job_id) or real_get_logs(job_id))
     job_id = hook.submit_job(entrypoint=_python(_ENDING), submission_id=_id("follow"))
-    pieces: list[str] = []
+    pieces: list[list[str]] = []
+    follower = LogFollower()
     started = time.monotonic()
-    info = hook.wait_for_job(job_id, poll_interval=120, on_logs=pieces.append, timeout=300)
+    info = hook.wait_for_job(job_id, follower=follower, poll_interval=120, on_lines=pieces.append, timeout=300)
     assert info["status"] == "SUCCEEDED"
     assert time.monotonic() - started < 60, "the wait sat out a 120 s poll instead of following the stream"
     assert fetches == [job_id]
-    assert "".join(pieces) == real_get_logs(job_id)
-    assert len(pieces) >= 2
+    logs = real_get_logs(job_id)
+    assert [line for piece in pieces for line in piece] == [
+        line for line in logs.splitlines() if not line.startswith(MANIFEST_MARKER)
+    ]
+    assert follower.manifest_line == MANIFEST_MARKER + "{}" and follower.offset == len(logs)
+    assert sum(1 for piece in pieces if piece) >= 2
 
 
 def test_the_trigger_follows_the_log_stream_of_a_real_job(ray_conn, capfd, monkeypatch):
@@ -123,7 +129,7 @@ def test_stop_leaves_the_job_stopped(hook):
         time.sleep(0.3)
     assert hook.get_job_status(job_id) == "RUNNING"
     assert hook.stop_job_and_wait(job_id) == "STOPPED"
-    assert hook.get_job_status(job_id) in TERMINAL_STATUSES
+    assert hook.get_job_status(job_id).is_terminal
 
 
 def test_a_repeat_submit_uploads_nothing_and_changed_code_uploads_again(hook, tmp_path, monkeypatch):

@@ -197,7 +197,7 @@ def test_learning_curve_is_skipped_with_a_note_without_matplotlib(monkeypatch, c
 
 
 def test_learning_curve_path_crosses_the_seam_and_reaches_xcom():
-    from airflow_ray_train.operators.ray_train import manifest_to_xcom
+    from airflow_ray_train.results import manifest_to_xcom
 
     manifest = ResultManifest(
         status="SUCCEEDED",

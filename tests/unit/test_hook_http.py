@@ -4,59 +4,22 @@ backoff, an unreachable cluster, a rejected token. Real-cluster behaviour is in 
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
+from stub_ray import STUB_TOKEN
 
 from airflow_ray_train.exceptions import RayTrainAuthError, RayTrainClusterError
 from airflow_ray_train.hooks.ray_train import RayTrainHook
 from airflow_ray_train.local_cluster import free_port
 
-TOKEN = "s3cr3t-token-value"
-
-
-class StubRay(BaseHTTPRequestHandler):
-    """Answers from a script: each request pops the next (status, body); records what it received."""
-
-    script: list[tuple[int, dict]] = []
-    seen: list[dict] = []
-
-    def _answer(self) -> None:
-        StubRay.seen.append({"method": self.command, "path": self.path, "headers": dict(self.headers)})
-        status, body = StubRay.script.pop(0) if StubRay.script else (200, {"version": "4", "ray_version": "2.60.0"})
-        payload = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    do_GET = do_POST = do_PUT = _answer
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def stub_ray(monkeypatch) -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), StubRay)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    StubRay.script, StubRay.seen = [], []
-    address = f"http://127.0.0.1:{server.server_address[1]}"
-    conn = {"conn_type": "ray_train", "host": address, "password": TOKEN, "extra": {"headers": {"X-Team": "ml"}}}
-    monkeypatch.setenv("AIRFLOW_CONN_RAY_STUB", json.dumps(conn))
-    yield address
-    server.shutdown()
+TOKEN = STUB_TOKEN
 
 
 def test_token_goes_in_the_authorization_header_and_never_in_repr(stub_ray):
     hook = RayTrainHook("ray_stub")
     assert hook.get_version()["ray_version"] == "2.60.0"
-    headers = StubRay.seen[-1]["headers"]
+    headers = stub_ray.seen[-1].headers
     assert headers["Authorization"] == f"Bearer {TOKEN}"
     assert headers["X-Team"] == "ml"
     assert TOKEN not in repr(hook.settings)
@@ -64,31 +27,31 @@ def test_token_goes_in_the_authorization_header_and_never_in_repr(stub_ray):
 
 
 def test_a_busy_cluster_is_retried_with_backoff(stub_ray):
-    StubRay.script = [(503, {"error": "busy"}), (503, {"error": "busy"}), (200, {"ray_version": "2.60.0"})]
+    stub_ray.script((503, {"error": "busy"}), (503, {"error": "busy"}), (200, {"ray_version": "2.60.0"}))
     hook = RayTrainHook("ray_stub", max_retries=3, retry_backoff=0.01)
     assert hook.get_version()["ray_version"] == "2.60.0"
-    assert len(StubRay.seen) == 3
+    assert len(stub_ray.seen) == 3
 
 
 def test_a_rejected_token_fails_at_once_with_the_fix_and_without_the_token(stub_ray):
-    StubRay.script = [(401, {"error": "Unauthorized: invalid token"})] * 2
+    stub_ray.script((401, {"error": "Unauthorized: invalid token"}), (401, {"error": "Unauthorized: invalid token"}))
     hook = RayTrainHook("ray_stub", max_retries=3, retry_backoff=0.01)
     with pytest.raises(RayTrainAuthError) as raised:
         hook.get_version()
     assert isinstance(raised.value, AirflowFailException)  # retrying cannot fix a wrong token
     assert "HTTP 401" in str(raised.value) and "ray get-auth-token" in str(raised.value)
     assert TOKEN not in str(raised.value)
-    assert len(StubRay.seen) == 2  # the connection was read once more, in case the token was rotated
+    assert len(stub_ray.seen) == 2  # the connection was read once more, in case the token was rotated
 
 
 def test_a_token_rotated_in_the_connection_is_picked_up_on_the_next_rejection(stub_ray, monkeypatch):
     hook = RayTrainHook("ray_stub", max_retries=0)
     assert hook.get_version()["ray_version"] == "2.60.0"
-    rotated = {"conn_type": "ray_train", "host": stub_ray, "password": "rotated-token"}
+    rotated = {"conn_type": "ray_train", "host": stub_ray.address, "password": "rotated-token"}
     monkeypatch.setenv("AIRFLOW_CONN_RAY_STUB", json.dumps(rotated))
-    StubRay.script = [(403, {"error": "Forbidden"})]
+    stub_ray.script((403, {"error": "Forbidden"}))
     assert hook.get_version()["ray_version"] == "2.60.0"
-    assert [seen["headers"]["Authorization"] for seen in StubRay.seen[-2:]] == [
+    assert [seen.headers["Authorization"] for seen in stub_ray.seen[-2:]] == [
         f"Bearer {TOKEN}",
         "Bearer rotated-token",
     ]

@@ -11,9 +11,10 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_ray_train.exceptions import RayTrainAuthError, RayTrainConfigError, RayTrainWatchError
-from airflow_ray_train.hooks.ray_train import cluster_shortfall, worker_resources
-from airflow_ray_train.operators.ray_train import RayTrainOperator, check_runtime_env
+from airflow_ray_train.hooks.resources import cluster_shortfall, worker_resources
+from airflow_ray_train.operators.ray_train import RayTrainOperator
 from airflow_ray_train.runtime.trainer import DEFAULT_CONTROLLER_FAILURE_LIMIT, failure_config_kwargs
+from airflow_ray_train.runtime_env import check_runtime_env
 
 CPU_NODE = {"node_id": "a", "resources": {"CPU": 4.0, "memory": 8e9}}
 GPU_NODE = {"node_id": "b", "resources": {"CPU": 8.0, "GPU": 2.0, "memory": 16e9}}
@@ -148,7 +149,7 @@ def test_airflows_deferral_timeout_stops_the_job_before_failing_the_try(monkeypa
 
 
 def test_a_runtime_env_failure_is_summed_up_by_its_last_exception_line():
-    from airflow_ray_train.operators.ray_train import last_exception_line
+    from airflow_ray_train.hooks.jobs_api import last_exception_line
 
     message = (
         "runtime_env setup failed: Failed to set up runtime environment.\n[Node 10.0.0.1] Traceback (most recent "

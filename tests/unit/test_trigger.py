@@ -9,59 +9,29 @@ import json
 import re
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 
 import pytest
+from stub_ray import STUB_TOKEN, StubRay
 
+from airflow_ray_train.hooks.log_follower import LogFollower
 from airflow_ray_train.hooks.ray_train import AsyncRayTrainHook
 from airflow_ray_train.local_cluster import free_port
 from airflow_ray_train.runtime.spec import MANIFEST_MARKER
-from airflow_ray_train.triggers.ray_train import RayTrainJobTrigger, complete_lines
+from airflow_ray_train.triggers.ray_train import RayTrainJobTrigger
 
-TOKEN = "trigger-test-token-value"
+TOKEN = STUB_TOKEN
 JOB = "airflow-dag.task.run-abc-try1"
 
 
-class StubJobs(BaseHTTPRequestHandler):
-    """Each request is answered by ``StubJobs.respond(method, path)``; requests are recorded."""
-
-    respond: Callable[[str, str], tuple[int, dict]] = staticmethod(lambda method, path: (404, {}))
-    seen: list[tuple[str, str, str | None]] = []
-
-    def _answer(self) -> None:
-        StubJobs.seen.append((self.command, self.path, self.headers.get("Authorization")))
-        status, body = StubJobs.respond(self.command, self.path)
-        payload = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    do_GET = do_POST = _answer
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
-def stub(monkeypatch) -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), StubJobs)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    StubJobs.seen = []
-    address = f"http://127.0.0.1:{server.server_address[1]}"
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_RAY_STUB", json.dumps({"conn_type": "ray_train", "host": address, "password": TOKEN})
-    )
+def stub(stub_ray, monkeypatch) -> StubRay:
     # Fast retries: the trigger's own are patient (about half a minute).
     monkeypatch.setattr(
         RayTrainJobTrigger, "hook", lambda self: AsyncRayTrainHook(self.ray_conn_id, max_retries=2, retry_backoff=0.01)
     )
-    yield address
-    server.shutdown()
+    return stub_ray
 
 
 def job_api(statuses: list[str], logs: list[str], message: str = "") -> Callable[[str, str], tuple[int, dict]]:
@@ -110,7 +80,7 @@ def test_serialize_round_trips_and_holds_no_secret():
 
 def test_pending_then_running_then_succeeded_streams_whole_lines_and_fires_success(stub, capfd):
     logs = ["", "epoch 0\nepo", "epoch 0\nepoch 1\n" + MANIFEST_MARKER + "{}\n\x1b[32mdone\x1b[0m\n"]
-    StubJobs.respond = job_api(["PENDING", "RUNNING", "SUCCEEDED"], logs)
+    stub.respond = job_api(["PENDING", "RUNNING", "SUCCEEDED"], logs)
     event = run_trigger()
     assert event["status"] == "success" and event["job_status"] == "SUCCEEDED" and event["job_id"] == JOB
     assert event["log_offset"] == len(logs[-1])
@@ -119,27 +89,29 @@ def test_pending_then_running_then_succeeded_streams_whole_lines_and_fires_succe
     # The trigger's logger (the task log, in a triggerer): each line once, no manifest, no colour codes.
     shown = re.findall(r"\[ray\] (\S+(?: \d)?)", text)
     assert shown == ["epoch 0", "epoch 1", "done"], text
+    # The operator needs no second download: the event carries the manifest and the log's last lines.
+    assert event["manifest"] == MANIFEST_MARKER + "{}" and event["log_tail"] == ["epoch 0", "epoch 1", "done"]
     assert "PENDING" in text and "RUNNING" in text
-    assert all(auth == f"Bearer {TOKEN}" for _, _, auth in StubJobs.seen)
+    assert all(r.headers["Authorization"] == f"Bearer {TOKEN}" for r in stub.seen)
     assert TOKEN not in text
 
 
 @pytest.mark.parametrize(("ray_status", "event_status"), [("FAILED", "failed"), ("STOPPED", "stopped")])
 def test_failed_and_stopped_jobs_fire_their_own_event(stub, ray_status, event_status):
-    StubJobs.respond = job_api(["RUNNING", ray_status], ["boom\n"], message="Job failed due to an application error")
+    stub.respond = job_api(["RUNNING", ray_status], ["boom\n"], message="Job failed due to an application error")
     event = run_trigger()
     assert event["status"] == event_status and event["job_status"] == ray_status
     assert event["message"] == "Job failed due to an application error"
 
 
 def test_a_job_that_is_gone_becomes_an_error_event(stub):
-    StubJobs.respond = lambda method, path: (404, {"detail": "not found"})
+    stub.respond = lambda method, path: (404, {"detail": "not found"})
     event = run_trigger()
     assert event["status"] == "error" and "HTTP 404" in event["message"]
 
 
 def test_a_rejected_token_becomes_an_error_event_that_names_the_fix(stub):
-    StubJobs.respond = lambda method, path: (401, {"error": "Unauthorized"})
+    stub.respond = lambda method, path: (401, {"error": "Unauthorized"})
     event = run_trigger()
     assert event["status"] == "error" and event["error_type"] == "RayTrainAuthError"
     assert "ray get-auth-token" in event["message"] and TOKEN not in event["message"]
@@ -157,30 +129,30 @@ def test_an_unreachable_cluster_becomes_an_error_event_naming_the_address(monkey
 
 
 def test_the_deadline_stops_the_job_and_fires_timeout(stub):
-    StubJobs.respond = job_api(["RUNNING"], ["training\n"])
+    stub.respond = job_api(["RUNNING"], ["training\n"])
     event = run_trigger(timeout_at=time.time() - 1, timeout_label="execution_timeout (0:00:05)")
     assert event["status"] == "timeout" and event["job_status"] == "STOPPED"
     assert "execution_timeout (0:00:05)" in event["message"]
-    assert ("POST", f"/api/jobs/{JOB}/stop") in [(m, p) for m, p, _ in StubJobs.seen]
+    assert f"/api/jobs/{JOB}/stop" in stub.paths("POST")
 
 
 def test_an_unknown_status_keeps_waiting(stub):
-    StubJobs.respond = job_api(["PENDING", "SOMETHING_NEW", "RUNNING", "SUCCEEDED"], ["x\n"])
+    stub.respond = job_api(["PENDING", "SOMETHING_NEW", "RUNNING", "SUCCEEDED"], ["x\n"])
     assert run_trigger()["status"] == "success"
 
 
 def test_on_kill_stops_the_job_and_waits_for_it(stub):
-    StubJobs.respond = job_api(["RUNNING"], [""])
+    stub.respond = job_api(["RUNNING"], [""])
     trigger = RayTrainJobTrigger(job_id=JOB, ray_conn_id="ray_stub")
     asyncio.run(trigger.on_kill())
-    calls = [(m, p) for m, p, _ in StubJobs.seen]
+    calls = [(r.method, r.path) for r in stub.seen]
     assert ("POST", f"/api/jobs/{JOB}/stop") in calls
     assert calls[-1] == ("GET", f"/api/jobs/{JOB}")  # it waited until the job said STOPPED
 
 
 def test_cancelling_the_trigger_does_not_stop_the_job(stub):
     """A triggerer restart cancels run() and calls cleanup(): the job must keep running."""
-    StubJobs.respond = job_api(["RUNNING"], [""])
+    stub.respond = job_api(["RUNNING"], [""])
 
     async def cancel_soon() -> None:
         trigger = RayTrainJobTrigger(job_id=JOB, ray_conn_id="ray_stub", poll_interval=0.01)
@@ -192,13 +164,16 @@ def test_cancelling_the_trigger_does_not_stop_the_job(stub):
         await trigger.cleanup()
 
     asyncio.run(cancel_soon())
-    assert all(not p.endswith("/stop") for _, p, _ in StubJobs.seen)
+    assert all(not p.endswith("/stop") for p in stub.paths())
 
 
-def test_complete_lines_keeps_a_half_written_line_for_later():
-    assert complete_lines("a\nb", 0) == (["a"], 2)
-    assert complete_lines("a\nb", 2) == ([], 2)
-    assert complete_lines("a\nbc\n", 2) == (["bc"], 5)
+def test_the_log_follower_hands_on_whole_lines_once_from_the_stream_and_the_whole_log():
+    follower = LogFollower()
+    assert follower.feed("a\nb") == ["a"] and follower.offset == 2  # "b" waits for its newline
+    assert follower.catch_up("a\nbc\n") == ["bc"] and follower.offset == 5  # the whole log, fetched once
+    assert follower.feed("c\nd\n") == ["d"]  # the stream goes on from where it was: "c\n" was shown
+    assert follower.feed("\x1b[32mok\x1b[0m\r\nlast") == ["ok"]
+    assert follower.flush() == ["last"] and follower.offset == len("a\nbc\nd\n\x1b[32mok\x1b[0m\r\nlast")
 
 
 def test_the_trigger_module_imports_no_ray():
@@ -207,36 +182,34 @@ def test_the_trigger_module_imports_no_ray():
 
 
 def test_the_log_follower_skips_what_was_shown_and_sees_the_manifest_only_at_a_line_start(monkeypatch):
-    from airflow_ray_train.hooks import ray_train as hook_module
-    from airflow_ray_train.hooks.ray_train import FINISHING_POLL_INTERVAL, LogFollower
+    from airflow_ray_train.hooks import log_follower
 
     follower = LogFollower(shown=4)
-    assert follower.feed("abc\n") == ""  # all of it was shown before this watcher started
-    assert follower.feed("de\n") == "de\n"
-    assert (
-        follower.feed(b"echo " + MANIFEST_MARKER.encode() + b" in a command\n")
-        == f"echo {MANIFEST_MARKER} in a command\n"
-    )
+    assert follower.feed("abc\n") == []  # all of it was shown before this watcher started
+    assert follower.feed("de\n") == ["de"]
+    assert follower.feed(b"echo " + MANIFEST_MARKER.encode() + b" in a command\n") == [
+        f"echo {MANIFEST_MARKER} in a command"
+    ]
     assert not follower.finishing and follower.next_poll(5.0) == 5.0
     half = len(MANIFEST_MARKER) // 2
-    follower.feed("last line\n" + MANIFEST_MARKER[:half])  # the manifest line split between two messages
+    assert follower.feed("last line\n" + MANIFEST_MARKER[:half]) == ["last line"]  # the manifest line split
     assert not follower.finishing
-    follower.feed(MANIFEST_MARKER[half:] + '{"status": "SUCCEEDED"}\n')
-    assert follower.finishing and follower.next_poll(5.0) == FINISHING_POLL_INTERVAL
-    assert follower.catch_up("x" * follower.shown + "tail\n") == "tail\n"
+    assert follower.feed(MANIFEST_MARKER[half:] + '{"status": "SUCCEEDED"}\n') == []  # kept, not shown
+    assert follower.manifest_line == MANIFEST_MARKER + '{"status": "SUCCEEDED"}'
+    assert follower.finishing and follower.next_poll(5.0) == log_follower.FINISHING_POLL_INTERVAL
 
     closed = LogFollower()
     closed.closed()  # Ray closes the stream after the job ended
     assert closed.finishing
     # A driver that hangs on its way out: the fast polls end after the window.
-    monkeypatch.setattr(hook_module, "FINISHING_WINDOW_S", 0.0)
+    monkeypatch.setattr(log_follower, "FINISHING_WINDOW_S", 0.0)
     assert follower.next_poll(5.0) == 5.0 and not closed.finishing
 
 
 def test_without_a_log_stream_the_trigger_polls_the_whole_log(stub):
     """The stub speaks no websocket (like a proxy that refuses them): the trigger falls back to polling."""
-    StubJobs.respond = job_api(["RUNNING", "RUNNING", "SUCCEEDED"], ["a\n", "a\nb\n", "a\nb\nc\n"])
+    stub.respond = job_api(["RUNNING", "RUNNING", "SUCCEEDED"], ["a\n", "a\nb\n", "a\nb\nc\n"])
     event = run_trigger()
     assert event["status"] == "success" and event["log_offset"] == len("a\nb\nc\n")
-    assert any(p.endswith("/logs/tail") for _, p, _ in StubJobs.seen)  # it tried the stream first
-    assert sum(p.endswith("/logs") for _, p, _ in StubJobs.seen) >= 3
+    assert any(p.endswith("/logs/tail") for p in stub.paths())  # it tried the stream first
+    assert sum(p.endswith("/logs") for p in stub.paths()) >= 3

@@ -1,0 +1,104 @@
+"""What a finished Ray job becomes on the Airflow side: the XCom contract from its manifest, or the error the
+task fails with (its class decides whether Airflow retries)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from airflow_ray_train.exceptions import RayTrainJobError, RayTrainJobSetupError
+from airflow_ray_train.hooks.jobs_api import last_exception_line
+from airflow_ray_train.runtime.spec import ResultManifest, SpecError, manifest_from_log
+
+#: Keys pushed to XCom on their own besides ``return_value``.
+XCOM_KEYS = ("checkpoint_path", "metrics", "best_checkpoint_path")
+#: What a ``model_asset`` event's extra carries to the DAGs scheduled on the Asset.
+ASSET_EXTRA_KEYS = ("checkpoint_path", "best_checkpoint_path", "metrics", "run_path", "job_id", "submission_id")
+#: The manifest's paths, None in XCom when there is no manifest.
+_PATH_KEYS = (
+    "checkpoint_path",
+    "best_checkpoint_path",
+    "run_path",
+    "metrics_history_path",
+    "learning_curve_path",
+    "manifest_path",
+)
+#: Ray job ``error_type``s a retry cannot fix: the job's runtime_env is wrong.
+SETUP_ERROR_TYPES = frozenset({"RUNTIME_ENV_SETUP_FAILURE", "JOB_SUPERVISOR_ACTOR_START_FAILURE"})
+
+
+def read_manifest(line: str | None) -> tuple[ResultManifest | None, str | None]:
+    """The manifest in the driver's log line (or a whole log), and why it could not be read (else None)."""
+    if not line:
+        return None, None
+    try:
+        return manifest_from_log(line), None
+    except SpecError as exc:
+        return None, str(exc)
+
+
+def manifest_to_xcom(
+    manifest: ResultManifest | None, *, job_id: str, submission_id: str, dashboard_url: str, status: str
+) -> dict[str, Any]:
+    """The XCom contract, the same on every path (sync, deferrable, attach, collect)."""
+    result: dict[str, Any] = {key: getattr(manifest, key) if manifest else None for key in _PATH_KEYS}
+    result["metrics"] = dict(manifest.metrics) if manifest else {}
+    result["best_checkpoints"] = (
+        [{"path": r.path, "metrics": dict(r.metrics)} for r in manifest.best_checkpoints] if manifest else []
+    )
+    result.update(job_id=job_id, submission_id=submission_id, dashboard_url=dashboard_url, status=status)
+    result["error"] = dict(manifest.error) if manifest and manifest.error else None
+    return result
+
+
+def job_failure(
+    job_id: str,
+    info: Mapping[str, Any],
+    manifest: ResultManifest | None,
+    log_tail: Sequence[str],
+    dashboard_url: str,
+) -> RayTrainJobError:
+    """The error of a job that did not succeed: what Ray and the driver said, the log's last lines, and what
+    was kept. ``RayTrainJobSetupError`` (no retries) when a retry cannot help."""
+    status = str(info["status"])
+    error_type = info.get("error_type")
+    train_error = manifest.error if manifest is not None and manifest.error else None
+    setup_failed = error_type in SETUP_ERROR_TYPES
+    code_missing = train_error is not None and train_error["type"] == "TrainFuncImportError"
+    parts = [f"Ray job {job_id} {status}" + (f" ({error_type})" if error_type else "") + "."]
+    if setup_failed:
+        parts.append(
+            "The job's runtime_env could not be set up on the cluster. Fix: check the task's runtime_env "
+            "and the connection's runtime_env extra (pip/uv package names and versions, env_vars values "
+            "as strings, py_modules/working_dir URIs the cluster can fetch). A retry cannot fix this."
+        )
+    if train_error is not None:
+        parts.append(f"Training error: {train_error['type']}: {train_error['message']}")
+        if "worker group startup timed out" in train_error["message"]:
+            parts.append(
+                "Ray Train could not start its workers: the resources scaling_config asks for did not "
+                "become free in time. Fix: lower scaling_config.num_workers or resources_per_worker, free "
+                "the cluster, or raise run_config.failure_config.controller_failure_limit to wait longer."
+            )
+    elif status == "SUCCEEDED":
+        parts.append("The job succeeded but printed no readable manifest; was it run by this provider's runtime?")
+    if info.get("message"):
+        ray_message = str(info["message"]).strip()
+        shown = last_exception_line(ray_message) if setup_failed else None
+        parts.append(f"Ray says: {shown or ray_message[-1500:]}")
+    if log_tail:
+        parts.append("Last lines of the job log:\n" + "\n".join(log_tail))
+    if manifest is not None:
+        parts.append(f"Manifest: {manifest.manifest_path}")
+        if manifest.checkpoint_path:
+            parts.append(f"Latest checkpoint (kept; a retry resumes from it): {manifest.checkpoint_path}")
+    parts.append(f"Dashboard: {dashboard_url}")
+    error_class = RayTrainJobSetupError if setup_failed or code_missing else RayTrainJobError
+    return error_class(
+        "\n".join(parts),
+        job_id=job_id,
+        status=status,
+        error_type=error_type,
+        manifest=manifest.to_dict() if manifest else None,
+        manifest_path=manifest.manifest_path if manifest else None,
+    )
