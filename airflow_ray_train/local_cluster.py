@@ -3,7 +3,8 @@
 Used when no ``ray_train`` connection is configured, or its host is ``local``. Needs ``ray[default]``
 installed next to Airflow (``pip install 'airflow-ray-train[local]'``); nothing else on the Airflow side does.
 The head runs ``ray start --head --block`` in its own process group with token auth on and a token of its
-own; it is stopped by that group's id, never by name, so it cannot touch another Ray cluster on the host.
+own, every port on 127.0.0.1, and none of Airflow's environment (its secrets would reach every job). It is
+stopped by that group's id, never by name, and only after checking that the process is still that head.
 """
 
 from __future__ import annotations
@@ -22,14 +23,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DASHBOARD_PORT = 8265
+_AIRFLOW_ENV_PREFIXES = ("AIRFLOW", "_AIRFLOW")
 STATE_DIR_ENV = "AIRFLOW_RAY_TRAIN_LOCAL_DIR"
 # Port flags of `ray start` that default to fixed numbers: each gets a free port so two local clusters
 # (a user's and a test's) never collide.
@@ -51,13 +54,26 @@ class RayHead:
 
     dashboard_url: str
     gcs_address: str
-    token: str
-    pid: int
-    temp_dir: str
-    log_file: str
+    token: str = field(repr=False)
+    pid: int = 0
+    temp_dir: str = ""
+    log_file: str = ""
+
+    def is_running(self) -> bool:
+        """Whether ``pid`` is still this head's ``ray start`` (a recorded pid may belong to another process
+        by now)."""
+        try:
+            cmdline = psutil.Process(self.pid).cmdline()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            return False
+        return "start" in cmdline and "--head" in cmdline and f"--temp-dir={self.temp_dir}" in cmdline
 
     def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM the head's process group (``ray start --block`` then stops its raylet and GCS)."""
+        """SIGTERM the head's process group (``ray start --block`` then stops its raylet and GCS), if the
+        recorded process is still this head."""
+        if not self.is_running():
+            log.info("The recorded Ray head (pid %s) is not running any more; nothing to stop", self.pid)
+            return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -67,6 +83,7 @@ class RayHead:
             os.killpg(self.pid, signal.SIGKILL)
 
     def healthy(self) -> bool:
+        """Whether the head's Jobs API answers with its token."""
         try:
             response = httpx.get(
                 f"{self.dashboard_url}/api/version", headers={"Authorization": f"Bearer {self.token}"}, timeout=3
@@ -139,12 +156,16 @@ def start_ray_head(
     ]
     if num_cpus is not None:
         cmd.append(f"--num-cpus={num_cpus}")
-    env = dict(os.environ)
+    # Jobs inherit the head's environment: none of Airflow's (connections, keys, secrets) goes to them.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_AIRFLOW_ENV_PREFIXES)}
     for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
         env.pop(key, None)
     # Jobs run `python ...`, resolved through the raylet's PATH: put this interpreter first.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, **(extra_env or {})})
+    # A one-machine cluster: Ray then takes 127.0.0.1 as the node's address, so its servers listen on
+    # loopback only (`ray start --node-ip-address=127.0.0.1` is turned into the machine's address).
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     log_path = log_file or os.path.join(temp_dir, "ray_head.log")
     with open(log_path, "ab") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -187,20 +208,39 @@ class LocalRayCluster:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def running(self) -> RayHead | None:
-        """The head recorded in the state file, if it still answers."""
+    def _recorded(self) -> RayHead | None:
         try:
-            head = RayHead(**json.loads(self.state_file.read_text()))
+            return RayHead(**json.loads(self.state_file.read_text()))
         except (OSError, ValueError, TypeError):
             return None
-        return head if _group_alive(head.pid) and head.healthy() else None
+
+    def running(self) -> RayHead | None:
+        """The head recorded in the state file, if it still answers."""
+        head = self._recorded()
+        return head if head is not None and head.is_running() and head.healthy() else None
+
+    def _record(self, head: RayHead) -> None:
+        """Write the state file private from its first byte (it holds the head's token), then move it in."""
+        tmp = self.state_file.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(asdict(head)))
+        os.replace(tmp, self.state_file)
 
     def ensure(self, num_cpus: int | None = None) -> RayHead:
-        """Reuse the running embedded head, or start one and record it."""
+        """Reuse the running embedded head, or start one and record it. A recorded head that no longer
+        answers is stopped first (if it is still that head), not left behind."""
         with self._locked():
             running = self.running()
             if running is not None:
                 return running
+            stale = self._recorded()
+            if stale is not None:
+                log.warning(
+                    "The embedded Ray head (pid %s) does not answer; stopping it and starting another", stale.pid
+                )
+                stale.stop()
+                shutil.rmtree(stale.temp_dir, ignore_errors=True)
             # Short: Ray's unix socket paths under the temp dir must stay under ~107 characters.
             temp_dir = tempfile.mkdtemp(prefix="art_ray_")
             head = start_ray_head(
@@ -210,22 +250,21 @@ class LocalRayCluster:
                 dashboard_port=DEFAULT_DASHBOARD_PORT,
                 log_file=str(self.state_dir / "ray_head.log"),
             )
-            self.state_file.write_text(json.dumps(asdict(head)))
-            os.chmod(self.state_file, 0o600)
-            print(
-                f"airflow-ray-train: started an embedded local Ray head, dashboard {head.dashboard_url} "
-                f"(pid {head.pid}, state {self.state_file}); stop it with "
-                f"`python -m airflow_ray_train.local_cluster stop`",
-                flush=True,
+            self._record(head)
+            log.info(
+                "Started an embedded local Ray head, dashboard %s (pid %s, state %s); stop it with "
+                "`python -m airflow_ray_train.local_cluster stop`",
+                head.dashboard_url,
+                head.pid,
+                self.state_file,
             )
             return head
 
     def stop(self) -> bool:
         """Stop the recorded head, if any. Returns whether one was running."""
         with self._locked():
-            try:
-                head = RayHead(**json.loads(self.state_file.read_text()))
-            except (OSError, ValueError, TypeError):
+            head = self._recorded()
+            if head is None:
                 return False
             head.stop()
             self.state_file.unlink(missing_ok=True)

@@ -17,6 +17,7 @@ import ast
 import difflib
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -29,8 +30,12 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from pathspec import GitIgnoreSpec
+
+if TYPE_CHECKING:
+    from airflow_ray_train.runtime.spec import TrainSpec
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +268,21 @@ def runtime_package() -> Package:
     entries: list[tuple[str, Path | str]] = [(f"{RUNTIME_PACKAGE}/__init__.py", root / "__init__.py")]
     entries += _tree(root / "runtime", f"{RUNTIME_PACKAGE}/runtime")
     return build_zip(str(root / "runtime"), entries)
+
+
+def spec_package(spec: TrainSpec) -> Package:
+    """The spec as a file in a package of its own, shipped beside the code: a command line holds 128 KiB
+    at most, and what is on it shows in ``ps`` and on the dashboard. Raises ``CodeLookupError`` (naming
+    ``train_loop_config``, where size comes from) when it is over what a package may hold."""
+    text = spec.to_json()
+    if len(text.encode()) > MAX_PACKAGE_BYTES:
+        raise CodeLookupError(
+            f"the TrainSpec is {_human(len(text.encode()))} as JSON (train_loop_config "
+            f"{_human(len(json.dumps(spec.train_loop_config).encode()))}), over the {_human(MAX_PACKAGE_BYTES)} a "
+            "package shipped to the cluster may hold. Fix: put the data in storage every node reads (a path or a "
+            "URI such as s3://...) and pass its location in train_loop_config; read it inside train_func."
+        )
+    return build_zip(f"the TrainSpec of {spec.submission_id}", [(spec.shipped_file, text)])
 
 
 def _is_installed(path: Path) -> bool:

@@ -17,6 +17,15 @@ from airflow_ray_train.runtime.spec import MANIFEST_MARKER
 FINISHING_POLL_INTERVAL = 0.2
 #: The fast polls stop after this many seconds (a driver that hangs on its way out), back to ``poll_interval``.
 FINISHING_WINDOW_S = 15.0
+#: A stream that closed while the job still runs (a proxy or the network dropped it) is opened again after
+#: this many seconds, doubling while opening fails, up to the poll interval.
+RECONNECT_DELAY_S = 1.0
+#: The largest stream message taken (Ray sends up to 10 lines or 20,000 characters; one line can be longer).
+#: A bigger one closes the stream, and the log is then read only once, at the end: a shared triggerer must
+#: not hold a job's runaway print in memory.
+MAX_MESSAGE_BYTES = 16 * 2**20
+#: Seconds between keepalive pings on a quiet stream, so idle proxies do not cut it.
+HEARTBEAT_S = 20.0
 _ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -38,6 +47,10 @@ class LogFollower:
         self.finishing_since: float | None = None
         self._pending = ""  # the start of a line whose newline has not arrived, from ``offset``
         self._stream_at = 0  # the log position the stream's next message starts at
+        self._closed_at: float | None = None
+        self._reconnects = 0
+        self.ever_opened = False  # never: a proxy without websockets; the whole log is read with each poll
+        self.given_up = False  # a message over MAX_MESSAGE_BYTES: the log is read once, at the end
 
     def feed(self, message: str | bytes) -> list[str]:
         """One message of the log stream; returns the whole lines not shown yet."""
@@ -54,14 +67,42 @@ class LogFollower:
         """The log ended: hand on a last line that has no newline."""
         if not self._pending:
             return []
-        length = len(self._pending)
         shown = self._take("\n")
         self.offset -= 1  # the newline was ours, not the log's
-        return shown if length else []
+        return shown
 
-    def closed(self) -> None:
-        """The stream closed: Ray does that once the job ended (or the connection broke)."""
-        self._finishing()
+    def opened(self) -> None:
+        """A (new) stream opened: it sends the log from its start again; what was shown is skipped."""
+        self._stream_at = 0
+        self._closed_at = None
+        self._reconnects = 0
+        self.ever_opened = True
+        if self.manifest_line is None:
+            self.finishing_since = None  # it had only closed: the job goes on
+
+    def closed(self, *, too_big: bool = False) -> None:
+        """The stream closed: Ray does that once the job ended, a proxy or the network when they drop it."""
+        self._closed_at = time.monotonic()
+        self._reconnects += 1
+        self.given_up = self.given_up or too_big
+        self._finishing()  # most often the job ended: poll its status fast until it says so
+
+    def reconnect_due(self, poll_interval: float) -> bool:
+        """Whether to open the stream again now: it closed a while ago, the job still runs, and the driver has
+        not printed its manifest (after which Ray closing the stream is the job ending)."""
+        if self._closed_at is None or not self.ever_opened or self.given_up or self.manifest_line is not None:
+            return False
+        delay = min(RECONNECT_DELAY_S * 2.0 ** (self._reconnects - 1), max(poll_interval, RECONNECT_DELAY_S))
+        return time.monotonic() - self._closed_at >= delay
+
+    def failed_to_open(self) -> None:
+        self._closed_at = time.monotonic()
+        self._reconnects += 1
+
+    @property
+    def polling(self) -> bool:
+        """No stream was ever had (a proxy without websockets): read the whole log with each status poll."""
+        return not self.ever_opened and not self.given_up
 
     @property
     def finishing(self) -> bool:

@@ -12,6 +12,7 @@ stream cannot be opened (a proxy without websockets), the whole log is fetched w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shlex
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +29,7 @@ from airflow_ray_train.connection_form import UI_FIELD_BEHAVIOUR
 from airflow_ray_train.exceptions import RayTrainAuthError, RayTrainClusterError, RayTrainJobExistsError
 from airflow_ray_train.hooks import jobs_api
 from airflow_ray_train.hooks.jobs_api import Attempts, Reply, RetryPolicy, Step
-from airflow_ray_train.hooks.log_follower import LogFollower
+from airflow_ray_train.hooks.log_follower import HEARTBEAT_S, MAX_MESSAGE_BYTES, LogFollower
 from airflow_ray_train.hooks.settings import DEFAULT_CONN_ID, ClusterSettings, settings_from_connection
 from airflow_ray_train.packaging import Package, runtime_package
 from airflow_ray_train.runtime.spec import JobStatus
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
 
 #: Called with each batch of new whole log lines while a job is watched.
 OnLines = Callable[[list[str]], None]
+#: The websocket close code of a message over the size cap.
+MESSAGE_TOO_BIG = 1009
 
 
 class RayTrainHook(BaseHook):
@@ -245,23 +248,36 @@ class RayTrainHook(BaseHook):
 
     # -- watching a job -------------------------------------------------------------------------------------
 
-    def open_log_stream(self, job_id: str) -> LogStream | None:
-        """The websocket following the job's log, or None where it cannot be opened (then callers poll)."""
+    def open_log_stream(self, job_id: str, streams: contextlib.ExitStack) -> LogStream | None:
+        """The websocket following the job's log, closed with ``streams``; None where it cannot be opened
+        (then callers poll)."""
         from websockets.sync.client import connect
 
         try:
-            stream: LogStream = connect(
-                jobs_api.log_stream_url(self.settings.address, job_id),
-                additional_headers=self.settings.http_headers,
-                ssl=self.settings.ssl_context(),
-                open_timeout=self.timeout,
-                close_timeout=0.2,  # Ray answers a close only after its next file poll: don't wait for it
-                compression=None,  # Ray's dashboard proxy drops a compressed stream (ERROR, then close)
-                max_size=None,  # Ray sends up to 10 lines or 20,000 characters a message; a line can be longer
+            stream: LogStream = streams.enter_context(
+                connect(
+                    jobs_api.log_stream_url(self.settings.address, job_id),
+                    additional_headers=self.settings.http_headers,
+                    ssl=self.settings.ssl_context(),
+                    open_timeout=self.timeout,
+                    close_timeout=0.2,  # Ray answers a close only after its next file poll: don't wait for it
+                    compression=None,  # Ray's dashboard proxy drops a compressed stream (ERROR, then close)
+                    max_size=MAX_MESSAGE_BYTES,
+                    ping_interval=HEARTBEAT_S,
+                    ping_timeout=3 * HEARTBEAT_S,  # a busy head answers late; a reconnect follows a timeout anyway
+                )
             )
         except Exception as exc:  # noqa: BLE001 - polling still works: say so and go on
             self.log.info("No log stream for Ray job %s (%s); polling its log instead", job_id, exc)
             return None
+        return stream
+
+    def _open(self, job_id: str, follower: LogFollower, streams: contextlib.ExitStack) -> LogStream | None:
+        stream = self.open_log_stream(job_id, streams)
+        if stream is None:
+            follower.failed_to_open()
+        else:
+            follower.opened()
         return stream
 
     def wait_for_job(
@@ -276,13 +292,13 @@ class RayTrainHook(BaseHook):
         """Wait until the job is terminal, handing each batch of new log lines to ``on_lines`` as it comes
         (``follower`` keeps the place in the log and sees the manifest).
 
-        Follows the log stream between status polls (see the module doc). Returns the final job details.
-        Raises ``TimeoutError`` when ``timeout`` seconds pass first.
+        Follows the log stream between status polls (see the module doc), opening it again when it drops.
+        Returns the final job details. Raises ``TimeoutError`` when ``timeout`` seconds pass first.
         """
         follower = follower or LogFollower()
         deadline = None if timeout is None else time.monotonic() + timeout
-        stream = self.open_log_stream(job_id)
-        try:
+        with contextlib.ExitStack() as streams:
+            stream = self._open(job_id, follower, streams)
             while True:
                 info = self.get_job_info(job_id)
                 if JobStatus.ended(info["status"]):
@@ -291,14 +307,14 @@ class RayTrainHook(BaseHook):
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError(f"job {job_id} still {info['status']} after {timeout} s")
                 wait = follower.next_poll(poll_interval)
-                if stream is None:
-                    on_lines(follower.catch_up(self.get_job_logs(job_id)))
-                    time.sleep(wait)
-                else:
+                if stream is None and follower.reconnect_due(poll_interval):
+                    stream = self._open(job_id, follower, streams)
+                if stream is not None:
                     stream = self._follow(stream, follower, on_lines, wait)
-        finally:
-            if stream is not None:
-                stream.close()
+                    continue
+                if follower.polling:
+                    on_lines(follower.catch_up(self.get_job_logs(job_id)))
+                time.sleep(wait)
 
     def _follow(self, stream: LogStream, follower: LogFollower, on_lines: OnLines, wait: float) -> LogStream | None:
         """Read the stream for up to ``wait`` seconds; back early when the job starts finishing. Returns the
@@ -312,8 +328,9 @@ class RayTrainHook(BaseHook):
                 message = stream.recv(timeout=left)
             except TimeoutError:
                 break
-            except ConnectionClosed:
-                follower.closed()
+            except ConnectionClosed as exc:
+                frames = (exc.rcvd, exc.sent)
+                follower.closed(too_big=any(f is not None and f.code == MESSAGE_TOO_BIG for f in frames))
                 return None
             on_lines(follower.feed(message))
             if follower.finishing and not was_finishing:
@@ -488,15 +505,24 @@ class AsyncRayTrainHook(BaseHook):
         session = await self.session()
         settings = await self.get_settings()
         try:
-            # No receive timeout: the stream is quiet while the job prints nothing.
+            # No receive timeout: the stream is quiet while the job prints nothing; the heartbeat keeps it up.
             return await session.ws_connect(
                 jobs_api.log_stream_url(settings.address, job_id),
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=0.2),
-                max_msg_size=0,
+                max_msg_size=MAX_MESSAGE_BYTES,
+                heartbeat=HEARTBEAT_S,
             )
         except Exception as exc:  # noqa: BLE001 - polling still works: say so and go on
             self.log.info("No log stream for Ray job %s (%s); polling its log instead", job_id, exc)
             return None
+
+    async def _open(self, job_id: str, follower: LogFollower) -> aiohttp.ClientWebSocketResponse | None:
+        stream = await self.open_log_stream(job_id)
+        if stream is None:
+            follower.failed_to_open()
+        else:
+            follower.opened()
+        return stream
 
     async def wait_for_job(
         self,
@@ -510,7 +536,7 @@ class AsyncRayTrainHook(BaseHook):
     ) -> dict[str, Any]:
         """Wait until the job is terminal or the Unix time ``deadline`` passes (then its details say it still
         runs), handing each batch of new log lines to ``on_lines``; ``on_status`` hears each new status."""
-        stream = await self.open_log_stream(job_id)
+        stream = await self._open(job_id, follower)
         status = None
         try:
             while True:
@@ -525,11 +551,14 @@ class AsyncRayTrainHook(BaseHook):
                 wait = follower.next_poll(poll_interval)
                 if deadline is not None:
                     wait = max(0.0, min(wait, deadline - time.time()))
-                if stream is None:
-                    on_lines(follower.catch_up(await self.get_job_logs(job_id)))
-                    await asyncio.sleep(wait)
-                else:
+                if stream is None and follower.reconnect_due(poll_interval):
+                    stream = await self._open(job_id, follower)
+                if stream is not None:
                     stream = await self._follow(stream, follower, on_lines, wait)
+                    continue
+                if follower.polling:
+                    on_lines(follower.catch_up(await self.get_job_logs(job_id)))
+                await asyncio.sleep(wait)
         finally:
             if stream is not None:
                 await stream.close()
@@ -547,8 +576,10 @@ class AsyncRayTrainHook(BaseHook):
             except TimeoutError:
                 break
             if message.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                follower.closed()  # Ray closes the stream once the job ended (or the connection broke)
+                # Ray closes the stream once the job ended; a proxy or the network may drop it before.
+                too_big = stream.close_code == MESSAGE_TOO_BIG
                 await stream.close()
+                follower.closed(too_big=too_big)
                 return None
             on_lines(follower.feed(message.data))
             if follower.finishing and not was_finishing:

@@ -26,10 +26,16 @@ from airflow_ray_train.hooks.ray_train import RayTrainHook
 from airflow_ray_train.hooks.resources import cluster_shortfall
 from airflow_ray_train.identity import TRY_KEY, TryIdentity, deployment_id, other_spec, spec_digest
 from airflow_ray_train.links.ray_train import RayJobLink
-from airflow_ray_train.packaging import CodeLookupError, Package, check_train_func_defined, code_package
+from airflow_ray_train.packaging import (
+    CodeLookupError,
+    Package,
+    check_train_func_defined,
+    code_package,
+    spec_package,
+)
 from airflow_ray_train.results import ASSET_EXTRA_KEYS, XCOM_KEYS, job_failure, manifest_to_xcom, read_manifest
 from airflow_ray_train.runtime.spec import SpecError, TrainSpec
-from airflow_ray_train.runtime_env import check_runtime_env
+from airflow_ray_train.runtime_env import check_runtime_env, with_py_modules
 from airflow_ray_train.triggers.ray_train import LOG_TAIL_LINES, RayTrainJobTrigger
 from airflow_ray_train.try_plan import plan_try
 
@@ -417,10 +423,15 @@ class RayTrainOperator(BaseOperator):
         context: Context,
     ) -> str:
         try:
+            shipped_spec = spec_package(spec)
+        except CodeLookupError as exc:
+            raise RayTrainConfigError(str(exc), field="train_loop_config") from exc
+        hook.upload_package(shipped_spec)
+        try:
             job_id = hook.submit_job(
-                entrypoint=hook.runtime_entrypoint(spec.to_arg()),
+                entrypoint=hook.runtime_entrypoint(spec.shipped_arg()),
                 submission_id=spec.submission_id,
-                runtime_env=runtime_env,
+                runtime_env=with_py_modules(runtime_env, [shipped_spec.uri]),
                 metadata=metadata,
                 entrypoint_num_cpus=self.entrypoint_num_cpus,
                 entrypoint_num_gpus=self.entrypoint_num_gpus,

@@ -11,7 +11,9 @@ import base64
 import difflib
 import json
 import math
+import os
 import re
+import sys
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import Any
@@ -81,6 +83,8 @@ _TRAIN_FUNC_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Z
 _RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]*$")
 _URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _B64_PREFIX = "b64:"
+#: The driver's argument for a spec shipped as a file in the job's ``py_modules`` (found on ``sys.path``).
+_SHIPPED_PREFIX = "shipped:"
 #: The job driver prints its manifest on one log line behind this marker, so the Airflow side gets it
 #: through the Jobs API even where it cannot read the cluster's storage.
 MANIFEST_MARKER = "AIRFLOW_RAY_TRAIN_MANIFEST="
@@ -298,15 +302,43 @@ class TrainSpec:
         """The spec as one shell-safe command-line word: ``b64:<urlsafe base64 of the JSON>``."""
         return _B64_PREFIX + base64.urlsafe_b64encode(self.to_json().encode()).decode()
 
+    @property
+    def shipped_file(self) -> str:
+        """The file name the spec travels under, beside the code in the job's ``py_modules``."""
+        return f"_airflow_ray_train_spec_{self.submission_id}.json"
+
+    def shipped_arg(self) -> str:
+        """The driver's argument for the spec shipped as ``shipped_file``: short, whatever the spec's size,
+        and nothing of the configuration on the command line (``ps``, the dashboard)."""
+        return _SHIPPED_PREFIX + self.shipped_file
+
     @classmethod
     def from_arg(cls, arg: str) -> TrainSpec:
-        """Read the driver's argument: ``b64:...`` (what the hook sends), inline JSON, or a JSON file path."""
+        """Read the driver's argument: ``shipped:<file>`` (what the hook sends: a file on ``sys.path``),
+        ``b64:...``, inline JSON, or a JSON file path."""
+        if arg.startswith(_SHIPPED_PREFIX):
+            return cls.from_json(_read_shipped(arg[len(_SHIPPED_PREFIX) :]))
         if arg.startswith(_B64_PREFIX):
             return cls.from_json(base64.urlsafe_b64decode(arg[len(_B64_PREFIX) :].encode()).decode())
         if arg.lstrip().startswith("{"):
             return cls.from_json(arg)
         with open(arg, encoding="utf-8") as handle:
             return cls.from_json(handle.read())
+
+
+def _read_shipped(name: str) -> str:
+    """A shipped spec: Ray puts each ``py_modules`` package's folder on ``sys.path``."""
+    for entry in sys.path:
+        path = os.path.join(entry or ".", name)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as handle:
+                return handle.read()
+    raise SpecError(
+        "TrainSpec",
+        "(document)",
+        f"{name!r} is on no sys.path entry of the job driver",
+        "submit the job through the operator, which ships the spec in runtime_env.py_modules",
+    )
 
 
 @dataclass(frozen=True)

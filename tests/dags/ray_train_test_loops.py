@@ -41,3 +41,11 @@ def slow_counter(config: dict[str, Any]) -> None:
                     json.dump(metrics, handle)
                 saved = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=saved)
+
+
+def count_files(config: dict[str, Any]) -> None:
+    """Reports how many entries ``config["files"]`` has: proof that a large config reached every worker whole."""
+    import ray.train
+
+    files = config["files"]
+    ray.train.report({"files": len(files), "last": files[-1]})

@@ -6,7 +6,9 @@ import asyncio
 import json
 import os
 import shlex
+import socket
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -16,7 +18,7 @@ import pytest
 from airflow_ray_train.hooks.log_follower import LogFollower
 from airflow_ray_train.hooks.ray_train import RayTrainHook
 from airflow_ray_train.packaging import code_package
-from airflow_ray_train.runtime.spec import MANIFEST_MARKER, TrainSpec, manifest_from_log
+from airflow_ray_train.runtime.spec import MANIFEST_MARKER, JobStatus, TrainSpec, manifest_from_log
 
 pytestmark = [pytest.mark.integration]
 
@@ -88,7 +90,38 @@ def test_wait_follows_the_log_stream_and_notices_the_end_without_a_slow_poll(hoo
         line for line in logs.splitlines() if not line.startswith(MANIFEST_MARKER)
     ]
     assert follower.manifest_line == MANIFEST_MARKER + "{}" and follower.offset == len(logs)
-    assert sum(1 for piece in pieces if piece) >= 2
+
+
+_PRINTS_FOR_SIX_SECONDS = (
+    "import time\nfor i in range(12):\n    print(f'line {i}', flush=True)\n    time.sleep(0.5)\n"
+    f"print({MANIFEST_MARKER!r} + '{{}}', flush=True)"
+)
+
+
+def test_a_dropped_log_stream_is_opened_again_and_nothing_is_shown_twice_or_lost(hook, monkeypatch):
+    opened: list[object] = []
+    real_open = hook.open_log_stream
+
+    def open_then_drop_the_first(job_id, streams):
+        stream = real_open(job_id, streams)
+        opened.append(stream)
+        if len(opened) == 1:  # the network (or an idle proxy) cuts the first stream 2 s in
+            threading.Timer(2.0, lambda: stream.socket.shutdown(socket.SHUT_RDWR)).start()
+        return stream
+
+    fetches: list[str] = []
+    real_get_logs = hook.get_job_logs
+    monkeypatch.setattr(hook, "open_log_stream", open_then_drop_the_first)
+    monkeypatch.setattr(hook, "get_job_logs", lambda job_id: fetches.append(job_id) or real_get_logs(job_id))
+    job_id = hook.submit_job(entrypoint=_python(_PRINTS_FOR_SIX_SECONDS), submission_id=_id("dropped"))
+    pieces: list[list[str]] = []
+    info = hook.wait_for_job(job_id, poll_interval=120, on_lines=pieces.append, timeout=300)
+    assert info["status"] == "SUCCEEDED"
+    assert len(opened) >= 2 and all(stream is not None for stream in opened)  # opened again after the drop
+    assert fetches == [job_id]  # the whole log once, at the end: not with every poll after the drop
+    shown = [line for piece in pieces for line in piece]
+    assert shown == [line for line in real_get_logs(job_id).splitlines() if not line.startswith(MANIFEST_MARKER)]
+    assert [line for line in shown if line.startswith("line ")] == [f"line {i}" for i in range(12)]
 
 
 def test_the_trigger_follows_the_log_stream_of_a_real_job(ray_conn, capfd, monkeypatch):
@@ -129,7 +162,7 @@ def test_stop_leaves_the_job_stopped(hook):
         time.sleep(0.3)
     assert hook.get_job_status(job_id) == "RUNNING"
     assert hook.stop_job_and_wait(job_id) == "STOPPED"
-    assert hook.get_job_status(job_id).is_terminal
+    assert JobStatus.ended(hook.get_job_status(job_id))
 
 
 def test_a_repeat_submit_uploads_nothing_and_changed_code_uploads_again(hook, tmp_path, monkeypatch):

@@ -213,3 +213,33 @@ def test_without_a_log_stream_the_trigger_polls_the_whole_log(stub):
     assert event["status"] == "success" and event["log_offset"] == len("a\nb\nc\n")
     assert any(p.endswith("/logs/tail") for p in stub.paths())  # it tried the stream first
     assert sum(p.endswith("/logs") for p in stub.paths()) >= 3
+
+
+def test_a_dropped_stream_is_opened_again_and_the_new_one_skips_what_was_shown(monkeypatch):
+    from airflow_ray_train.hooks import log_follower
+
+    follower = LogFollower()
+    follower.opened()
+    assert follower.feed("epoch 0\nepoch 1\n") == ["epoch 0", "epoch 1"]
+    follower.closed()  # a proxy cut it: poll the status fast, in case the job ended
+    assert follower.finishing and not follower.polling
+    assert not follower.reconnect_due(5.0)  # give the job a moment to say it ended
+    monkeypatch.setattr(log_follower, "RECONNECT_DELAY_S", 0.0)
+    assert follower.reconnect_due(5.0)
+    follower.opened()  # the new stream sends the log from its start
+    assert not follower.finishing
+    assert follower.feed("epoch 0\nepoch 1\nepoch 2\n") == ["epoch 2"]
+
+    follower.feed(MANIFEST_MARKER + "{}\n")
+    follower.closed()  # after the manifest, a close is the job ending: nothing to open again
+    assert not follower.reconnect_due(5.0)
+
+
+def test_without_any_stream_the_log_is_polled_and_after_a_runaway_message_only_read_at_the_end():
+    never = LogFollower()
+    never.failed_to_open()  # a proxy without websockets
+    assert never.polling and not never.reconnect_due(0.0)
+    runaway = LogFollower()
+    runaway.opened()
+    runaway.closed(too_big=True)  # a message over MAX_MESSAGE_BYTES
+    assert runaway.given_up and not runaway.polling and not runaway.reconnect_due(0.0)
