@@ -116,6 +116,7 @@ def start_ray_head(
     temp_dir: str,
     token: str,
     num_cpus: int | None = None,
+    num_gpus: int | None = None,
     dashboard_port: int | None = None,
     log_file: str | None = None,
     timeout: float = 120.0,
@@ -139,6 +140,8 @@ def start_ray_head(
     ]
     if num_cpus is not None:
         cmd.append(f"--num-cpus={num_cpus}")
+    if num_gpus is not None:
+        cmd.append(f"--num-gpus={num_gpus}")
     env = dict(os.environ)
     for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
         env.pop(key, None)
