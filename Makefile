@@ -43,6 +43,15 @@ bench: install
 			$(PY) bench/run.py; \
 	fi
 
+.PHONY: gpu-kit gpu-dryrun
+# The GPU check (gpu/, see the README): `gpu-kit` fetches the wheels the GPU machine lacks into .whl/
+# (git-ignored) and checks they fit in one call; `gpu-dryrun` runs the check on the CPU with this venv.
+gpu-kit: install
+	$(PY) gpu/kit.py
+
+gpu-dryrun: install
+	$(PY) gpu/check.py --out build/gpu-dryrun --run-timeout 400 --deadline 1200
+
 test: lint
 	$(PY) -m pytest tests -q -rs
 

@@ -133,6 +133,7 @@ def start_ray_head(
     temp_dir: str,
     token: str,
     num_cpus: int | None = None,
+    num_gpus: int | None = None,
     dashboard_port: int | None = None,
     log_file: str | None = None,
     timeout: float = 120.0,
@@ -156,6 +157,8 @@ def start_ray_head(
     ]
     if num_cpus is not None:
         cmd.append(f"--num-cpus={num_cpus}")
+    if num_gpus is not None:
+        cmd.append(f"--num-gpus={num_gpus}")
     # Jobs inherit the head's environment: none of Airflow's (connections, keys, secrets) goes to them.
     env = {k: v for k, v in os.environ.items() if not k.startswith(_AIRFLOW_ENV_PREFIXES)}
     for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"):

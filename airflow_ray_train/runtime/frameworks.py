@@ -130,6 +130,20 @@ def _kind(target: Any) -> str:
     return f"a {type(target).__module__}.{type(target).__qualname__}"
 
 
+def worker_device(tag: str) -> Any:
+    """The torch device Ray gave this Train worker, said in the job log (``[tag] worker 0/2 trains on cuda:0
+    (NVIDIA H200)``) so a reader sees where training ran; call it inside the per-worker loop."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    device = ray.train.torch.get_device()
+    context = ray.train.get_context()
+    named = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    print(f"[{tag}] worker {context.get_world_rank()}/{context.get_world_size()} trains on {device}{named}", flush=True)
+    return device
+
+
 def module_of(path: str) -> str:
     """The module part of ``"package.module:Name"``: what the operator must ship for the path to import."""
     return path.partition(":")[0]

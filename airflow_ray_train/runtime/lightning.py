@@ -29,7 +29,13 @@ from dataclasses import asdict, dataclass, field
 from types import ModuleType
 from typing import Any
 
-from airflow_ray_train.runtime.frameworks import FrameworkNotInstalledError, import_class, module_of, require
+from airflow_ray_train.runtime.frameworks import (
+    FrameworkNotInstalledError,
+    import_class,
+    module_of,
+    require,
+    worker_device,
+)
 from airflow_ray_train.runtime.spec import SpecError, check_json_value
 
 #: The declarative loop, for the operator's ``train_func``.
@@ -243,6 +249,7 @@ def train_loop(config: dict[str, Any]) -> None:
 
     spec = LightningConfig.from_train_loop_config(config)
     pl = import_lightning()
+    worker_device("lightning")
     if spec.seed is not None:
         pl.seed_everything(spec.seed, workers=True)
     module = import_class(spec.module, "module", pl.LightningModule)(**spec.module_kwargs)

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from types import ModuleType
 from typing import Any
 
-from airflow_ray_train.runtime.frameworks import import_function, module_of, require
+from airflow_ray_train.runtime.frameworks import import_function, module_of, require, worker_device
 from airflow_ray_train.runtime.spec import SpecError, check_json_value
 
 #: The declarative loop, for the operator's ``train_func``.
@@ -239,6 +239,7 @@ def train_loop(config: dict[str, Any]) -> None:
 
     spec = SequenceClassificationConfig.from_train_loop_config(config)
     transformers = import_transformers()
+    worker_device("transformers")
     train, evaluation = load_splits(spec)
     num_labels = spec.num_labels or infer_num_labels(train, spec.label_column)
     tokenizer = transformers.AutoTokenizer.from_pretrained(spec.tokenizer_name_or_path or spec.model_name_or_path)

@@ -48,12 +48,17 @@ def train_func(config: dict[str, Any]) -> None:
     import ray.train.torch
     from torch.utils.data import DataLoader, TensorDataset
 
+    from airflow_ray_train.runtime.frameworks import worker_device
+
     hidden = int(config.get("hidden", 32))
     epochs = int(config.get("epochs", 5))
     torch.manual_seed(int(config.get("seed", 0)))
 
+    # The device Ray gave this worker (a GPU with use_gpu=True): prepare_model and prepare_data_loader move
+    # the model and the batches there; the validation tensors go there by hand.
+    device = worker_device("pytorch")
     features, labels = make_dataset(int(config.get("train_size", 2000)), seed=1)
-    val_x, val_y = make_dataset(500, seed=2)
+    val_x, val_y = (t.to(device) for t in make_dataset(500, seed=2))
     loader = DataLoader(TensorDataset(features, labels), batch_size=int(config.get("batch_size", 64)), shuffle=True)
     loader = ray.train.torch.prepare_data_loader(loader)
     model = ray.train.torch.prepare_model(build_model(hidden))

@@ -5,10 +5,12 @@ Ray's Transformers guide from a config). These are the DAG's Airflow-side steps:
 dataset with ``load_dataset`` (a hub name such as ``yelp_review_full``, or ``csv`` with ``data_files``) and
 writes train / validation / held-out test CSVs every Ray worker can read; ``evaluate_checkpoint`` loads the
 fine-tuned model from the checkpoint in XCom with ``from_pretrained`` and scores it on the test split.
+``make_tiny_bert`` saves a tiny model to try it all where the hub cannot be reached.
 """
 
 from __future__ import annotations
 
+import csv
 import os
 from typing import Any
 
@@ -78,3 +80,37 @@ def evaluate_checkpoint(
             predictions = model(**inputs).logits.argmax(dim=-1)
             correct += int((predictions == torch.tensor(batch[label_column])).sum())
     return {"test_accuracy": correct / max(len(test), 1), "n": len(test), "model_dir": model_dir(checkpoint_path)}
+
+
+def make_tiny_bert(out_dir: str, csv_path: str, text_column: str = "text", num_labels: int = 2, seed: int = 0) -> str:
+    """Save (``save_pretrained``) a 2-layer BERT with hidden size 32 and a lower-cased word-level vocabulary of
+    the CSV's texts, with its tokenizer, under ``out_dir``; returns ``out_dir`` for ``model_name_or_path``."""
+    import torch
+    import transformers
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    words: set[str] = set()
+    with open(csv_path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            words.update(row[text_column].lower().split())
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(words)]
+    os.makedirs(out_dir, exist_ok=True)
+    vocab_file = os.path.join(out_dir, "vocab.txt")
+    with open(vocab_file, "w") as handle:
+        handle.write("\n".join(vocab) + "\n")
+    # transformers 5 takes the vocabulary as `vocab`; 4.x took `vocab_file`.
+    vocab_arg = "vocab" if int(transformers.__version__.split(".")[0]) >= 5 else "vocab_file"
+    tokenizer = BertTokenizerFast(**{vocab_arg: vocab_file}, do_lower_case=True)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+    )
+    torch.manual_seed(seed)
+    BertForSequenceClassification(config).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir

@@ -24,35 +24,13 @@ REVIEWS = Path(__file__).resolve().parents[1] / "data" / "reviews.csv"
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory) -> str:
     """A 2-layer BERT with hidden size 32 and a word-level vocabulary of the CSV, saved with its tokenizer."""
-    import torch
-    import transformers
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from ray_train_examples.transformers_text import make_tiny_bert
+    from transformers import AutoTokenizer
 
-    path = tmp_path_factory.mktemp("tiny_bert")
-    words: set[str] = set()
-    with REVIEWS.open() as handle:
-        for row in csv.DictReader(handle):
-            words.update(row["text"].lower().split())
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(words)]
-    vocab_file = path / "vocab.txt"
-    vocab_file.write_text("\n".join(vocab) + "\n")
-    # transformers 5 takes the vocabulary as `vocab`; 4.x took `vocab_file`.
-    vocab_arg = "vocab" if int(transformers.__version__.split(".")[0]) >= 5 else "vocab_file"
-    tokenizer = BertTokenizerFast(**{vocab_arg: str(vocab_file)}, do_lower_case=True)
-    assert tokenizer("the food was great")["input_ids"].count(vocab.index("[UNK]")) == 0
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=2,
-    )
-    torch.manual_seed(0)
-    BertForSequenceClassification(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
+    path = make_tiny_bert(str(tmp_path_factory.mktemp("tiny_bert")), str(REVIEWS))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    assert tokenizer.unk_token_id not in tokenizer("the food was great")["input_ids"]
+    return path
 
 
 def _conf(model: str, **overrides: object) -> dict[str, object]:
