@@ -10,12 +10,16 @@ imported is checked to be what the field expects (``import_function``, ``import_
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
+import os
 import sys
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any
+from typing import Any, Self
+
+from airflow_ray_train.runtime.spec import check_keys
 
 #: The pip command for each optional framework, as the error message gives it.
 PIP_INSTALL = {
@@ -147,3 +151,32 @@ def worker_device(tag: str) -> Any:
 def module_of(path: str) -> str:
     """The module part of ``"package.module:Name"``: what the operator must ship for the path to import."""
     return path.partition(":")[0]
+
+
+class DeclarativeConfig:
+    """What the declarative loops' configs (dataclasses) share: they travel as the operator's
+    ``train_loop_config`` and are read back, unknown keys refused with the field list, on every worker."""
+
+    def train_loop_config(self) -> dict[str, Any]:
+        """The operator's ``train_loop_config``."""
+        return dict(dataclasses.asdict(self))  # type: ignore[call-overload]
+
+    @classmethod
+    def from_train_loop_config(cls, config: dict[str, Any]) -> Self:
+        fields = {field.name: None for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        check_keys(cls.__name__, "", config, fields, cls.__name__)
+        return cls(**config)
+
+
+def fit_or_resume(fit: Callable[[str | None], Any], tag: str, inside: str) -> None:
+    """Call ``fit(None)``, or ``fit(<checkpoint>/<inside>)`` when Ray hands back a checkpoint to resume from
+    (a retry, or a worker group restarted after a failure)."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        fit(None)
+        return
+    with checkpoint.as_directory() as ckpt_dir:
+        print(f"[{tag}] resuming from {checkpoint.path}", flush=True)
+        fit(os.path.join(ckpt_dir, inside))

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
 from airflow_ray_train.runtime.frameworks import (
+    DeclarativeConfig,
     FrameworkNotInstalledError,
+    fit_or_resume,
     import_class,
     module_of,
     require,
@@ -164,7 +165,7 @@ def checkpoint_config(monitor: str | None = None, mode: str = "min", top_k: int 
 
 
 @dataclass(frozen=True)
-class LightningConfig:
+class LightningConfig(DeclarativeConfig):
     """A declarative Lightning run for :data:`LIGHTNING_TRAIN_LOOP` (JSON values; templated strings are
     fine, they are rendered before the spec is built).
 
@@ -219,10 +220,6 @@ class LightningConfig:
                 )
         checkpoint_config(self.monitor, self.mode, self.top_k)
 
-    def train_loop_config(self) -> dict[str, Any]:
-        """The operator's ``train_loop_config``."""
-        return asdict(self)
-
     def checkpoint_config(self) -> dict[str, Any]:
         """``run_config["checkpoint_config"]``: ``monitor``/``mode``/``top_k`` as Ray's ``CheckpointConfig``."""
         return checkpoint_config(self.monitor, self.mode, self.top_k)
@@ -231,21 +228,10 @@ class LightningConfig:
         """The modules holding your classes: the operator's ``ship_modules``."""
         return [module_of(path) for path in (self.module, self.datamodule) if path]
 
-    @classmethod
-    def from_train_loop_config(cls, config: dict[str, Any]) -> LightningConfig:
-        allowed = set(cls.__dataclass_fields__)
-        unknown = sorted(set(config) - allowed)
-        if unknown:
-            raise SpecError(
-                "LightningConfig", unknown[0], "is not a LightningConfig field", f"use one of {sorted(allowed)}"
-            )
-        return cls(**config)
-
 
 def train_loop(config: dict[str, Any]) -> None:
     """The declarative per-worker loop: build the module and data module, fit with Ray's strategy, report
     and checkpoint every epoch, and resume from Ray's latest checkpoint when a retry hands one back."""
-    import ray.train
 
     spec = LightningConfig.from_train_loop_config(config)
     pl = import_lightning()
@@ -264,13 +250,7 @@ def train_loop(config: dict[str, Any]) -> None:
         progress_every_n_steps=spec.progress_every_n_steps,
         **spec.trainer_kwargs,
     )
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        trainer.fit(module, datamodule=datamodule)
-        return
-    with checkpoint.as_directory() as ckpt_dir:
-        print(f"[lightning] resuming from {checkpoint.path}", flush=True)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=os.path.join(ckpt_dir, CHECKPOINT_FILE))
+    fit_or_resume(lambda ckpt: trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt), "lightning", CHECKPOINT_FILE)
 
 
 def checkpoint_file(checkpoint_path: str) -> str:

@@ -105,7 +105,7 @@ def _type_names(types: tuple[type, ...]) -> str:
     return " or ".join(t.__name__ for t in types)
 
 
-def _check_keys(document: str, prefix: str, given: dict[str, Any], allowed: dict[str, Any], what: str) -> None:
+def check_keys(document: str, prefix: str, given: dict[str, Any], allowed: dict[str, Any], what: str) -> None:
     for key in given:
         if key in allowed:
             continue
@@ -220,7 +220,7 @@ class TrainSpec:
 
     def _check_scaling_config(self) -> None:
         doc, sc = "TrainSpec", self.scaling_config
-        _check_keys(doc, "scaling_config.", sc, SCALING_CONFIG_FIELDS, "ray.train.ScalingConfig")
+        check_keys(doc, "scaling_config.", sc, SCALING_CONFIG_FIELDS, "ray.train.ScalingConfig")
         _check_types(doc, "scaling_config.", sc, SCALING_CONFIG_FIELDS)
         workers = sc.get("num_workers")
         if workers is not None and workers < 1:
@@ -239,7 +239,7 @@ class TrainSpec:
 
     def _check_run_config(self) -> None:
         doc, rc = "TrainSpec", self.run_config
-        _check_keys(doc, "run_config.", rc, RUN_CONFIG_FIELDS, "ray.train.RunConfig")
+        check_keys(doc, "run_config.", rc, RUN_CONFIG_FIELDS, "ray.train.RunConfig")
         _check_types(doc, "run_config.", rc, RUN_CONFIG_FIELDS)
         storage = rc.get("storage_path")
         if storage is not None and not (_is_uri(storage) or storage.startswith(("/", "~"))):
@@ -253,7 +253,7 @@ class TrainSpec:
         if name is not None and (not _RUN_NAME_RE.match(name) or len(name) > 200):
             raise SpecError(doc, "run_config.name", f"is {name!r}", "use letters, digits, '_', '.', '=' and '-'")
         checkpoint = rc.get("checkpoint_config") or {}
-        _check_keys(
+        check_keys(
             doc, "run_config.checkpoint_config.", checkpoint, CHECKPOINT_CONFIG_FIELDS, "ray.train.CheckpointConfig"
         )
         _check_types(doc, "run_config.checkpoint_config.", checkpoint, CHECKPOINT_CONFIG_FIELDS)
@@ -271,7 +271,7 @@ class TrainSpec:
                 doc, "run_config.checkpoint_config.checkpoint_score_order", f"is {order!r}", "use 'max' or 'min'"
             )
         failure = rc.get("failure_config") or {}
-        _check_keys(doc, "run_config.failure_config.", failure, FAILURE_CONFIG_FIELDS, "ray.train.FailureConfig")
+        check_keys(doc, "run_config.failure_config.", failure, FAILURE_CONFIG_FIELDS, "ray.train.FailureConfig")
         _check_types(doc, "run_config.failure_config.", failure, FAILURE_CONFIG_FIELDS)
         for key in ("max_failures", "controller_failure_limit", "max_preemption_failures"):
             value = failure.get(key)
@@ -390,7 +390,7 @@ class ResultManifest:
         if self.status == "SUCCEEDED" and self.error is not None:
             raise SpecError(doc, "error", "is set on a SUCCEEDED manifest", "leave error None when the run succeeded")
         if self.error is not None:
-            _check_keys(doc, "error.", self.error, {"type": 0, "message": 0, "traceback": 0}, "error")
+            check_keys(doc, "error.", self.error, {"type": 0, "message": 0, "traceback": 0}, "error")
         if not isinstance(self.metrics, dict):
             raise SpecError(doc, "metrics", f"is a {type(self.metrics).__name__}", "pass a dict")
         check_json_value(doc, "metrics", self.metrics)
@@ -419,7 +419,7 @@ class ResultManifest:
 def _checkpoint_record(data: Any) -> CheckpointRecord:
     if not isinstance(data, dict):
         raise SpecError("ResultManifest", "best_checkpoints[]", f"is a {type(data).__name__}", "use {path, metrics}")
-    _check_keys("ResultManifest", "best_checkpoints[].", data, {"path": 0, "metrics": 0}, "checkpoint record")
+    check_keys("ResultManifest", "best_checkpoints[].", data, {"path": 0, "metrics": 0}, "checkpoint record")
     return CheckpointRecord(path=str(data["path"]), metrics=dict(data.get("metrics") or {}))
 
 
@@ -436,7 +436,7 @@ def _document_kwargs(document: str, cls: type, data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SpecError(document, "(document)", f"is a {type(data).__name__}", "send a JSON object")
     allowed = {f.name: None for f in fields(cls)}
-    _check_keys(document, "", data, allowed, document)
+    check_keys(document, "", data, allowed, document)
     version = data.get("schema_version", SCHEMA_VERSION)
     if version != SCHEMA_VERSION:
         raise SpecError(

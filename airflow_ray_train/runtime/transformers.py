@@ -29,7 +29,14 @@ from dataclasses import asdict, dataclass, field
 from types import ModuleType
 from typing import Any
 
-from airflow_ray_train.runtime.frameworks import import_function, module_of, require, worker_device
+from airflow_ray_train.runtime.frameworks import (
+    DeclarativeConfig,
+    fit_or_resume,
+    import_function,
+    module_of,
+    require,
+    worker_device,
+)
 from airflow_ray_train.runtime.spec import SpecError, check_json_value
 
 #: The declarative loop, for the operator's ``train_func``.
@@ -103,7 +110,7 @@ def accuracy_metrics(eval_pred: Any) -> dict[str, float]:
 
 
 @dataclass(frozen=True)
-class SequenceClassificationConfig:
+class SequenceClassificationConfig(DeclarativeConfig):
     """A declarative sequence-classification fine-tuning for :data:`TRANSFORMERS_TRAIN_LOOP` (JSON values).
 
     :param model_name_or_path: a hub model id (``"bert-base-cased"``) or a local directory.
@@ -167,26 +174,9 @@ class SequenceClassificationConfig:
         check_json_value(doc, "training_args", self.training_args)
         check_json_value(doc, "data_files", self.data_files)
 
-    def train_loop_config(self) -> dict[str, Any]:
-        """The operator's ``train_loop_config``."""
-        return asdict(self)
-
     def code_modules(self) -> list[str]:
         """Modules your config names (``compute_metrics``): the operator's ``ship_modules``."""
         return [module_of(self.compute_metrics)] if self.compute_metrics else []
-
-    @classmethod
-    def from_train_loop_config(cls, config: dict[str, Any]) -> SequenceClassificationConfig:
-        allowed = set(cls.__dataclass_fields__)
-        unknown = sorted(set(config) - allowed)
-        if unknown:
-            raise SpecError(
-                "SequenceClassificationConfig",
-                unknown[0],
-                "is not a SequenceClassificationConfig field",
-                f"use one of {sorted(allowed)}",
-            )
-        return cls(**config)
 
 
 def load_splits(spec: SequenceClassificationConfig) -> tuple[Any, Any]:
@@ -235,7 +225,6 @@ def tokenize(dataset: Any, tokenizer: Any, spec: SequenceClassificationConfig) -
 def train_loop(config: dict[str, Any]) -> None:
     """The declarative per-worker loop (Ray's Transformers guide, from a config): load, tokenize, fine-tune
     with ``Trainer`` + ``RayTrainReportCallback``, resume from Ray's latest checkpoint when one is handed back."""
-    import ray.train
 
     spec = SequenceClassificationConfig.from_train_loop_config(config)
     transformers = import_transformers()
@@ -263,13 +252,7 @@ def train_loop(config: dict[str, Any]) -> None:
         compute_metrics=compute_metrics,
     )
     trainer = add_ray_reporting(trainer)
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        trainer.train()
-        return
-    with checkpoint.as_directory() as ckpt_dir:
-        print(f"[transformers] resuming from {checkpoint.path}", flush=True)
-        trainer.train(resume_from_checkpoint=os.path.join(ckpt_dir, CHECKPOINT_DIR))
+    fit_or_resume(lambda ckpt: trainer.train(resume_from_checkpoint=ckpt), "transformers", CHECKPOINT_DIR)
 
 
 def model_dir(checkpoint_path: str) -> str:
