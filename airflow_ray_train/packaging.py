@@ -278,7 +278,7 @@ def spec_package(spec: TrainSpec) -> Package:
     if len(text.encode()) > MAX_PACKAGE_BYTES:
         raise CodeLookupError(
             f"the TrainSpec is {_human(len(text.encode()))} as JSON (train_loop_config "
-            f"{_human(len(json.dumps(spec.train_loop_config).encode()))}), over the {_human(MAX_PACKAGE_BYTES)} a "
+            f"{_human(len(json.dumps(spec.train_loop_config, separators=(',', ':')).encode()))}), over the {_human(MAX_PACKAGE_BYTES)} a "
             "package shipped to the cluster may hold. Fix: put the data in storage every node reads (a path or a "
             "URI such as s3://...) and pass its location in train_loop_config; read it inside train_func."
         )
