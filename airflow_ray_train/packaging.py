@@ -276,11 +276,12 @@ def spec_package(spec: TrainSpec) -> Package:
     ``train_loop_config``, where size comes from) when it is over what a package may hold."""
     text = spec.to_json()
     if len(text.encode()) > MAX_PACKAGE_BYTES:
+        config = json.dumps(spec.train_loop_config, separators=(",", ":")).encode()
         raise CodeLookupError(
-            f"the TrainSpec is {_human(len(text.encode()))} as JSON (train_loop_config "
-            f"{_human(len(json.dumps(spec.train_loop_config, separators=(',', ':')).encode()))}), over the {_human(MAX_PACKAGE_BYTES)} a "
-            "package shipped to the cluster may hold. Fix: put the data in storage every node reads (a path or a "
-            "URI such as s3://...) and pass its location in train_loop_config; read it inside train_func."
+            f"the TrainSpec is {_human(len(text.encode()))} as JSON (train_loop_config {_human(len(config))}), "
+            f"over the {_human(MAX_PACKAGE_BYTES)} a package shipped to the cluster may hold. Fix: put the data in "
+            "storage every node reads (a path or a URI such as s3://...) and pass its location in "
+            "train_loop_config; read it inside train_func."
         )
     return build_zip(f"the TrainSpec of {spec.submission_id}", [(spec.shipped_file, text)])
 
