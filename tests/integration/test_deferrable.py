@@ -123,7 +123,7 @@ def test_defer_timeout_stops_the_job_and_its_workers(hook, airflow_db):
     assert states(dag_run) == {"train_times_out": "failed"}
     error = failure("test_ray_train_defer_timeout", "train_times_out")
     assert error["type"] == "AirflowTaskTimeout"
-    assert "execution_timeout (0:00:30)" in error["message"] and "has been stopped (now STOPPED)" in error["message"]
+    assert "execution_timeout (0:01:00)" in error["message"] and "has been stopped (now STOPPED)" in error["message"]
     (job,) = jobs_of(hook, "test_ray_train_defer_timeout", dag_run.run_id)
     assert_stopped_without_workers(hook, job["submission_id"], seen)
 
