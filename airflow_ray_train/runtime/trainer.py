@@ -69,6 +69,10 @@ class StopSignal:
         self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 
+    def take_back(self) -> None:
+        """Install the handler again: ``ray.init()`` replaces it with its own (``sys.exit``)."""
+        signal.signal(signal.SIGTERM, self._handle)
+
     def __exit__(self, *exc: object) -> None:
         signal.signal(signal.SIGTERM, self._previous)
 
@@ -134,7 +138,7 @@ def failure_config_kwargs(given: dict[str, Any] | None) -> dict[str, Any]:
     return kwargs
 
 
-def fit(spec: TrainSpec, paths: RunPaths) -> FitOutcome:
+def fit(spec: TrainSpec, paths: RunPaths, stop: StopSignal) -> FitOutcome:
     """Build the ``TorchTrainer`` the spec describes and fit it; every failure becomes the outcome's error."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -147,6 +151,7 @@ def fit(spec: TrainSpec, paths: RunPaths) -> FitOutcome:
     try:
         if not ray.is_initialized():
             ray.init(log_to_driver=True)
+        stop.take_back()
         outcome.recorder = make_recorder()
         train_func = load_train_func(spec.train_func)
         rc = dict(spec.run_config)
@@ -214,10 +219,10 @@ def run(spec: TrainSpec) -> ResultManifest:
     started = time.time()
     paths = RunPaths.of(spec, DEFAULT_STORAGE_PATH)
     with StopSignal() as stop:
-        outcome = fit(spec, paths)
+        outcome = fit(spec, paths, stop)
         stop.raising = False
         if stop.requested and outcome.status == "FAILED":
-            # Ray's blocking calls turn the signal into a SystemExit of their own: it is still a stop.
+            # Ray's blocking calls may turn the handler's exception into one of their own: still a stop.
             outcome.status, outcome.error = "STOPPED", _error_dict(JobStopped("the Ray job was stopped (SIGTERM)"))
         stopping = stop.requested or outcome.status == "STOPPED"
         reports = (

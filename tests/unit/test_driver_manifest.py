@@ -66,3 +66,13 @@ def test_only_the_task_process_starts_the_embedded_head(tmp_path, monkeypatch):
     with pytest.raises(RayTrainClusterError, match="no embedded local Ray head is running"):
         asyncio.run(AsyncRayTrainHook().get_settings())  # what the triggerer runs
     assert not (tmp_path / "embedded" / "cluster.json").exists()
+
+
+def test_the_stop_handler_survives_ray_init_taking_sigterm():
+    """``ray.init()`` installs a SIGTERM handler of its own (``sys.exit``); the driver takes it back."""
+    with StopSignal() as stop:
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)  # what ray.init() does, in effect
+        stop.take_back()
+        with pytest.raises(JobStopped):
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested
