@@ -115,6 +115,20 @@ def free_port(preferred: int | None = None) -> int:
     raise OSError("no free port")
 
 
+def free_ports(count: int, besides: int = 0) -> list[int]:
+    """``count`` distinct free ports, none of them ``besides``: each socket stays bound until all are picked
+    (one at a time, the OS may hand back the same port twice)."""
+    with contextlib.ExitStack() as stack:
+        picked: list[int] = []
+        while len(picked) < count:
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+            if port != besides:
+                picked.append(port)
+        return picked
+
+
 def ray_executable() -> str:
     """The ``ray`` CLI of the interpreter running Airflow, so jobs run with the same Python and packages."""
     beside = Path(sys.executable).parent / "ray"
@@ -142,7 +156,7 @@ def start_ray_head(
     """Start ``ray start --head --block`` in its own session and wait until its Jobs API answers."""
     os.makedirs(temp_dir, exist_ok=True)
     dash_port = free_port(dashboard_port)
-    ports = {flag: free_port() for flag in _PORT_FLAGS}
+    ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS), besides=dash_port), strict=True))
     cmd = [
         ray_executable(),
         "start",

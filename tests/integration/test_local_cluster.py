@@ -83,3 +83,11 @@ def test_the_embedded_head_keeps_to_loopback_and_airflows_secrets_from_its_jobs(
     finally:
         cluster.stop()
         RayHead(**{**json.loads(json.dumps(head.__dict__))}).stop()
+
+
+def test_the_ports_a_head_gets_are_all_different():
+    from airflow_ray_train.local_cluster import free_ports
+
+    for _ in range(20):
+        ports = free_ports(8, besides=8265)
+        assert len(set(ports)) == 8 and 8265 not in ports
