@@ -129,6 +129,7 @@ class Storage:
 
 def _make_recorder_actor() -> Any:
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     @ray.remote(num_cpus=0)
     class ReportRecorder:
@@ -144,7 +145,10 @@ def _make_recorder_actor() -> Any:
         def get(self) -> list[dict[str, Any]]:
             return self.reports
 
-    return ReportRecorder.remote()  # type: ignore[attr-defined]
+    # Pinned to the driver's node: anywhere else, losing that node would fail the run even where Ray Train
+    # restarts its workers from the latest checkpoint.
+    driver_node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return ReportRecorder.options(scheduling_strategy=driver_node).remote()  # type: ignore[attr-defined]
 
 
 def _make_report_callback(recorder: Any) -> Any:
