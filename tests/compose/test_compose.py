@@ -129,6 +129,18 @@ def published_ports(service: dict[str, Any]) -> dict[int, int]:
     return ports
 
 
+def published_addresses(service: dict[str, Any], env: dict[str, str] | None = None) -> dict[int, str]:
+    """container port -> the host address it is published on (Docker's default, every interface, if none)."""
+    addresses = {}
+    for port in service.get("ports") or []:
+        if isinstance(port, dict):
+            addresses[int(port["target"])] = port.get("host_ip") or "0.0.0.0"
+        else:
+            parts = interpolate(str(port), env).split(":")
+            addresses[int(parts[-1].split("/")[0])] = parts[0] if len(parts) == 3 else "0.0.0.0"
+    return addresses
+
+
 def dockerfile_args(path: Path) -> dict[str, str]:
     return dict(re.findall(r"^ARG\s+(\w+)=(\S*)\s*$", path.read_text(), flags=re.MULTILINE))
 
@@ -339,6 +351,21 @@ def test_published_ports_are_unique_and_include_the_ui_and_the_dashboard(variant
     assert len(host_ports) == len(set(host_ports)), f"a host port is published twice: {host_ports}"
     assert published_ports(stack["airflow-apiserver"]) == {8080: 8080}
     assert published_ports(stack["ray-head"]) == {8265: 8265}
+
+
+@pytest.mark.parametrize("variant", ["cpu", "gpu"])
+def test_published_ports_listen_on_localhost_unless_the_user_exposes_them(variant, services, gpu_services):
+    """The stack's defaults (admin / admin, a known Ray token) are public: by default only this machine may
+    reach the UI and the Jobs API; PUBLISH_ADDRESS (documented in .env.example) exposes them."""
+    stack = services if variant == "cpu" else gpu_services
+    published = {name: published_addresses(service) for name, service in stack.items() if service.get("ports")}
+    assert published, "nothing is published"
+    for name, addresses in published.items():
+        for port, address in addresses.items():
+            assert address == "127.0.0.1", f"{name} publishes {port} on {address} by default"
+        exposed = published_addresses(stack[name], {"PUBLISH_ADDRESS": "0.0.0.0"})
+        assert set(exposed.values()) == {"0.0.0.0"}, f"{name}: PUBLISH_ADDRESS=0.0.0.0 does not expose it"
+    assert "PUBLISH_ADDRESS=127.0.0.1" in ENV_EXAMPLE.read_text().splitlines()
 
 
 def test_env_example_and_the_compose_defaults_agree():
