@@ -133,6 +133,20 @@ class ComposeProject:
     def exec(self, service: str, *command: str, timeout: float = 120) -> str:
         return self.run("exec", "-T", service, *command, timeout=timeout).stdout
 
+    def up(self, services: tuple[str, ...], one_shot: tuple[str, ...] = (), timeout: float = 600) -> None:
+        """``up --detach``, again while Compose gives up on a dependency that is slow to turn healthy (Docker
+        keeps checking it); a failed one-shot service or the deadline ends it with the services' last logs."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.run("up", "--detach", "--no-build", timeout=max(deadline - time.monotonic(), 60))
+                return
+            except StackError as exc:
+                failed = self._failed(one_shot, self.services())
+                if failed or time.monotonic() > deadline:
+                    raise StackError(f"{exc}\n{self.report(failed or [*one_shot, *services])}") from exc
+            time.sleep(10)
+
     def wait_until_healthy(
         self, services: tuple[str, ...], one_shot: tuple[str, ...] = (), timeout: float = 600
     ) -> None:
@@ -141,11 +155,7 @@ class ComposeProject:
         deadline = time.monotonic() + timeout
         while True:
             records = self.services()
-            failed = [
-                name
-                for name in one_shot
-                if records.get(name, {}).get("State") == "exited" and records[name].get("ExitCode") != 0
-            ]
+            failed = self._failed(one_shot, records)
             pending = [name for name in one_shot if records.get(name, {}).get("State") != "exited"]
             pending += [
                 name
@@ -158,6 +168,15 @@ class ComposeProject:
                 why = "failed" if failed else f"did not come up within {timeout:.0f} s"
                 raise StackError(f"The stack {why}:\n" + self.report(failed or pending, records))
             time.sleep(3)
+
+    @staticmethod
+    def _failed(one_shot: tuple[str, ...], records: dict[str, dict[str, Any]]) -> list[str]:
+        """The one-shot services that exited with an error."""
+        return [
+            name
+            for name in one_shot
+            if records.get(name, {}).get("State") == "exited" and records[name].get("ExitCode") != 0
+        ]
 
     def report(self, names: list[str], records: dict[str, dict[str, Any]] | None = None) -> str:
         """Each named service's state and its last log lines."""

@@ -30,7 +30,7 @@ from compose_support import (
 STANDIN_BUILD_TIMEOUT = 1800
 #: A cold build of the project's images (torch and the example frameworks twice) takes about 6 minutes here.
 IMAGE_BUILD_TIMEOUT = 2400
-UP_TIMEOUT = 600
+UP_TIMEOUT = 900
 HEALTHY_TIMEOUT = 900
 
 
@@ -99,9 +99,6 @@ def running_stack(compose_project: ComposeProject) -> Iterator[ComposeProject]:
             docker_cleanup=["down --volumes --remove-orphans --timeout 30"],
         ):
             project.run("build", timeout=IMAGE_BUILD_TIMEOUT)
-            try:
-                project.run("up", "--detach", "--no-build", timeout=UP_TIMEOUT)
-            except StackError as exc:
-                raise StackError(f"{exc}\n{project.report([*ONE_SHOT, *LONG_RUNNING])}") from exc
+            project.up(LONG_RUNNING, one_shot=ONE_SHOT, timeout=UP_TIMEOUT)
             project.wait_until_healthy(LONG_RUNNING, one_shot=ONE_SHOT, timeout=HEALTHY_TIMEOUT)
             yield project

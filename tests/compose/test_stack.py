@@ -210,6 +210,9 @@ def test_every_service_is_healthy_and_the_ray_head_sees_two_nodes(stack):
     for component in ("metadatabase", "scheduler", "triggerer", "dag_processor"):
         assert health[component]["status"] == "healthy", health
     assert len(stack.alive_nodes()) == 2
+    for service in RAY_SERVICES:
+        log = stack.compose.run("logs", "--no-color", service).stdout
+        assert "The object store is using" not in log, f"{service}: Ray's object store is not in /dev/shm"
     # Published on this machine only, by default.
     for service, port in (("airflow-apiserver", 8080), ("ray-head", 8265)):
         address = stack.compose.run("port", service, str(port)).stdout.strip()
