@@ -55,5 +55,12 @@ gpu-dryrun: install
 test: lint
 	$(PY) -m pytest tests -q -rs
 
+.PHONY: compose-test
+# The docker-compose stack for real (tests/compose/; part of `make test` too). Needs a Docker engine and Compose
+# v2: as root on Debian 12, scripts/docker-engine.sh installs and starts both. Without them it skips (fails
+# under CI=true).
+compose-test: install
+	$(PY) -m pytest tests/compose -q -rs
+
 clean:
 	rm -rf $(VENV) .demo

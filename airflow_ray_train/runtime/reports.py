@@ -38,6 +38,7 @@ def json_safe(value: Any) -> Any:
 def make_recorder() -> Any:
     """The actor that keeps the reports (``record``, ``get``); lives as long as the driver."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     @ray.remote(num_cpus=0)
     class ReportRecorder:
@@ -53,7 +54,10 @@ def make_recorder() -> Any:
         def get(self) -> list[dict[str, Any]]:
             return self.reports
 
-    return ReportRecorder.remote()  # type: ignore[attr-defined]
+    # Pinned to the driver's node: anywhere else, losing that node would fail the run even where Ray Train
+    # restarts its workers from the latest checkpoint.
+    driver_node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return ReportRecorder.options(scheduling_strategy=driver_node).remote()  # type: ignore[attr-defined]
 
 
 def make_report_callback(recorder: Any) -> Any:

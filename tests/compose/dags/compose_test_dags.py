@@ -1,0 +1,44 @@
+"""DAGs the docker-compose stack test runs besides the example DAGs (a second DAG bundle there, see
+tests/compose/docker-compose.standin.yml): a training long enough to break the stack while it runs.
+
+``slow_counter`` takes ``sleep_s`` per epoch, checkpoints every epoch and resumes from the latest checkpoint;
+its ``total`` metric comes out right only if every resume carried the state on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timedelta
+from typing import Any
+
+from airflow.sdk import DAG, task
+from ray_train_test_loops import STATE_FILE
+
+from airflow_ray_train.operators.ray_train import RayTrainOperator
+
+with DAG(
+    dag_id="compose_test_slow_train",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    params={"epochs": 12, "sleep_s": 2.0},
+):
+    train = RayTrainOperator(
+        task_id="train",
+        train_func="ray_train_test_loops:slow_counter",
+        train_loop_config={"epochs": "{{ params.epochs }}", "sleep_s": "{{ params.sleep_s }}"},
+        scaling_config={"num_workers": 2},
+        run_config={"failure_config": {"max_failures": 2}},
+        poll_interval=2.0,
+        retries=2,
+        retry_delay=timedelta(seconds=5),
+    )
+
+    @task
+    def read_checkpoint(checkpoint_path: str) -> dict[str, Any]:
+        """In the Airflow container: open the checkpoint the Ray side wrote on the shared volume."""
+        with open(os.path.join(checkpoint_path, STATE_FILE)) as handle:
+            return json.load(handle)
+
+    read_checkpoint(train.output["checkpoint_path"])

@@ -1,0 +1,373 @@
+"""The docker-compose stack for real: docker-compose.yml built (on the stand-in base images where the official
+ones cannot be pulled, see tests/compose/docker-compose.standin.yml) and started with pytest-docker, then
+driven as a user would, through Airflow's REST API, the Ray Jobs API and ``docker compose``.
+
+The tests share one stack and run in order: the example DAGs first, then the faults (a triggerer restart
+while a task is deferred, a scheduler restart and a killed Ray worker while a task trains). Skipped with the
+reason where no Docker engine answers; under CI (``CI=true``) they fail instead.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+import pytest
+from compose_support import LONG_RUNNING, RAY_SERVICES, ComposeProject, StackError
+
+from airflow_ray_train.runtime.trainer import REPORT_PREFIX
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(3600)]
+
+PYTORCH_DAG = "example_ray_train_pytorch"
+ASSET_PRODUCER_DAG = "example_ray_train_asset_producer"
+ASSET_DEPLOY_DAG = "example_ray_train_asset_deploy"
+#: tests/compose/dags/compose_test_dags.py: slow_counter, an epoch of ``sleep_s`` seconds and a checkpoint each.
+SLOW_DAG = "compose_test_slow_train"
+SLOW_EPOCHS = 12
+RUN_TIMEOUT = 900
+TERMINAL_JOB_STATES = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 2.0) -> Any:
+    """``check()``'s first truthy result; HTTP errors count as "not yet"."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except httpx.HTTPError as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class Stack:
+    """The running stack: Compose, Airflow's REST API (logged in as the admin) and the Ray Jobs API."""
+
+    compose: ComposeProject
+    api: httpx.Client
+    ray: httpx.Client
+
+    # -- Airflow ---------------------------------------------------------------------------------------------
+
+    def run_path(self, dag_id: str, run_id: str) -> str:
+        return f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}"
+
+    def wait_parsed(self, dag_id: str) -> None:
+        def parsed() -> bool:
+            if self.api.get(f"/api/v2/dags/{dag_id}").status_code == 200:
+                return True
+            errors = self.api.get("/api/v2/importErrors").json().get("import_errors", [])
+            assert not errors, f"the dag-processor failed to import DAGs: {errors}"
+            return False
+
+        wait_for(f"{dag_id} to be parsed", parsed, 300)
+
+    def unpause(self, dag_id: str) -> None:
+        self.wait_parsed(dag_id)
+        self.api.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
+
+    def dag_runs(self, dag_id: str) -> list[dict[str, Any]]:
+        return self.api.get(f"/api/v2/dags/{dag_id}/dagRuns").raise_for_status().json()["dag_runs"]
+
+    def scheduled_run(self, dag_id: str) -> str:
+        """Unpause a scheduled DAG and return the run the scheduler makes (its latest interval)."""
+        self.unpause(dag_id)
+        runs = wait_for(f"the scheduler to start a run of {dag_id}", lambda: self.dag_runs(dag_id), 120)
+        assert len(runs) == 1, runs
+        return str(runs[0]["dag_run_id"])
+
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
+        self.unpause(dag_id)
+        response = self.api.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}})
+        assert response.status_code == 200, response.text
+        return str(response.json()["dag_run_id"])
+
+    def task_instance(self, dag_id: str, run_id: str, task_id: str) -> dict[str, Any]:
+        return self.api.get(f"{self.run_path(dag_id, run_id)}/taskInstances/{task_id}").raise_for_status().json()
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+        response = self.api.get(
+            f"{self.run_path(dag_id, run_id)}/taskInstances/{task_id}/xcomEntries/{key}",
+            params={"deserialize": True, "stringify": False},
+        )
+        return response.raise_for_status().json()["value"]
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = RUN_TIMEOUT) -> None:
+        """Wait for the run to succeed; fail with each task's state and the failed tries' logs otherwise."""
+
+        def finished() -> str | None:
+            state = self.api.get(self.run_path(dag_id, run_id)).raise_for_status().json()["state"]
+            return state if state in ("success", "failed") else None
+
+        state = wait_for(f"{dag_id} run {run_id}", finished, timeout, interval=3)
+        if state != "success":
+            pytest.fail(f"{dag_id} run {run_id} ended {state}:\n{self.run_report(dag_id, run_id)}")
+
+    def run_report(self, dag_id: str, run_id: str) -> str:
+        """Each task's state, and the log of every try of the tasks that failed."""
+        instances = self.api.get(f"{self.run_path(dag_id, run_id)}/taskInstances").json()["task_instances"]
+        report = []
+        for ti in instances:
+            report.append(f"{ti['task_id']}: {ti['state']} (try {ti['try_number']})")
+            if ti["state"] in ("failed", "up_for_retry"):
+                for attempt in range(1, ti["try_number"] + 1):
+                    report.append(f"--- try {attempt}:\n{self.task_log(dag_id, run_id, ti['task_id'], attempt)}")
+        return "\n".join(report)
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
+        """The end of one try's log: each event, and the exception a failed try raised."""
+        response = self.api.get(
+            f"{self.run_path(dag_id, run_id)}/taskInstances/{task_id}/logs/{try_number}",
+            params={"full_content": True},
+        )
+        lines = []
+        for event in response.json().get("content", []):
+            if isinstance(event, dict):
+                lines.append(f"{event.get('timestamp', '')} {event.get('level', '')} {event.get('event', '')}")
+                lines += [f"{error['exc_type']}: {error['exc_value']}" for error in event.get("error_detail") or []]
+            else:
+                lines.append(str(event))
+        return "\n".join(lines)[-6000:]
+
+    # -- Ray -------------------------------------------------------------------------------------------------
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self.ray.get(f"/api/jobs/{job_id}").raise_for_status().json()
+
+    def job_reports(self, job_id: str) -> int:
+        """How many ``ray.train.report``s the job's log shows so far (the runtime echoes each)."""
+        logs = self.ray.get(f"/api/jobs/{job_id}/logs").raise_for_status().json()["logs"]
+        return sum(REPORT_PREFIX in line for line in logs.splitlines())
+
+    def alive_nodes(self) -> set[str]:
+        output = self.compose.exec("ray-head", "ray", "list", "nodes", "--format", "json")
+        return {node["node_id"] for node in json.loads(output) if node["state"] == "ALIVE"}
+
+    def train_worker_nodes(self, job_id: str) -> set[str]:
+        """The nodes the job's Ray Train workers ran on (Ray's state API keeps the actors of ended jobs)."""
+        ray_job_id = self.job(job_id)["job_id"]
+        actors = self.ray.get(
+            "/api/v0/actors",
+            params={
+                "filter_keys": "job_id",
+                "filter_predicates": "=",
+                "filter_values": ray_job_id,
+                "detail": "true",
+                "limit": 1000,
+            },
+        )
+        records = actors.raise_for_status().json()["data"]["result"]["result"]
+        return {actor["node_id"] for actor in records if actor["class_name"] == "RayTrainWorker"}
+
+    def wait_for_two_nodes(self) -> set[str]:
+        self.compose.wait_until_healthy(RAY_SERVICES, timeout=300)
+
+        def two_nodes() -> set[str] | None:
+            nodes = self.alive_nodes()
+            return nodes if len(nodes) == 2 else None
+
+        return wait_for("two alive Ray nodes", two_nodes, 120)
+
+
+@pytest.fixture(scope="module")
+def stack(running_stack: ComposeProject) -> Iterator[Stack]:
+    env = running_stack.env
+    api = httpx.Client(base_url=f"http://127.0.0.1:{env['AIRFLOW_HOST_PORT']}", timeout=30)
+    ray = httpx.Client(
+        base_url=f"http://127.0.0.1:{env['RAY_DASHBOARD_HOST_PORT']}",
+        headers={"Authorization": f"Bearer {env['RAY_AUTH_TOKEN']}"},
+        timeout=30,
+    )
+    try:
+        login = api.post(
+            "/auth/token", json={"username": env["AIRFLOW_ADMIN_USER"], "password": env["AIRFLOW_ADMIN_PASSWORD"]}
+        )
+        assert login.status_code in (200, 201), login.text
+        api.headers["Authorization"] = f"Bearer {login.json()['access_token']}"
+        yield Stack(running_stack, api, ray)
+    finally:
+        api.close()
+        ray.close()
+
+
+def test_every_service_is_healthy_and_the_ray_head_sees_two_nodes(stack):
+    records = stack.compose.services()
+    for name in LONG_RUNNING:
+        assert (records[name]["State"], records[name]["Health"]) == ("running", "healthy"), records[name]
+    assert records["airflow-init"]["ExitCode"] == 0
+    health = stack.api.get("/api/v2/monitor/health").json()
+    for component in ("metadatabase", "scheduler", "triggerer", "dag_processor"):
+        assert health[component]["status"] == "healthy", health
+    assert len(stack.alive_nodes()) == 2
+    for service in RAY_SERVICES:
+        log = stack.compose.run("logs", "--no-color", service).stdout
+        assert "The object store is using" not in log, f"{service}: Ray's object store is not in /dev/shm"
+    # Published on this machine only, by default.
+    for service, port in (("airflow-apiserver", 8080), ("ray-head", 8265)):
+        address = stack.compose.run("port", service, str(port)).stdout.strip()
+        assert address.startswith("127.0.0.1:"), f"{service}:{port} is published on {address}"
+
+
+def test_the_pytorch_example_trains_on_both_nodes_and_evaluates_its_checkpoint_in_airflow(stack):
+    """The sync operator: the Ray Job link, Train workers on both nodes, the checkpoint on /shared that the
+    evaluate task (in the Airflow scheduler's container) loads."""
+    nodes = stack.wait_for_two_nodes()
+    run_id = stack.scheduled_run(PYTORCH_DAG)
+    stack.wait_for_run(PYTORCH_DAG, run_id)
+
+    result = stack.xcom(PYTORCH_DAG, run_id, "train")
+    assert result["status"] == "SUCCEEDED" and result["error"] is None, result
+    storage = stack.compose.exec("airflow-scheduler", "printenv", "AIRFLOW__RAY_TRAIN__DEFAULT_STORAGE_PATH").strip()
+    assert storage.startswith("/shared/")
+    checkpoint = result["checkpoint_path"]
+    assert checkpoint.startswith(f"{storage}/"), checkpoint
+    # Written by rank 0 on whichever node, seen on the other ones through the shared volume.
+    for service in RAY_SERVICES:
+        stack.compose.exec(service, "test", "-s", f"{checkpoint}/model.pt")
+    evaluation = stack.xcom(PYTORCH_DAG, run_id, "evaluate")
+    assert evaluation["checkpoint_path"] == checkpoint
+    assert evaluation["test_accuracy"] > 0.5, evaluation
+
+    job_id = result["job_id"]
+    assert stack.job(job_id)["status"] == "SUCCEEDED"
+    assert stack.train_worker_nodes(job_id) == nodes, "the 2 Train workers did not run one on each node"
+
+    links = stack.api.get(f"{stack.run_path(PYTORCH_DAG, run_id)}/taskInstances/train/links").json()
+    link = urlsplit(links["extra_links"]["Ray Job"])
+    connection = json.loads(stack.compose.exec("airflow-scheduler", "printenv", "AIRFLOW_CONN_RAY_TRAIN_DEFAULT"))
+    assert f"{link.scheme}://{link.netloc}" == connection["host"], "the link does not point at the cluster's dashboard"
+    assert link.fragment == f"/jobs/{job_id}", "the link does not point at the task's job"
+
+
+def test_a_deferred_task_survives_a_triggerer_restart_and_its_model_asset_starts_the_deploy_dag(stack):
+    """The Asset example: training deferred in the triggerer, the triggerer restarted while it waits; then
+    the model Asset event runs the deploy DAG on that checkpoint."""
+    nodes = stack.wait_for_two_nodes()
+    stack.unpause(ASSET_DEPLOY_DAG)
+    run_id = stack.scheduled_run(ASSET_PRODUCER_DAG)
+
+    wait_for(
+        "the training task to defer",
+        lambda: stack.task_instance(ASSET_PRODUCER_DAG, run_id, "train")["state"] == "deferred",
+        300,
+        interval=1,
+    )
+    job_id = stack.xcom(ASSET_PRODUCER_DAG, run_id, "train", key="job_id")
+    assert stack.job(job_id)["status"] not in TERMINAL_JOB_STATES, "the job ended before the triggerer restarted"
+    stack.compose.run("restart", "airflow-triggerer", timeout=180)
+    stack.wait_for_run(ASSET_PRODUCER_DAG, run_id)
+
+    result = stack.xcom(ASSET_PRODUCER_DAG, run_id, "train")
+    assert result["status"] == "SUCCEEDED", result
+    assert result["job_id"] == job_id, "the task trained again instead of following its job after the restart"
+    assert stack.task_instance(ASSET_PRODUCER_DAG, run_id, "train")["try_number"] == 1
+    assert stack.train_worker_nodes(job_id) == nodes
+
+    deploy_runs = wait_for(
+        "the model Asset event to start the deploy DAG", lambda: stack.dag_runs(ASSET_DEPLOY_DAG), 180
+    )
+    assert len(deploy_runs) == 1 and deploy_runs[0]["run_type"] == "asset_triggered", deploy_runs
+    deploy_run = str(deploy_runs[0]["dag_run_id"])
+    stack.wait_for_run(ASSET_DEPLOY_DAG, deploy_run)
+    deployed = stack.xcom(ASSET_DEPLOY_DAG, deploy_run, "deploy")
+    assert deployed["from_checkpoint"] == result["checkpoint_path"]
+    assert deployed["deployed_path"].startswith("/shared/"), deployed
+
+
+def _train_until_it_reports(stack: Stack) -> tuple[str, str]:
+    """Start the slow training and wait until it has checkpointed at least once: (run id, first job id)."""
+    stack.wait_for_two_nodes()
+    run_id = stack.trigger(SLOW_DAG, {"epochs": SLOW_EPOCHS, "sleep_s": 2.0})
+    job_id = wait_for(
+        "the training task to submit its job", lambda: stack.xcom(SLOW_DAG, run_id, "train", key="job_id"), 300
+    )
+    wait_for("a first checkpoint", lambda: stack.job_reports(job_id) >= 1, 300, interval=1)
+    assert stack.job(job_id)["status"] not in TERMINAL_JOB_STATES, "the training ended before the fault"
+    return run_id, job_id
+
+
+def _finished_training(stack: Stack, run_id: str) -> tuple[dict[str, Any], int]:
+    """The run succeeded with a complete training, whose checkpoint the Airflow side read: (XCom, try number)."""
+    stack.wait_for_run(SLOW_DAG, run_id)
+    result = stack.xcom(SLOW_DAG, run_id, "train")
+    metrics = result["metrics"]
+    assert result["status"] == "SUCCEEDED", result
+    # slow_counter's total is right only if every resume carried the checkpointed state on.
+    assert (metrics["epoch"], metrics["total"]) == (SLOW_EPOCHS - 1, sum(range(SLOW_EPOCHS))), metrics
+    assert result["checkpoint_path"].startswith("/shared/"), result
+    assert stack.xcom(SLOW_DAG, run_id, "read_checkpoint") == {
+        "epoch": SLOW_EPOCHS - 1,
+        "start_epoch": metrics["start_epoch"],
+        "total": metrics["total"],
+    }
+    return result, stack.task_instance(SLOW_DAG, run_id, "train")["try_number"]
+
+
+def test_a_scheduler_restart_mid_training_does_not_lose_the_training(stack):
+    """LocalExecutor runs the sync task in the scheduler's container: the restart kills the task, which stops
+    its job (on_kill); the next try resumes the Train run from its checkpoint on /shared (or, had the job
+    outlived the task, attaches to it). Never two trainings of one run at once."""
+    run_id, job_id = _train_until_it_reports(stack)
+    stack.compose.run("restart", "airflow-scheduler", timeout=180)
+    result, try_number = _finished_training(stack, run_id)
+    if result["job_id"] != job_id:
+        assert result["metrics"]["start_epoch"] > 0, f"the next try started the training over: {result}"
+        assert stack.job(job_id)["status"] in TERMINAL_JOB_STATES
+    print(f"scheduler restart: finished on try {try_number} by job {result['job_id']} ({result['metrics']})")
+
+
+def test_a_killed_ray_worker_does_not_lose_the_training(stack):
+    """The worker node dies under a Train worker and comes back: within the same job and try, Ray Train
+    restarts its worker group from the latest checkpoint on /shared."""
+    run_id, job_id = _train_until_it_reports(stack)
+    stack.compose.run("kill", "ray-worker")
+    time.sleep(5)
+    stack.compose.run("start", "ray-worker")
+    result, try_number = _finished_training(stack, run_id)
+    assert (result["job_id"], try_number) == (job_id, 1), "the job did not survive the lost node"
+    assert result["metrics"]["start_epoch"] > 0, f"the worker group started the training over: {result}"
+    stack.wait_for_two_nodes()
+
+
+def test_a_stack_that_does_not_come_up_fails_with_the_laggards_last_log_lines(compose_project, tmp_path):
+    """``wait_until_healthy`` on a real (tiny) project whose service never turns healthy and whose one-shot
+    service fails."""
+    image = compose_project.env["STANDIN_RAY_IMAGE"]
+    compose_file = tmp_path / "compose.yml"
+    compose_file.write_text(
+        json.dumps(
+            {
+                "services": {
+                    "never-healthy": {
+                        "image": image,
+                        "command": ["bash", "-c", "echo never-healthy says hello; exec sleep 600"],
+                        "healthcheck": {"test": ["CMD", "false"], "interval": "1s", "retries": 1},
+                    },
+                    "broken-init": {"image": image, "command": ["bash", "-c", "echo broken-init gives up; exit 3"]},
+                }
+            }
+        )
+    )
+    project = ComposeProject([compose_file], f"{compose_project.name}-unhealthy")
+    try:
+        project.run("up", "--detach")
+        with pytest.raises(StackError) as not_up:
+            project.wait_until_healthy(("never-healthy",), timeout=15)
+        assert "did not come up within 15 s" in str(not_up.value)
+        assert "never-healthy says hello" in str(not_up.value)
+        with pytest.raises(StackError) as failed:
+            project.wait_until_healthy(("never-healthy",), one_shot=("broken-init",), timeout=60)
+        assert "The stack failed" in str(failed.value) and "broken-init gives up" in str(failed.value)
+    finally:
+        project.run("down", "--volumes", "--timeout", "5", check=False)
