@@ -52,8 +52,21 @@ gpu-kit: install
 gpu-dryrun: install
 	$(PY) gpu/check.py --out build/gpu-dryrun --run-timeout 400 --deadline 1200
 
+.PHONY: compat compat-ci
+# The version matrix (scripts/compat.py, README "Supported versions"): each older Airflow and each Ray cluster
+# in a venv of its own, made once and cached under ~/.cache/airflow-ray-train/compat, a real head from each Ray,
+# the same tests. Results in build/compat/. COMPAT_CELLS="airflow-3.1 ray-2.52" runs some cells only.
+COMPAT_CELLS ?=
+compat: install
+	$(PY) scripts/compat.py run $(COMPAT_CELLS)
+
+# CI's share of the matrix: one older Airflow and one older Ray, with shorter test lists.
+compat-ci: install
+	$(PY) scripts/compat.py run --ci
+
 test: lint
 	$(PY) -m pytest tests -q -rs
+	$(PY) scripts/compat.py run --ci
 
 .PHONY: compose-test
 # The docker-compose stack for real (tests/compose/; part of `make test` too). Needs a Docker engine and Compose

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow_ray_train.compat import AirflowException, AirflowFailException
 
 
 class RayTrainError(AirflowException):

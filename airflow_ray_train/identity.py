@@ -72,7 +72,9 @@ def spec_digest(document: Mapping[str, Any]) -> str:
 def deployment_id() -> str:
     """This Airflow deployment's id: ``[ray_train] deployment_id``, else the ``ray_train_deployment_id``
     Variable, made with a random value on first use."""
-    from airflow.sdk import Variable, conf
+    from airflow.sdk import Variable
+
+    from airflow_ray_train.compat import conf
 
     configured = (conf.get("ray_train", "deployment_id", fallback="") or "").strip()
     if configured:

@@ -152,13 +152,20 @@ def start_ray_head(
     log_file: str | None = None,
     timeout: float = 120.0,
     extra_env: dict[str, str] | None = None,
+    ray_cli: str | None = None,
 ) -> RayHead:
-    """Start ``ray start --head --block`` in its own session and wait until its Jobs API answers."""
+    """Start ``ray start --head --block`` in its own session and wait until its Jobs API answers.
+
+    ``ray_cli``: the ``ray`` executable to start (default: the one beside this interpreter). Its folder goes
+    first on the head's PATH, so jobs run the ``python`` of the same environment. A Ray without token auth
+    ignores ``RAY_AUTH_MODE``/``RAY_AUTH_TOKEN``: the head then answers every token."""
     os.makedirs(temp_dir, exist_ok=True)
+    python_dir = Path(ray_cli).parent if ray_cli else Path(sys.executable).parent
+    ray_cli = ray_cli or ray_executable()
     dash_port = free_port(dashboard_port)
     ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS), besides=dash_port), strict=True))
     cmd = [
-        ray_executable(),
+        ray_cli,
         "start",
         "--head",
         "--block",
@@ -177,8 +184,8 @@ def start_ray_head(
     env = {k: v for k, v in os.environ.items() if not k.startswith(_AIRFLOW_ENV_PREFIXES)}
     for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
         env.pop(key, None)
-    # Jobs run `python ...`, resolved through the raylet's PATH: put this interpreter first.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    # Jobs run `python ...`, resolved through the raylet's PATH: put the head's interpreter first.
+    env["PATH"] = f"{python_dir}{os.pathsep}{env.get('PATH', '')}"
     env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, **(extra_env or {})})
     # A one-machine cluster: Ray then takes 127.0.0.1 as the node's address, so its servers listen on
     # loopback only (`ray start --node-ip-address=127.0.0.1` is turned into the machine's address).

@@ -25,6 +25,8 @@ _PATH_KEYS = (
 )
 #: Ray job ``error_type``s a retry cannot fix: the job's runtime_env is wrong.
 SETUP_ERROR_TYPES = frozenset({"RUNTIME_ENV_SETUP_FAILURE", "JOB_SUPERVISOR_ACTOR_START_FAILURE"})
+#: Driver errors a retry on the same cluster cannot fix (the manifest's ``error.type``).
+NOT_RETRIED_TRAIN_ERRORS = frozenset({"TrainFuncImportError", "UnsupportedClusterError"})
 
 
 def read_manifest(line: str | None) -> tuple[ResultManifest | None, str | None]:
@@ -64,7 +66,8 @@ def job_failure(
     error_type = info.get("error_type")
     train_error = manifest.error if manifest is not None and manifest.error else None
     setup_failed = error_type in SETUP_ERROR_TYPES
-    code_missing = train_error is not None and train_error["type"] == "TrainFuncImportError"
+    # The cluster lacks the code or cannot run the runtime: a retry on the same cluster fails the same way.
+    code_missing = train_error is not None and train_error["type"] in NOT_RETRIED_TRAIN_ERRORS
     parts = [f"Ray job {job_id} {status}" + (f" ({error_type})" if error_type else "") + "."]
     if setup_failed:
         parts.append(

@@ -16,6 +16,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+#: An external Ray head for the session (its dashboard address and token), instead of one started here.
+EXTERNAL_HEAD_ENV = "ART_TEST_RAY_ADDRESS"
+EXTERNAL_TOKEN_ENV = "ART_TEST_RAY_TOKEN"
 _ROOT = Path(tempfile.mkdtemp(prefix="art_tests_"))
 AIRFLOW_HOME = _ROOT / "airflow"
 DAGS_FOLDER = _ROOT / "dags"
@@ -49,9 +52,15 @@ sys.path.insert(0, str(DAGS_FOLDER))
 
 @pytest.fixture(scope="session")
 def ray_head():
-    """A real local Ray head (dashboard + Jobs API) with token auth, shared by the whole session."""
-    from airflow_ray_train.local_cluster import start_ray_head
+    """A real local Ray head (dashboard + Jobs API) with token auth, shared by the whole session; or, where
+    ``ART_TEST_RAY_ADDRESS`` names one (``make compat`` starts one from another Ray's venv), that head, with
+    the token in ``ART_TEST_RAY_TOKEN``, left running."""
+    from airflow_ray_train.local_cluster import RayHead, start_ray_head
 
+    external = os.environ.get(EXTERNAL_HEAD_ENV)
+    if external:
+        yield RayHead(dashboard_url=external, gcs_address="", token=os.environ.get(EXTERNAL_TOKEN_ENV, ""))
+        return
     temp_dir = tempfile.mkdtemp(prefix="art_ray_")
     head = start_ray_head(temp_dir=temp_dir, token=secrets.token_hex(16), num_cpus=4)
     try:
@@ -93,3 +102,27 @@ def airflow_db():
 def _cleanup_root():
     yield
     shutil.rmtree(_ROOT, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _failure_callbacks_see_the_exception():
+    """``dag.test()`` before Airflow 3.2 runs ``on_failure_callback`` without ``context["exception"]``, which
+    the real task runner sets: set it the same way there, so tests read the error a user sees."""
+    from packaging.version import Version
+
+    from airflow_ray_train.compat import AIRFLOW_VERSION
+
+    if AIRFLOW_VERSION >= Version("3.2"):
+        yield
+        return
+    from airflow.sdk.execution_time import task_runner
+
+    original = task_runner.finalize
+
+    def finalize(ti, state, context, log, error=None):
+        context["exception"] = error
+        return original(ti, state, context, log, error)
+
+    task_runner.finalize = finalize
+    yield
+    task_runner.finalize = original

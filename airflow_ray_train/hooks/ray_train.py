@@ -21,10 +21,16 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import httpx
-from airflow.sdk import BaseHook, Connection
-from airflow.sdk.exceptions import AirflowNotFoundException
-from airflow.sdk.log import amask_secret, mask_secret
+from airflow.sdk import Connection
 
+from airflow_ray_train.compat import (
+    AirflowNotFoundException,
+    BaseHook,
+    aextra_dejson,
+    aget_connection,
+    amask_secret,
+    mask_secret,
+)
 from airflow_ray_train.connection_form import UI_FIELD_BEHAVIOUR
 from airflow_ray_train.exceptions import RayTrainAuthError, RayTrainClusterError, RayTrainJobExistsError
 from airflow_ray_train.hooks import jobs_api
@@ -421,10 +427,10 @@ class AsyncRayTrainHook(BaseHook):
     async def get_settings(self) -> ClusterSettings:
         if self._settings is None:
             try:
-                conn: Connection | None = await self.aget_connection(self.ray_conn_id)
+                conn: Connection | None = await aget_connection(self, self.ray_conn_id)
             except AirflowNotFoundException:
                 conn = None
-            extras = await conn.aextra_dejson() if conn is not None else {}
+            extras = await aextra_dejson(conn) if conn is not None else {}
             settings = await asyncio.to_thread(settings_from_connection, conn, extras or {}, self.ray_conn_id)
             for value in settings.headers.values():
                 await amask_secret(value)

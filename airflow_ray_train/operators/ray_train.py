@@ -10,10 +10,10 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import Asset, BaseOperator, conf
+from airflow.sdk import Asset, BaseOperator
 from airflow.sdk.bases.operator import TRIGGER_FAIL_REPR, TriggerFailureReason
-from airflow.sdk.exceptions import AirflowTaskTimeout
 
+from airflow_ray_train.compat import AirflowTaskTimeout, conf
 from airflow_ray_train.exceptions import (
     RayTrainAuthError,
     RayTrainClusterError,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_ray_train.runtime.checkpoints import resolve_checkpoints
+from airflow_ray_train.runtime.cluster_support import check_cluster
 from airflow_ray_train.runtime.frameworks import import_function
 from airflow_ray_train.runtime.learning_curve import learning_curve_png
 from airflow_ray_train.runtime.reports import history_csv, make_recorder, make_report_callback, read_reports
@@ -141,14 +142,16 @@ def failure_config_kwargs(given: dict[str, Any] | None) -> dict[str, Any]:
 def fit(spec: TrainSpec, paths: RunPaths, stop: StopSignal) -> FitOutcome:
     """Build the ``TorchTrainer`` the spec describes and fit it; every failure becomes the outcome's error."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     outcome = FitOutcome()
     # Train V2 routes a worker's print() to its logger and also to stdout: every progress line would reach the
     # job log twice. Ray propagates this variable from the driver to the controller and the workers.
     os.environ.setdefault(PRINT_PATCH_ENV, "0")
     try:
+        check_cluster()
+        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+
         if not ray.is_initialized():
             ray.init(log_to_driver=True)
         stop.take_back()

@@ -3,17 +3,21 @@
 Fully async: the Ray Jobs REST API through ``AsyncRayTrainHook`` (aiohttp), never ``ray``, never a
 blocking call in the event loop. It never raises: every failure becomes an event the operator turns into
 the task's error. It stops the Ray job in ``on_kill`` (the task was killed, cleared or marked) and when its
-own deadline passes, never in ``cleanup`` (that also runs when a triggerer restarts).
+own deadline passes, never in ``cleanup`` (that also runs when a triggerer restarts). Before Airflow 3.3 the
+triggerer never calls ``on_kill``: a cancelled ``run`` asks Airflow whether its task is still deferred and
+stops the job when it is not (see ``compat``).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_ray_train import compat
 from airflow_ray_train.hooks.log_follower import LogFollower
 from airflow_ray_train.hooks.ray_train import AsyncRayTrainHook
 from airflow_ray_train.runtime.spec import JobStatus
@@ -131,11 +135,30 @@ class RayTrainJobTrigger(BaseTrigger):
                 f"it has been stopped (now {final})."
             )
             yield self._event("timeout", final, message, follower)
+        except asyncio.CancelledError:
+            if not compat.TRIGGER_ON_KILL:
+                await self._stop_if_task_left_deferral()
+            raise
         except Exception as exc:  # noqa: BLE001 - a trigger never raises: the task gets the reason as an event
             message = f"{type(exc).__name__}: {exc}"
             yield self._event("error", info.get("status"), message, follower, error_type=type(exc).__name__)
         finally:
             await hook.aclose()
+
+    async def _stop_if_task_left_deferral(self) -> None:
+        """Airflow before 3.3 cancels a trigger, without calling ``on_kill``, both when a user acts on its task
+        and when a triggerer stops: stop the job only once the task is no longer deferred."""
+        try:
+            deferred = await compat.task_still_deferred(getattr(self, "task_instance", None))
+        except Exception as exc:  # noqa: BLE001 - unsure whose cancel this is: leave the job to the next try
+            self.log.warning("Cannot tell whether the task of Ray job %s was killed (%s); leaving it", self.job_id, exc)
+            return
+        if deferred is False:
+            await self.on_kill()
+        else:
+            self.log.info(
+                "Trigger for Ray job %s cancelled while its task is still deferred: the job runs on", self.job_id
+            )
 
     async def on_kill(self) -> None:
         """The task was killed, cleared or marked by a user: stop the Ray job and its Train workers."""

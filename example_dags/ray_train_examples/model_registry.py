@@ -26,7 +26,7 @@ _NOT_SERVED = ("optimizer.pt", "scheduler.pt", "rng_state*.pth", "training_args.
 
 
 def storage_base() -> str:
-    from airflow.sdk import conf
+    from airflow_ray_train.compat import conf
 
     return os.path.expanduser(conf.get("ray_train", "default_storage_path", fallback=None) or "~/ray_results")
 

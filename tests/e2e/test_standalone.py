@@ -21,9 +21,13 @@ import pytest
 from airflow_ray_train.local_cluster import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# The integration tests' helpers (finding a job's Train workers, waiting for them to exit).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
 REPO = Path(__file__).resolve().parents[2]
 PRODUCER, DEPLOY = "example_ray_train_asset_producer", "example_ray_train_asset_deploy"
+KILLED = "test_ray_train_killed_while_deferred"
+KILL_DAGS = ("ray_train_kill_dags.py", "ray_train_test_loops.py")
 
 
 def _wait(what: str, check: Any, timeout: float, interval: float = 2.0) -> Any:
@@ -42,7 +46,7 @@ def airflow_api(ray_conn, tmp_path_factory) -> Iterator[httpx.Client]:
     root = tmp_path_factory.mktemp("standalone")
     dags = root / "dags"
     dags.mkdir()
-    for source in (REPO / "example_dags").iterdir():
+    for source in [*(REPO / "example_dags").iterdir(), *(REPO / "tests" / "dags" / name for name in KILL_DAGS)]:
         if source.name != "__pycache__":
             (dags / source.name).symlink_to(source)
     port = free_port()
@@ -78,7 +82,7 @@ def airflow_api(ray_conn, tmp_path_factory) -> Iterator[httpx.Client]:
         _wait("the api-server", lambda: client.get("/api/v2/monitor/health").status_code == 200, 240)
         token = client.get("/auth/token").json()["access_token"]
         client.headers["Authorization"] = f"Bearer {token}"
-        for dag_id in (PRODUCER, DEPLOY):
+        for dag_id in (PRODUCER, DEPLOY, KILLED):
             _wait(f"{dag_id} to be parsed", lambda d=dag_id: client.get(f"/api/v2/dags/{d}").status_code == 200, 180)
         yield client
     except BaseException:
@@ -159,3 +163,27 @@ def test_scheduler_and_triggerer_train_on_ray_and_the_model_asset_triggers_deplo
     assert deployed["event_extra"]["submission_id"] == source["submission_id"]
     assert Path(deployed["deployed_path"], "model.pt").is_file()
     assert deployed["test_accuracy"] > 0.5
+
+
+def test_marking_a_deferred_task_failed_stops_its_ray_job_and_train_workers(airflow_api, ray_conn):
+    """The real triggerer on a user's action: Airflow 3.3 calls the trigger's on_kill; before, the trigger is
+    only cancelled and asks Airflow whether its task is still deferred (``compat.task_still_deferred``)."""
+    from ray_train_helpers import assert_stopped_without_workers, train_worker_pids, wait_for
+
+    from airflow_ray_train.hooks.ray_train import RayTrainHook
+
+    api = airflow_api
+    api.patch(f"/api/v2/dags/{KILLED}", json={"is_paused": False}).raise_for_status()
+    run = api.post(f"/api/v2/dags/{KILLED}/dagRuns", json={"logical_date": None})
+    run.raise_for_status()
+    run_id = run.json()["dag_run_id"]
+    task = f"/api/v2/dags/{KILLED}/dagRuns/{run_id}/taskInstances/train"
+    _wait("the train task to defer", lambda: api.get(task).json().get("state") == "deferred", 300, interval=1)
+    job_id = _xcom(api, KILLED, run_id, "train", "job_id")
+    hook = RayTrainHook()
+    try:
+        pids = wait_for(lambda: train_worker_pids(hook, job_id), 180, 1.0, "a Train worker")
+        api.patch(task, json={"new_state": "failed"}).raise_for_status()
+        assert_stopped_without_workers(hook, job_id, pids)
+    finally:
+        hook.close()

@@ -4,6 +4,7 @@ Ray jobs a DAG submitted and the Train worker processes of a job, and a task con
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
 import re
@@ -170,7 +171,11 @@ def run_next_try(dag_id: str, run_id: str, task_id: str, *, clear: bool = False)
         ti.try_number += 1
         ti.state = TaskInstanceState.SCHEDULED
         session.commit()
-        _run_task(ti=ti, task=task, run_triggerer=True)
+        if "task" in inspect.signature(_run_task).parameters:
+            _run_task(ti=ti, task=task, run_triggerer=True)
+        else:  # Airflow 3.0 runs the task the instance carries
+            ti.task = task
+            _run_task(ti=ti, run_triggerer=True)
     with create_session() as session:
         dag_run = session.scalars(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)).one()
         session.expunge(dag_run)

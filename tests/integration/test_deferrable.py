@@ -11,7 +11,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from airflow.sdk.exceptions import TaskDeferred
 from ray_train_helpers import (
     FakeTaskInstance,
     assert_stopped_without_workers,
@@ -25,6 +24,7 @@ from ray_train_helpers import (
     xcom,
 )
 
+from airflow_ray_train.compat import TaskDeferred
 from airflow_ray_train.hooks.ray_train import RayTrainHook
 from airflow_ray_train.operators.ray_train import RayTrainOperator
 from airflow_ray_train.triggers.ray_train import RayTrainJobTrigger

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from airflow.sdk.exceptions import AirflowFailException
 from stub_ray import STUB_TOKEN
 
+from airflow_ray_train.compat import AirflowFailException
 from airflow_ray_train.exceptions import RayTrainAuthError, RayTrainClusterError
 from airflow_ray_train.hooks.ray_train import RayTrainHook
 from airflow_ray_train.local_cluster import free_port

@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import pytest
-from airflow.sdk.exceptions import AirflowFailException
 
+from airflow_ray_train.compat import AirflowFailException
 from airflow_ray_train.exceptions import RayTrainAuthError, RayTrainConfigError, RayTrainWatchError
 from airflow_ray_train.hooks.resources import cluster_shortfall, worker_resources
 from airflow_ray_train.operators.ray_train import RayTrainOperator

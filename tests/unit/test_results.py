@@ -4,8 +4,8 @@ class a failed job gets, how runtime_envs merge, and the retry policy both hooks
 from __future__ import annotations
 
 import pytest
-from airflow.sdk.exceptions import AirflowFailException
 
+from airflow_ray_train.compat import AirflowFailException
 from airflow_ray_train.exceptions import RayTrainAuthError, RayTrainClusterError, RayTrainJobSetupError
 from airflow_ray_train.hooks.jobs_api import Attempts, Reply, RetryPolicy, Step, ray_says
 from airflow_ray_train.hooks.settings import ClusterSettings
