@@ -28,11 +28,13 @@ PIP_INSTALL = {
     "datasets": 'pip install "datasets>=2.18"',
     "deepspeed": "pip install deepspeed",
     "matplotlib": "pip install matplotlib",
+    "mlflow": 'pip install "mlflow-skinny==3.17.2"',
 }
 _DISPLAY_NAMES = {
     "lightning": "PyTorch Lightning",
     "transformers": "HuggingFace Transformers",
     "datasets": "HuggingFace Datasets",
+    "mlflow": "MLflow",
 }
 EXTRA_HINT = "or install this provider with its frameworks extra: pip install 'airflow-ray-train[frameworks]'"
 
