@@ -112,5 +112,6 @@ def test_a_missing_mlflow_fails_with_the_pip_command(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "mlflow", None)  # what an import of a missing package does
-    with pytest.raises(FrameworkNotInstalledError, match=r'pip install "mlflow-skinny==3.17.2"'):
+    with pytest.raises(FrameworkNotInstalledError, match=r'pip install "mlflow-skinny==3.17.2"') as missing:
         require("mlflow", "mlflow", "MLflow tracking")
+    assert "airflow-ray-train[mlflow]" in str(missing.value)
