@@ -8,7 +8,7 @@ loads the model directory from the XCom checkpoint with ``from_pretrained`` and 
 -> ``compare_with_champion`` branches -> ``deploy`` makes it the champion, or ``keep_champion`` leaves it.
 
 With MLflow configured (``[ray_train] mlflow_conn_id`` or ``mlflow_tracking_uri``) the fine-tuning is an MLflow
-run with its curves, ``train`` registers the best checkpoint's model directory as a new version of
+run with its curves, ``train`` registers the best checkpoint's model as a new version of
 ``text-classifier-transformers`` (the ``mlflow.transformers`` flavour), the evaluation tags it with its held-out
 score, and ``deploy`` moves the alias ``champion`` to it. Without MLflow, a local folder registry stands in
 (``ray_train_examples.model_registry``).

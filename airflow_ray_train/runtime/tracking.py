@@ -21,6 +21,7 @@ import re
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Iterator
 from typing import Any
 
@@ -310,7 +311,7 @@ class RunTracker:
                         "type": type(exc).__name__,
                         "message": f"training succeeded, but registering the model "
                         f"{self.tracking.register_model!r} in MLflow failed: {str(exc)[:1500]}",
-                        "traceback": "",
+                        "traceback": traceback.format_exc()[-4000:],
                     },
                 )
             else:
@@ -349,7 +350,7 @@ class RunTracker:
 
     def _log_model(self, directory: str) -> str:
         """The model's URI in MLflow once logged in the run: the declarative Lightning loop's module with
-        ``mlflow.pytorch``, the declarative Transformers loop's model directory with ``mlflow.transformers``,
+        ``mlflow.pytorch``, the declarative Transformers loop's model and tokenizer with ``mlflow.transformers``,
         else the checkpoint directory's files as they are."""
         import mlflow
 
@@ -369,10 +370,12 @@ class RunTracker:
         if framework == "transformers":
             import mlflow.transformers
 
-            from airflow_ray_train.runtime.transformers import model_dir
+            from airflow_ray_train.runtime.transformers import load_for_sequence_classification
 
+            # Loaded, not by path: MLflow's path route reads pipeline metadata transformers 5 no longer has.
+            model, tokenizer = load_for_sequence_classification(directory)
             info = mlflow.transformers.log_model(
-                transformers_model=model_dir(directory),
+                transformers_model={"model": model, "tokenizer": tokenizer},
                 task="text-classification",
                 name=MODEL_ARTIFACT,
                 pip_requirements=requirements(framework),

@@ -17,6 +17,7 @@ from typing import Any
 import psutil
 
 from airflow_ray_train.hooks.ray_train import RayTrainHook
+from airflow_ray_train.runtime.spec import JobStatus
 
 FAULT_DAGS = "ray_train_fault_dags"
 _WORKER_PID_RE = re.compile(r"\(RayTrainWorker pid=(\d+)")
@@ -140,7 +141,7 @@ def is_train_worker(pid: int) -> bool:
 def assert_stopped_without_workers(hook: RayTrainHook, job_id: str, worker_pids: set[int]) -> None:
     """The job is STOPPED and none of the Train workers it had is alive any more."""
     assert worker_pids, "the test never saw a Train worker"
-    status = wait_for(lambda: (s := hook.get_job_status(job_id)).is_terminal and s, 60, what=f"job {job_id} to end")
+    status = wait_for(lambda: JobStatus.ended(s := hook.get_job_status(job_id)) and s, 60, what=f"job {job_id} to end")
     assert status == "STOPPED"
     wait_for(lambda: not any(is_train_worker(pid) for pid in worker_pids), 60, what="the Train workers to exit")
 
