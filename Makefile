@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of torch first: any other torch pulls a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[local,dev,frameworks]"
+	$(PY) -m pip install -q -e ".[local,dev,frameworks,mlflow]"
 	touch $(STAMP)
 
 install: $(STAMP)

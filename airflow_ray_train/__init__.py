@@ -13,21 +13,25 @@ __version__ = "0.1.0"
 def get_provider_info() -> dict[str, Any]:
     """Provider metadata read by Airflow's ProvidersManager (entry point ``apache_airflow_provider``)."""
     # Imported here: this module is shipped to the cluster, the form is not.
-    from airflow_ray_train.connection_form import provider_connection_type
+    from airflow_ray_train.connection_form import provider_connection_types
 
     return {
         "package-name": "airflow-ray-train",
         "name": "Ray Train",
         "description": "Run Ray Train TorchTrainer jobs (PyTorch, Lightning, Transformers) as Airflow tasks.",
         "versions": [__version__],
-        "hooks": [{"integration-name": "Ray Train", "python-modules": ["airflow_ray_train.hooks.ray_train"]}],
+        "hooks": [
+            {"integration-name": "Ray Train", "python-modules": ["airflow_ray_train.hooks.ray_train"]},
+            {"integration-name": "MLflow", "python-modules": ["airflow_ray_train.hooks.mlflow"]},
+        ],
         "operators": [{"integration-name": "Ray Train", "python-modules": ["airflow_ray_train.operators.ray_train"]}],
         "triggers": [{"integration-name": "Ray Train", "python-modules": ["airflow_ray_train.triggers.ray_train"]}],
         "integrations": [
-            {"integration-name": "Ray Train", "external-doc-url": "https://docs.ray.io/en/latest/train/train.html"}
+            {"integration-name": "Ray Train", "external-doc-url": "https://docs.ray.io/en/latest/train/train.html"},
+            {"integration-name": "MLflow", "external-doc-url": "https://mlflow.org/docs/latest/ml/tracking/"},
         ],
-        "connection-types": [provider_connection_type()],
-        "extra-links": ["airflow_ray_train.links.ray_train.RayJobLink"],
+        "connection-types": provider_connection_types(),
+        "extra-links": ["airflow_ray_train.links.ray_train.RayJobLink", "airflow_ray_train.links.mlflow.MlflowRunLink"],
         "task-decorators": [
             {"name": "ray_train", "class-name": "airflow_ray_train.decorators.ray_train.ray_train_task"}
         ],
@@ -51,6 +55,24 @@ def get_provider_info() -> dict[str, Any]:
                         "version_added": "0.1.0",
                         "type": "string",
                         "example": "prod-eu-1",
+                        "default": "",
+                    },
+                    "mlflow_conn_id": {
+                        "description": "The 'mlflow' connection every task tracks its training to in MLflow, "
+                        "unless it names its own (mlflow_conn_id; an empty string turns tracking off for the task). "
+                        "Empty: tasks are tracked only where they name a connection, or mlflow_tracking_uri is set.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "mlflow_default",
+                        "default": "",
+                    },
+                    "mlflow_tracking_uri": {
+                        "description": "An MLflow tracking server to track every task to, without a connection "
+                        "(no credentials), when mlflow_conn_id is empty. Airflow and the Ray cluster must both "
+                        "reach it.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "http://mlflow:5000",
                         "default": "",
                     },
                     "poll_interval": {

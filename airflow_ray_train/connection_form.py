@@ -1,5 +1,6 @@
-"""The ``ray_train`` connection's form, declared once: the hook's ``get_ui_field_behaviour`` (Airflow before
-3.2) and the provider info's ``ui-field-behaviour`` and ``conn-fields`` (3.2 and later) read it from here."""
+"""The ``ray_train`` and ``mlflow`` connections' forms, declared once: the hooks' ``get_ui_field_behaviour``
+(Airflow before 3.2) and the provider info's ``ui-field-behaviour`` and ``conn-fields`` (3.2 and later) read
+them from here."""
 
 from __future__ import annotations
 
@@ -45,12 +46,64 @@ CONN_FIELDS: dict[str, Any] = {
 }
 
 
-def provider_connection_type() -> dict[str, Any]:
-    """The ``connection-types`` entry of the provider info."""
+MLFLOW_UI_FIELD_BEHAVIOUR: dict[str, Any] = {
+    "hidden_fields": ["schema", "port"],
+    "relabeling": {"host": "Tracking server address", "login": "Username", "password": "Password"},
+    "placeholders": {
+        "host": "http://mlflow:5000",
+        "login": "basic auth user (empty if the server has no auth)",
+        "password": "basic auth password",
+        "extra": '{"experiment": "my-team", "verify": true}',
+    },
+}
+
+MLFLOW_CONN_FIELDS: dict[str, Any] = {
+    "token": {
+        "label": "Bearer token",
+        "description": "Sent as Authorization: Bearer, instead of the username and password.",
+        "schema": {"type": ["string", "null"], "format": "password"},
+    },
+    "experiment": {
+        "label": "Default experiment",
+        "description": "The experiment of tasks that set no mlflow_experiment (default: the DAG id).",
+        "schema": {"type": ["string", "null"]},
+    },
+    "verify": {
+        "label": "Verify TLS certificates",
+        "description": "Check the server's TLS certificate (https addresses); or a CA bundle path.",
+        "schema": {"type": ["boolean", "null"], "default": True},
+    },
+    "ui_url": {
+        "label": "UI address",
+        "description": "Where people open the MLflow UI, when it is not the address above (links use it).",
+        "schema": {"type": ["string", "null"]},
+    },
+}
+
+
+def _connection_type(
+    hook: str, conn_type: str, name: str, behaviour: dict[str, Any], fields: dict[str, Any]
+) -> dict[str, Any]:
     return {
-        "hook-class-name": "airflow_ray_train.hooks.ray_train.RayTrainHook",
-        "connection-type": "ray_train",
-        "hook-name": "Ray Train",
-        "ui-field-behaviour": {key.replace("_", "-"): value for key, value in UI_FIELD_BEHAVIOUR.items()},
-        "conn-fields": CONN_FIELDS,
+        "hook-class-name": hook,
+        "connection-type": conn_type,
+        "hook-name": name,
+        "ui-field-behaviour": {key.replace("_", "-"): value for key, value in behaviour.items()},
+        "conn-fields": fields,
     }
+
+
+def provider_connection_types() -> list[dict[str, Any]]:
+    """The ``connection-types`` entries of the provider info."""
+    return [
+        _connection_type(
+            "airflow_ray_train.hooks.ray_train.RayTrainHook", "ray_train", "Ray Train", UI_FIELD_BEHAVIOUR, CONN_FIELDS
+        ),
+        _connection_type(
+            "airflow_ray_train.hooks.mlflow.MlflowHook",
+            "mlflow",
+            "MLflow",
+            MLFLOW_UI_FIELD_BEHAVIOUR,
+            MLFLOW_CONN_FIELDS,
+        ),
+    ]

@@ -48,6 +48,30 @@ class RayTrainWatchError(RayTrainClusterError):
     Retryable: the next try attaches to the job, or resumes its Train run if it was stopped."""
 
 
+class RayTrainMlflowError(RayTrainError):
+    """The MLflow tracking server could not be reached (``unreachable``), or answered with an error:
+    ``error_code`` and ``reason`` are MLflow's own."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        unreachable: bool = False,
+        http_status: int | None = None,
+        error_code: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
+        self.http_status = http_status
+        self.error_code = error_code
+        self.reason = reason
+
+
+class RayTrainMlflowAuthError(RayTrainMlflowError, AirflowFailException):
+    """The MLflow tracking server rejected the credentials (HTTP 401/403) before anything was submitted."""
+
+
 class RayTrainJobError(RayTrainError):
     """The Ray job ended without success. Carries the job's id, status, Ray's error type and the manifest."""
 

@@ -77,7 +77,7 @@ class RayHead:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _group_alive(self.pid):
+        while time.monotonic() < deadline and group_alive(self.pid):
             time.sleep(0.2)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signal.SIGKILL)
@@ -93,7 +93,7 @@ class RayHead:
         return response.status_code == 200
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:

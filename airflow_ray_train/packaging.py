@@ -270,10 +270,14 @@ def runtime_package() -> Package:
     return build_zip(str(root / "runtime"), entries)
 
 
-def spec_package(spec: TrainSpec) -> Package:
+def spec_package(spec: TrainSpec, credentials: dict[str, str] | None = None) -> Package:
     """The spec as a file in a package of its own, shipped beside the code: a command line holds 128 KiB
     at most, and what is on it shows in ``ps`` and on the dashboard. Raises ``CodeLookupError`` (naming
-    ``train_loop_config``, where size comes from) when it is over what a package may hold."""
+    ``train_loop_config``, where size comes from) when it is over what a package may hold.
+
+    ``credentials`` (the MLflow client's ``MLFLOW_TRACKING_*`` variables) travel as a second file,
+    ``spec.credentials_file``: never in the spec, the entrypoint, the job's metadata or its ``runtime_env``
+    (the dashboard shows those), only in the package, which the dashboard names but does not show."""
     text = spec.to_json()
     if len(text.encode()) > MAX_PACKAGE_BYTES:
         config = json.dumps(spec.train_loop_config, separators=(",", ":")).encode()
@@ -283,7 +287,10 @@ def spec_package(spec: TrainSpec) -> Package:
             "storage every node reads (a path or a URI such as s3://...) and pass its location in "
             "train_loop_config; read it inside train_func."
         )
-    return build_zip(f"the TrainSpec of {spec.submission_id}", [(spec.shipped_file, text)])
+    entries: list[tuple[str, Path | str]] = [(spec.shipped_file, text)]
+    if credentials:
+        entries.append((spec.credentials_file, json.dumps(credentials, sort_keys=True)))
+    return build_zip(f"the TrainSpec of {spec.submission_id}", entries)
 
 
 def _is_installed(path: Path) -> bool:

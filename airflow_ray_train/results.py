@@ -13,8 +13,18 @@ from airflow_ray_train.runtime.spec import ResultManifest, SpecError, manifest_f
 #: Keys pushed to XCom on their own besides ``return_value``.
 XCOM_KEYS = ("checkpoint_path", "metrics", "best_checkpoint_path")
 #: What a ``model_asset`` event's extra carries to the DAGs scheduled on the Asset.
-ASSET_EXTRA_KEYS = ("checkpoint_path", "best_checkpoint_path", "metrics", "run_path", "job_id", "submission_id")
-#: The manifest's paths, None in XCom when there is no manifest.
+ASSET_EXTRA_KEYS = (
+    "checkpoint_path",
+    "best_checkpoint_path",
+    "metrics",
+    "run_path",
+    "job_id",
+    "submission_id",
+    "mlflow_run_id",
+    "mlflow_run_url",
+    "model_version",
+)
+#: The manifest's paths and MLflow names, None in XCom when there is no manifest (or the run is untracked).
 _PATH_KEYS = (
     "checkpoint_path",
     "best_checkpoint_path",
@@ -22,6 +32,9 @@ _PATH_KEYS = (
     "metrics_history_path",
     "learning_curve_path",
     "manifest_path",
+    "mlflow_run_id",
+    "mlflow_run_url",
+    "model_version",
 )
 #: Ray job ``error_type``s a retry cannot fix: the job's runtime_env is wrong.
 SETUP_ERROR_TYPES = frozenset({"RUNTIME_ENV_SETUP_FAILURE", "JOB_SUPERVISOR_ACTOR_START_FAILURE"})

@@ -3,8 +3,13 @@
 ``prepare_data`` splits scikit-learn's digits (train / validation / held-out test) -> ``train`` fits the
 ``LightningModule`` on Ray with 2 workers (the provider's declarative Lightning loop: ``RayDDPStrategy``,
 checkpoints ranked by ``val_accuracy``) -> ``evaluate`` loads the best ``.ckpt`` from XCom and scores it on
-the held-out test split -> ``compare_with_champion`` branches -> ``deploy`` promotes the checkpoint and its
-metrics into the local model registry, or ``keep_champion`` leaves the registry as it is.
+the held-out test split -> ``compare_with_champion`` branches -> ``deploy`` makes it the champion, or
+``keep_champion`` leaves the champion as it is.
+
+With MLflow configured (``[ray_train] mlflow_conn_id`` or ``mlflow_tracking_uri``) the training is an MLflow
+run with its curves, ``train`` registers the best checkpoint as a new version of ``digits-lightning`` (the
+``mlflow.pytorch`` flavour), the evaluation tags it with its held-out score, and ``deploy`` moves the alias
+``champion`` to it. Without MLflow, a local folder registry stands in (``ray_train_examples.model_registry``).
 
 Trigger with ``{"max_epochs": 1, "lr": 1e-5}`` to see a worse model kept out of the registry.
 """
@@ -65,10 +70,12 @@ with DAG(
         scaling_config={"num_workers": 2, "use_gpu": False},
         run_config={"checkpoint_config": digits_run.checkpoint_config()},
         ship_modules=digits_run.code_modules(),
+        register_model=MODEL_NAME,
     )
 
     @task
     def evaluate(training: dict[str, Any], data_path: str) -> dict[str, Any]:
+        from ray_train_examples.champion import record_score
         from ray_train_examples.lightning_digits import evaluate_checkpoint
 
         from airflow_ray_train.runtime.lightning import checkpoint_file
@@ -82,15 +89,18 @@ with DAG(
             checkpoint_file=checkpoint_file(checkpoint_path),
             val_accuracy=train_metrics.get("val_accuracy"),
             val_loss=train_metrics.get("val_loss"),
+            model_version=training["model_version"],
+            mlflow_run_id=training["mlflow_run_id"],
         )
+        record_score(MODEL_NAME, result, SCORE)
         print(f"held-out {SCORE} {result[SCORE]:.3f} ({result['n']} images) for {result['checkpoint_file']}")
         return result
 
     @task.branch
     def compare_with_champion(evaluation: dict[str, Any]) -> str:
-        from ray_train_examples.model_registry import beats_champion, champion, registry_root
+        from ray_train_examples.champion import beats_champion, current_champion
 
-        current = champion(registry_root(), MODEL_NAME)
+        current = current_champion(MODEL_NAME, evaluation, SCORE)
         better = beats_champion(evaluation[SCORE], current, SCORE)
         shown = "none yet" if current is None else f"{current['version']} with {current['metrics'][SCORE]:.3f}"
         print(f"candidate {SCORE} {evaluation[SCORE]:.3f}; champion: {shown} -> {'deploy' if better else 'keep'}")
@@ -98,10 +108,10 @@ with DAG(
 
     @task
     def deploy(evaluation: dict[str, Any], **context: Any) -> dict[str, Any]:
-        from ray_train_examples.model_registry import promote, registry_root
+        from ray_train_examples.champion import promote
 
-        record = promote(registry_root(), MODEL_NAME, evaluation["checkpoint_file"], evaluation, context["run_id"])
-        print(f"promoted {record['version']} to {record['path']}")
+        record = promote(MODEL_NAME, evaluation, evaluation["checkpoint_file"], context["run_id"])
+        print(f"promoted {MODEL_NAME} version {record['version']}: {record.get('url') or record.get('path')}")
         return record
 
     data_path = prepare_data()

@@ -5,8 +5,13 @@ loads the dataset with ``load_dataset`` and writes train / validation / held-out
 fine-tunes with ``transformers.Trainer`` on Ray with 2 workers (the provider's declarative loop: Ray's
 ``RayTrainReportCallback`` and ``prepare_trainer``; checkpoints ranked by ``eval_accuracy``) -> ``evaluate``
 loads the model directory from the XCom checkpoint with ``from_pretrained`` and scores it on the test split
--> ``compare_with_champion`` branches -> ``deploy`` promotes the model and its metrics into the local model
-registry, or ``keep_champion`` leaves it.
+-> ``compare_with_champion`` branches -> ``deploy`` makes it the champion, or ``keep_champion`` leaves it.
+
+With MLflow configured (``[ray_train] mlflow_conn_id`` or ``mlflow_tracking_uri``) the fine-tuning is an MLflow
+run with its curves, ``train`` registers the best checkpoint's model as a new version of
+``text-classifier-transformers`` (the ``mlflow.transformers`` flavour), the evaluation tags it with its held-out
+score, and ``deploy`` moves the alias ``champion`` to it. Without MLflow, a local folder registry stands in
+(``ray_train_examples.model_registry``).
 
 Point it at your own model and data with the run's params, e.g. ``{"model_name_or_path": "/models/my-bert",
 "dataset_name": "csv", "data_files": "/data/reviews.csv"}``.
@@ -103,10 +108,12 @@ with DAG(
             }
         },
         ship_modules=fine_tuning.code_modules(),
+        register_model=MODEL_NAME,
     )
 
     @task
     def evaluate(training: dict[str, Any], splits: dict[str, str], **context: Any) -> dict[str, Any]:
+        from ray_train_examples.champion import record_score
         from ray_train_examples.transformers_text import evaluate_checkpoint
 
         # The best checkpoint by eval_accuracy, and what training reported with it.
@@ -121,15 +128,18 @@ with DAG(
             checkpoint_path=checkpoint_path,
             eval_accuracy=train_metrics.get("eval_accuracy"),
             eval_loss=train_metrics.get("eval_loss"),
+            model_version=training["model_version"],
+            mlflow_run_id=training["mlflow_run_id"],
         )
+        record_score(MODEL_NAME, result, SCORE)
         print(f"held-out {SCORE} {result[SCORE]:.3f} ({result['n']} texts) for {result['model_dir']}")
         return result
 
     @task.branch
     def compare_with_champion(evaluation: dict[str, Any]) -> str:
-        from ray_train_examples.model_registry import beats_champion, champion, registry_root
+        from ray_train_examples.champion import beats_champion, current_champion
 
-        current = champion(registry_root(), MODEL_NAME)
+        current = current_champion(MODEL_NAME, evaluation, SCORE)
         better = beats_champion(evaluation[SCORE], current, SCORE)
         shown = "none yet" if current is None else f"{current['version']} with {current['metrics'][SCORE]:.3f}"
         print(f"candidate {SCORE} {evaluation[SCORE]:.3f}; champion: {shown} -> {'deploy' if better else 'keep'}")
@@ -137,10 +147,10 @@ with DAG(
 
     @task
     def deploy(evaluation: dict[str, Any], **context: Any) -> dict[str, Any]:
-        from ray_train_examples.model_registry import promote, registry_root
+        from ray_train_examples.champion import promote
 
-        record = promote(registry_root(), MODEL_NAME, evaluation["model_dir"], evaluation, context["run_id"])
-        print(f"promoted {record['version']} to {record['path']}")
+        record = promote(MODEL_NAME, evaluation, evaluation["model_dir"], context["run_id"])
+        print(f"promoted {MODEL_NAME} version {record['version']}: {record.get('url') or record.get('path')}")
         return record
 
     splits = prepare_data()

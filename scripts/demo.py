@@ -1,7 +1,10 @@
 """`make demo`: run an example retraining DAG end to end on the embedded local Ray cluster.
 
-No connection is configured, so the operator's hook starts a local Ray head (dashboard + Jobs API) on this
-machine; Airflow's metadata DB is SQLite under .demo/. Prints what each task did, then stops the head.
+No Ray connection is configured, so the operator's hook starts a local Ray head (dashboard + Jobs API) on this
+machine; Airflow's metadata DB is SQLite under .demo/. The training is tracked on a real MLflow server started
+here (under .demo/mlflow, basic auth), which registers the model and keeps the `champion` alias. Prints what
+each task did and where the MLflow UI is, then stops the Ray head; the MLflow server stays up for its UI
+(`python scripts/local_mlflow.py stop .demo/mlflow` stops it), and keeps its runs for the next demo.
 
 Usage: python scripts/demo.py [DAG_ID]
 """
@@ -14,9 +17,12 @@ import sys
 import time
 from pathlib import Path
 
+from local_mlflow import MlflowServer, running_server, start_mlflow_server
+
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / ".demo"
 DEFAULT_DAG_ID = "example_ray_train_lightning"
+MLFLOW_PORT = 5000
 
 os.environ.update(
     {
@@ -31,7 +37,7 @@ os.environ.update(
     }
 )
 # The demo shows the embedded default: no connection, no external cluster address.
-for key in ("AIRFLOW_CONN_RAY_TRAIN_DEFAULT", "RAY_ADDRESS"):
+for key in ("AIRFLOW_CONN_RAY_TRAIN_DEFAULT", "RAY_ADDRESS", "AIRFLOW__RAY_TRAIN__MLFLOW_TRACKING_URI"):
     os.environ.pop(key, None)
 (DEMO / "airflow").mkdir(parents=True, exist_ok=True)
 sys.path.insert(0, str(REPO / "example_dags"))
@@ -53,6 +59,21 @@ def _shorten(value: object, limit: int = 600) -> str:
     return text if len(text) <= limit else text[:limit] + " ..."
 
 
+def start_mlflow() -> MlflowServer:
+    """The demo's MLflow server (the one left running by the last demo, else a new one), set as the connection
+    ``mlflow_default`` that every task tracks to (``[ray_train] mlflow_conn_id``)."""
+    root = DEMO / "mlflow"
+    server = running_server(root)
+    if server is None:
+        print(f"== starting an MLflow server under {root} (a minute or two) ==", flush=True)
+        server = start_mlflow_server(root, port=MLFLOW_PORT)
+    os.environ["AIRFLOW_CONN_MLFLOW_DEFAULT"] = json.dumps(
+        {"conn_type": "mlflow", "host": server.url, "login": server.username, "password": server.password}
+    )
+    os.environ["AIRFLOW__RAY_TRAIN__MLFLOW_CONN_ID"] = "mlflow_default"
+    return server
+
+
 def main() -> int:
     from airflow.models.xcom import XComModel
     from airflow.utils import db
@@ -64,6 +85,7 @@ def main() -> int:
     dag_id = sys.argv[1] if len(sys.argv) > 1 else DEFAULT_DAG_ID
     print(f"== airflow-ray-train demo: {dag_id} on the embedded local Ray cluster ==", flush=True)
     db.resetdb()
+    mlflow = start_mlflow()
     dag = _find_dag(dag_id)
     started = time.monotonic()
     try:
@@ -92,8 +114,16 @@ def main() -> int:
                 print(f"   curve      : {result.get('learning_curve_path')}")
                 print(f"   manifest   : {result['manifest_path']}")
                 print(f"   ray job    : {result['job_id']} ({result['status']})")
+                print(f"   mlflow run : {result.get('mlflow_run_url')}")
+                print(f"   version    : {result.get('model_version')}")
             elif result is not None:
                 print(f"   returned   : {_shorten(result)}")
+    print(
+        f"\n== MLflow UI: {mlflow.url}  (user {mlflow.username}, password in {DEMO / 'mlflow' / 'admin_password'})\n"
+        f"   Experiments -> {dag_id} -> the newest run: Model metrics shows the curves, Artifacts the history,\n"
+        "   the learning curve and the logged model; Models -> the registered model -> Aliases shows the champion.\n"
+        "   Stop it with: python scripts/local_mlflow.py stop .demo/mlflow"
+    )
     return 0 if str(dag_run.state) == "success" else 1
 
 

@@ -1,5 +1,6 @@
 """Test environment: a private Airflow home and metadata DB, and (for integration tests) one real local Ray
-head per session with its own temp dir, ports and token, stopped by its process group when the session ends.
+head per session with its own temp dir, ports and token, and one real MLflow tracking server (SQLite, local
+artifacts, basic auth) on a free loopback port, each stopped by its process group when the session ends.
 
 Airflow reads its configuration at import, so the environment is set here, before any test imports it.
 """
@@ -45,9 +46,19 @@ os.environ.update(
         "AIRFLOW_RAY_TRAIN_LOCAL_DIR": str(_ROOT / "embedded"),
     }
 )
-for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "AIRFLOW_CONN_RAY_TRAIN_DEFAULT"):
+for key in (
+    "RAY_ADDRESS",
+    "RAY_AUTH_MODE",
+    "RAY_AUTH_TOKEN",
+    "AIRFLOW_CONN_RAY_TRAIN_DEFAULT",
+    "AIRFLOW_CONN_MLFLOW_DEFAULT",
+    "AIRFLOW__RAY_TRAIN__MLFLOW_CONN_ID",
+    "AIRFLOW__RAY_TRAIN__MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_URI",
+):
     os.environ.pop(key, None)
 sys.path.insert(0, str(DAGS_FOLDER))
+sys.path.insert(1, str(REPO / "scripts"))
 
 
 @pytest.fixture(scope="session")
@@ -80,6 +91,41 @@ def ray_conn(ray_head):
     )
     yield ray_head
     os.environ.pop("AIRFLOW_CONN_RAY_TRAIN_DEFAULT", None)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server():
+    """A real MLflow tracking server with basic auth, shared by the whole session."""
+    from local_mlflow import start_mlflow_server
+
+    root = Path(tempfile.mkdtemp(prefix="art_mlflow_"))
+    server = start_mlflow_server(root)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def mlflow_conn(mlflow_server, monkeypatch):
+    """Track every task to the session's MLflow server: the connection ``mlflow_default`` (its admin's login and
+    password) named by ``[ray_train] mlflow_conn_id``, as a deployment would set it."""
+    import json
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MLFLOW_DEFAULT",
+        json.dumps(
+            {
+                "conn_type": "mlflow",
+                "host": mlflow_server.url,
+                "login": mlflow_server.username,
+                "password": mlflow_server.password,
+            }
+        ),
+    )
+    monkeypatch.setenv("AIRFLOW__RAY_TRAIN__MLFLOW_CONN_ID", "mlflow_default")
+    return mlflow_server
 
 
 @pytest.fixture

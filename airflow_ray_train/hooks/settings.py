@@ -64,7 +64,7 @@ class ClusterSettings:
         return f"{self.address}/#/jobs/{job_id}"
 
 
-def _as_bool(value: Any) -> bool | str:
+def as_bool(value: Any) -> bool | str:
     if isinstance(value, str):
         lowered = value.strip().lower()
         if lowered in ("true", "1", "yes", "on", ""):
@@ -113,7 +113,7 @@ def settings_from_connection(
         address=host.rstrip("/"),
         token=conn.password or None,
         # A CA bundle (the form's ca_bundle field) verifies against it; else verify is true/false.
-        verify=extras.get("ca_bundle") or _as_bool(extras.get("verify", True)),
+        verify=extras.get("ca_bundle") or as_bool(extras.get("verify", True)),
         headers={str(k): str(v) for k, v in headers.items()},
         runtime_env=dict(runtime_env),
         python=str(extras.get("python") or "python"),

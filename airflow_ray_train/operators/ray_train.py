@@ -22,9 +22,11 @@ from airflow_ray_train.exceptions import (
     RayTrainWatchError,
 )
 from airflow_ray_train.hooks.log_follower import LogFollower
+from airflow_ray_train.hooks.mlflow import MlflowHook, mlflow_hook
 from airflow_ray_train.hooks.ray_train import RayTrainHook
 from airflow_ray_train.hooks.resources import cluster_shortfall
 from airflow_ray_train.identity import TRY_KEY, TryIdentity, deployment_id, other_spec, spec_digest
+from airflow_ray_train.links.mlflow import MLFLOW_RUN_URL_KEY, MlflowRunLink
 from airflow_ray_train.links.ray_train import RayJobLink
 from airflow_ray_train.packaging import (
     CodeLookupError,
@@ -34,8 +36,9 @@ from airflow_ray_train.packaging import (
     spec_package,
 )
 from airflow_ray_train.results import ASSET_EXTRA_KEYS, XCOM_KEYS, job_failure, manifest_to_xcom, read_manifest
-from airflow_ray_train.runtime.spec import SpecError, TrainSpec
+from airflow_ray_train.runtime.spec import ResultManifest, SpecError, TrackingSpec, TrainSpec
 from airflow_ray_train.runtime_env import check_runtime_env, with_py_modules
+from airflow_ray_train.tracking import end_if_running, experiment_name, find_run_url, start_run
 from airflow_ray_train.triggers.ray_train import LOG_TAIL_LINES, RayTrainJobTrigger
 from airflow_ray_train.try_plan import plan_try
 
@@ -99,6 +102,17 @@ class RayTrainOperator(BaseOperator):
         ``[operators] default_deferrable`` option). The log still reaches the task log, and XCom is the same.
     :param check_cluster_resources: before submitting, fail at once if the cluster's total resources can
         never hold the workers ``scaling_config`` asks for. Turn off on an autoscaling cluster.
+    :param mlflow_conn_id: track the training in MLflow through this ``mlflow`` connection: one run per Train
+        run, with every report as metrics, params, tags linking back here, the history and learning curve
+        (default: ``[ray_train] mlflow_conn_id``, else ``[ray_train] mlflow_tracking_uri``, else untracked;
+        ``""``: untracked).
+    :param mlflow_experiment: the MLflow experiment (default: the connection's ``experiment`` extra, else the
+        dag_id). (templated)
+    :param register_model: register the best checkpoint as a new version of this MLflow model (the framework's
+        MLflow flavour for the declarative Lightning and Transformers loops, the checkpoint directory
+        otherwise); XCom gets ``model_version``. Ignored, with a warning, when the task is untracked. (templated)
+    :param mlflow_required: with False, a tracking server that cannot be reached means training untracked with a
+        warning; by default the task fails before submitting.
 
     Retries neither train twice nor start over, and use only this task's own jobs (see ``identity``): a
     retry resumes the series' Train run from its latest checkpoint, attaches to its job still running, or
@@ -113,6 +127,8 @@ class RayTrainOperator(BaseOperator):
         "run_config",
         "runtime_env",
         "entrypoint_resources",
+        "mlflow_experiment",
+        "register_model",
     )
     template_fields_renderers = {
         "train_loop_config": "json",
@@ -121,7 +137,7 @@ class RayTrainOperator(BaseOperator):
         "runtime_env": "json",
     }
     ui_color = "#cfe8fc"
-    operator_extra_links = (RayJobLink(),)
+    operator_extra_links = (RayJobLink(), MlflowRunLink())
 
     def __init__(
         self,
@@ -142,6 +158,10 @@ class RayTrainOperator(BaseOperator):
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         check_cluster_resources: bool = True,
         model_asset: Asset | None = None,
+        mlflow_conn_id: str | None = None,
+        mlflow_experiment: str | None = None,
+        register_model: str | None = None,
+        mlflow_required: bool = True,
         **kwargs: Any,
     ) -> None:
         if model_asset is not None:
@@ -165,11 +185,20 @@ class RayTrainOperator(BaseOperator):
         self.model_asset = model_asset
         self.deferrable = deferrable
         self.check_cluster_resources = check_cluster_resources
+        self.mlflow_conn_id = mlflow_conn_id
+        self.mlflow_experiment = mlflow_experiment
+        self.register_model = register_model
+        self.mlflow_required = mlflow_required
         self.job_id: str | None = None
 
     @cached_property
     def hook(self) -> RayTrainHook:
         return RayTrainHook(ray_conn_id=self.ray_conn_id)
+
+    @cached_property
+    def mlflow(self) -> MlflowHook | None:
+        """The MLflow the task tracks to, or None (untracked)."""
+        return mlflow_hook(self.mlflow_conn_id)
 
     # -- the spec -------------------------------------------------------------------------------------------
 
@@ -268,12 +297,19 @@ class RayTrainOperator(BaseOperator):
                 plan.job["status"],
             )
             self._remember_job(hook, job_id, context)
+            self._remember_attached_run(spec, context)
         else:
             if self.check_cluster_resources:
                 self._check_cluster_resources(hook, spec)
-            hook.upload_packages(packages)
-            metadata = identity.job_metadata(digest, spec.effective_run_name)
-            job_id = self._submit(hook, spec, runtime_env, metadata, identity, digest, context)
+            spec = dataclasses.replace(spec, tracking=self._start_tracking(hook, identity, spec))
+            try:
+                hook.upload_packages(packages)
+                metadata = identity.job_metadata(digest, spec.effective_run_name)
+                job_id = self._submit(hook, spec, runtime_env, metadata, identity, digest, context)
+            except BaseException:
+                if self.mlflow is not None and spec.tracking is not None:
+                    end_if_running(self.mlflow, spec.tracking.run_id, "FAILED")
+                raise
         if self.deferrable:
             self._defer(job_id)
         return self._wait(hook, job_id, context)
@@ -422,8 +458,9 @@ class RayTrainOperator(BaseOperator):
         digest: str,
         context: Context,
     ) -> str:
+        credentials = self.mlflow.settings.credentials_env() if self.mlflow and spec.tracking else {}
         try:
-            shipped_spec = spec_package(spec)
+            shipped_spec = spec_package(spec, credentials)
         except CodeLookupError as exc:
             raise RayTrainConfigError(str(exc), field="train_loop_config") from exc
         hook.upload_package(shipped_spec)
@@ -453,7 +490,61 @@ class RayTrainOperator(BaseOperator):
             job_id = spec.submission_id
             self.log.info("Ray job %s was just submitted by another process of this same try; attaching", job_id)
         self._remember_job(hook, job_id, context)
+        if spec.tracking is not None:
+            self._remember_mlflow_run(spec.tracking.run_id, spec.tracking.run_url, context)
         return job_id
+
+    # -- MLflow ---------------------------------------------------------------------------------------------
+
+    def _start_tracking(self, hook: RayTrainHook, identity: TryIdentity, spec: TrainSpec) -> TrackingSpec | None:
+        """The MLflow run this try's job logs to (see ``tracking``), or None when the task is untracked."""
+        if self.mlflow is None:
+            if self.register_model:
+                self.log.warning(
+                    "register_model=%r is set but the task is not tracked in MLflow (no mlflow_conn_id, no "
+                    "[ray_train] mlflow_conn_id or mlflow_tracking_uri): the checkpoint is not registered",
+                    self.register_model,
+                )
+            return None
+        return start_run(
+            self.mlflow,
+            identity,
+            spec,
+            experiment=experiment_name(self.mlflow, self.mlflow_experiment, identity.dag_id),
+            register_model=self.register_model,
+            required=self.mlflow_required,
+            dashboard_url=hook.dashboard_url(spec.submission_id),
+        )
+
+    def _remember_mlflow_run(self, run_id: str, run_url: str | None, context: Context) -> None:
+        """Push the run's id and URL (the "MLflow Run" link) at once, like the Ray job's."""
+        ti = context["ti"]
+        ti.xcom_push(key="mlflow_run_id", value=run_id)
+        ti.xcom_push(key=MLFLOW_RUN_URL_KEY, value=run_url)
+        ti.xcom_push(key=MlflowRunLink().xcom_key, value=run_url)
+        self.log.info("MLflow run: %s", run_url)
+
+    def _remember_attached_run(self, spec: TrainSpec, context: Context) -> None:
+        """The link to the MLflow run of the job this try attached to (never fails the task)."""
+        if self.mlflow is None:
+            return
+        try:
+            found = find_run_url(
+                self.mlflow, experiment_name(self.mlflow, self.mlflow_experiment, context["ti"].dag_id), spec
+            )
+        except Exception as exc:  # noqa: BLE001 - the job is what the try waits for; the link is a convenience
+            self.log.warning("Could not look up the MLflow run of the attached job: %s", exc)
+            return
+        if found is not None:
+            self._remember_mlflow_run(*found, context)
+
+    def _end_mlflow_run(self, manifest: ResultManifest | None, status: str, context: Context) -> None:
+        """End the try's MLflow run if the job left it RUNNING (it died before the runtime could end it)."""
+        ti = context["ti"]
+        run_id = manifest.mlflow_run_id if manifest else None
+        run_id = run_id or ti.xcom_pull(task_ids=ti.task_id, key="mlflow_run_id")
+        if self.mlflow is not None and run_id:
+            end_if_running(self.mlflow, str(run_id), status)
 
     def _remember_job(self, hook: RayTrainHook, job_id: str, context: Context) -> None:
         """Keep the job for ``on_kill`` and push its id and dashboard URL before waiting (the link works
@@ -489,11 +580,14 @@ class RayTrainOperator(BaseOperator):
             dashboard_url=hook.dashboard_url(job_id),
             status=status if manifest is None or status != "SUCCEEDED" else manifest.status,
         )
+        self._end_mlflow_run(manifest, result["status"], context)
         if status != "SUCCEEDED" or manifest is None or not manifest.succeeded:
             raise job_failure(job_id, info, manifest, log_tail, hook.dashboard_url(job_id))
         ti = context["ti"]
         for key in XCOM_KEYS:
             ti.xcom_push(key=key, value=result[key])
+        if result["mlflow_run_id"]:
+            self._remember_mlflow_run(result["mlflow_run_id"], result["mlflow_run_url"], context)
         self.log.info("Checkpoint: %s; metrics: %s", result["checkpoint_path"], result["metrics"])
         if self.model_asset is not None:
             context["outlet_events"][self.model_asset].extra = {key: result[key] for key in ASSET_EXTRA_KEYS}

@@ -28,13 +28,16 @@ PIP_INSTALL = {
     "datasets": 'pip install "datasets>=2.18"',
     "deepspeed": "pip install deepspeed",
     "matplotlib": "pip install matplotlib",
+    "mlflow": 'pip install "mlflow-skinny==3.17.2"',
 }
 _DISPLAY_NAMES = {
     "lightning": "PyTorch Lightning",
     "transformers": "HuggingFace Transformers",
     "datasets": "HuggingFace Datasets",
+    "mlflow": "MLflow",
 }
-EXTRA_HINT = "or install this provider with its frameworks extra: pip install 'airflow-ray-train[frameworks]'"
+#: The extra of this provider that installs each framework (``frameworks`` unless named here).
+_EXTRAS = {"mlflow": "mlflow"}
 
 
 class FrameworkNotInstalledError(ImportError):
@@ -43,12 +46,13 @@ class FrameworkNotInstalledError(ImportError):
     def __init__(self, framework: str, purpose: str, cause: BaseException | None = None) -> None:
         self.framework = framework
         self.pip_command = PIP_INSTALL[framework]
+        extra = _EXTRAS.get(framework, "frameworks")
         detail = f" ({cause})" if cause is not None else ""
         super().__init__(
             f"{_DISPLAY_NAMES.get(framework, framework)} is not installed here{detail}, and {purpose} needs it. "
             f"Fix: {self.pip_command} "
             "where this runs (on a Ray cluster: every node, or the job's runtime_env={'pip': [...]}), "
-            f"{EXTRA_HINT}.",
+            f"or install this provider with its {extra} extra: pip install 'airflow-ray-train[{extra}]'.",
             name=framework,
         )
 

@@ -53,6 +53,8 @@ FAILURE_CONFIG_FIELDS: dict[str, tuple[type, ...]] = {
     "max_preemption_failures": (int,),
 }
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+#: An MLflow experiment or run id (a number, 32 hex digits).
+_MLFLOW_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class JobStatus(StrEnum):
@@ -166,6 +168,48 @@ def _is_uri(path: str) -> bool:
 
 
 @dataclass(frozen=True)
+class TrackingSpec:
+    """The MLflow run a job logs to, made (or found again, for a retry) on the Airflow side before submitting.
+    Credentials never travel here: they ship in a file of their own (``TrainSpec.credentials_file``).
+
+    :param tracking_uri: the MLflow tracking server, as the cluster reaches it.
+    :param experiment_id: the run's experiment.
+    :param run_id: the run every report, artifact and registered version goes to.
+    :param run_url: the run's page in the MLflow UI (for the job log and the manifest).
+    :param register_model: register the best checkpoint as a new version of this model; None: do not.
+    :param required: True: a cluster that cannot reach the server fails the job before training; False: it
+        trains untracked, with a warning.
+    """
+
+    tracking_uri: str
+    experiment_id: str
+    run_id: str
+    run_url: str | None = None
+    register_model: str | None = None
+    required: bool = True
+
+    def __post_init__(self) -> None:
+        doc = "TrainSpec"
+        if not isinstance(self.tracking_uri, str) or not _URI_RE.match(self.tracking_uri):
+            raise SpecError(
+                doc,
+                "tracking.tracking_uri",
+                f"is {self.tracking_uri!r}",
+                "give the server's URI, e.g. 'http://mlflow:5000'",
+            )
+        for name in ("experiment_id", "run_id"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not _MLFLOW_ID_RE.match(value):
+                raise SpecError(doc, f"tracking.{name}", f"is {value!r}", "use the id MLflow gave it")
+        if self.register_model is not None and (not isinstance(self.register_model, str) or not self.register_model):
+            raise SpecError(
+                doc, "tracking.register_model", f"is {self.register_model!r}", "name a model, or leave None"
+            )
+        if not isinstance(self.required, bool):
+            raise SpecError(doc, "tracking.required", f"is {self.required!r}", "use true or false")
+
+
+@dataclass(frozen=True)
 class TrainSpec:
     """What to run: everything the job driver needs to build and fit a ``TorchTrainer``.
 
@@ -175,6 +219,7 @@ class TrainSpec:
     :param train_loop_config: the dict every worker's ``train_func(config)`` receives.
     :param scaling_config: ``ray.train.ScalingConfig`` fields.
     :param run_config: ``ray.train.RunConfig`` fields (``checkpoint_config``/``failure_config`` as dicts).
+    :param tracking: the MLflow run to log to, or None (untracked).
     """
 
     train_func: str
@@ -183,6 +228,7 @@ class TrainSpec:
     train_loop_config: dict[str, Any] = field(default_factory=dict)
     scaling_config: dict[str, Any] = field(default_factory=dict)
     run_config: dict[str, Any] = field(default_factory=dict)
+    tracking: TrackingSpec | None = None
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -217,6 +263,11 @@ class TrainSpec:
         check_json_value(doc, "train_loop_config", self.train_loop_config)
         self._check_scaling_config()
         self._check_run_config()
+        if isinstance(self.tracking, dict):
+            check_keys(doc, "tracking.", self.tracking, {f.name: None for f in fields(TrackingSpec)}, "tracking")
+            object.__setattr__(self, "tracking", TrackingSpec(**self.tracking))
+        elif self.tracking is not None and not isinstance(self.tracking, TrackingSpec):
+            raise SpecError(doc, "tracking", f"is a {type(self.tracking).__name__}", "pass a dict, or leave it out")
 
     def _check_scaling_config(self) -> None:
         doc, sc = "TrainSpec", self.scaling_config
@@ -307,6 +358,11 @@ class TrainSpec:
         """The file name the spec travels under, beside the code in the job's ``py_modules``."""
         return f"_airflow_ray_train_spec_{self.submission_id}.json"
 
+    @property
+    def credentials_file(self) -> str:
+        """The file the tracking server's credentials travel in, beside ``shipped_file`` (never in the spec)."""
+        return f"_airflow_ray_train_credentials_{self.submission_id}.json"
+
     def shipped_arg(self) -> str:
         """The driver's argument for the spec shipped as ``shipped_file``: short, whatever the spec's size,
         and nothing of the configuration on the command line (``ps``, the dashboard)."""
@@ -326,13 +382,21 @@ class TrainSpec:
             return cls.from_json(handle.read())
 
 
-def _read_shipped(name: str) -> str:
-    """A shipped spec: Ray puts each ``py_modules`` package's folder on ``sys.path``."""
+def find_shipped(name: str) -> str | None:
+    """The text of a file shipped in the job's ``py_modules`` (Ray puts each package's folder on ``sys.path``),
+    or None when no package holds it."""
     for entry in sys.path:
         path = os.path.join(entry or ".", name)
         if os.path.isfile(path):
             with open(path, encoding="utf-8") as handle:
                 return handle.read()
+    return None
+
+
+def _read_shipped(name: str) -> str:
+    text = find_shipped(name)
+    if text is not None:
+        return text
     raise SpecError(
         "TrainSpec",
         "(document)",
@@ -355,7 +419,8 @@ class ResultManifest:
 
     ``status`` is ``SUCCEEDED``, ``FAILED`` or ``STOPPED``. Paths are plain on local and shared
     filesystems and keep their scheme (``s3://...``) on remote storage. ``error`` is ``None`` on success,
-    else ``{"type", "message", "traceback"}`` (the traceback's tail).
+    else ``{"type", "message", "traceback"}`` (the traceback's tail). A tracked run names its MLflow run and,
+    when one was registered, the model version (MLflow's version number, a string).
     """
 
     status: str
@@ -374,6 +439,9 @@ class ResultManifest:
     started_at: float | None = None
     finished_at: float | None = None
     ray_version: str | None = None
+    mlflow_run_id: str | None = None
+    mlflow_run_url: str | None = None
+    model_version: str | None = None
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:

@@ -2,8 +2,9 @@
 written next to the run.
 
 Runs on the Ray cluster (``python -m airflow_ray_train.runtime SPEC``). Never imports Airflow. The manifest is
-printed before anything else is written (the metrics history CSV, the learning curve): Ray kills a stopped
-job's driver 3 s after its SIGTERM, and a storage that fails must not cost Airflow the result.
+printed before anything else is written (the metrics history CSV, the learning curve, the MLflow run's
+artifacts and registered model): Ray kills a stopped job's driver 3 s after its SIGTERM, and a storage or a
+tracking server that fails must not cost Airflow the result.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from airflow_ray_train.runtime.learning_curve import learning_curve_png
 from airflow_ray_train.runtime.reports import history_csv, make_recorder, make_report_callback, read_reports
 from airflow_ray_train.runtime.spec import MANIFEST_MARKER, ResultManifest, SpecError, TrainSpec
 from airflow_ray_train.runtime.storage import Storage
+from airflow_ray_train.runtime.tracking import RunTracker
 
 MANIFEST_DIR = "airflow_ray_train"
 PRINT_PATCH_ENV = "RAY_TRAIN_ENABLE_PRINT_PATCH"
@@ -35,6 +37,8 @@ DEFAULT_CONTROLLER_FAILURE_LIMIT = 2
 #: Seconds to read the report history: after a stop, Ray kills the driver 3 s after its SIGTERM.
 REPORTS_TIMEOUT_S = 30.0
 REPORTS_TIMEOUT_STOPPING_S = 1.0
+HISTORY_FILE = "metrics_history.csv"
+CURVE_FILE = "learning_curve.png"
 
 
 class TrainFuncImportError(ImportError):
@@ -139,8 +143,9 @@ def failure_config_kwargs(given: dict[str, Any] | None) -> dict[str, Any]:
     return kwargs
 
 
-def fit(spec: TrainSpec, paths: RunPaths, stop: StopSignal) -> FitOutcome:
-    """Build the ``TorchTrainer`` the spec describes and fit it; every failure becomes the outcome's error."""
+def fit(spec: TrainSpec, paths: RunPaths, stop: StopSignal, tracker: RunTracker | None = None) -> FitOutcome:
+    """Build the ``TorchTrainer`` the spec describes and fit it, tracked by ``tracker`` when one is given; every
+    failure (MLflow missing or unreachable when tracking is required, too) becomes the outcome's error."""
     import ray
 
     outcome = FitOutcome()
@@ -157,6 +162,11 @@ def fit(spec: TrainSpec, paths: RunPaths, stop: StopSignal) -> FitOutcome:
         stop.take_back()
         outcome.recorder = make_recorder()
         train_func = load_train_func(spec.train_func)
+        callbacks = [make_report_callback(outcome.recorder)]
+        if tracker is not None:
+            tracker.start()
+            if tracker.active:
+                callbacks.append(tracker.callback())
         rc = dict(spec.run_config)
         run_config = RunConfig(
             name=paths.run_name,
@@ -164,7 +174,7 @@ def fit(spec: TrainSpec, paths: RunPaths, stop: StopSignal) -> FitOutcome:
             checkpoint_config=CheckpointConfig(**(rc.get("checkpoint_config") or {})),
             failure_config=FailureConfig(**failure_config_kwargs(rc.get("failure_config"))),
             worker_runtime_env=rc.get("worker_runtime_env"),  # type: ignore[call-arg]
-            callbacks=[make_report_callback(outcome.recorder)],
+            callbacks=callbacks,
         )
         trainer = TorchTrainer(
             train_loop_per_worker=train_func,
@@ -194,23 +204,33 @@ def publish(manifest: ResultManifest, paths: RunPaths) -> None:
         print(f"[airflow-ray-train] could not write the manifest to {manifest.manifest_path}: {exc!r}", file=sys.stderr)
 
 
-def write_artifacts(reports: list[dict[str, Any]], paths: RunPaths) -> tuple[str | None, str | None]:
-    """The metrics history CSV and the learning curve PNG; their paths, None where nothing was written."""
-    history = curve = None
+def render_artifacts(reports: list[dict[str, Any]], run_name: str) -> dict[str, bytes]:
+    """The metrics history CSV and the learning curve PNG (left out when there is nothing to plot or the
+    plot fails), by file name."""
     if not reports:
-        return history, curve
+        return {}
+    artifacts = {HISTORY_FILE: history_csv(reports).encode()}
     try:
-        history = paths.storage.write_text(paths.file("metrics_history.csv"), history_csv(reports))
-    except Exception as exc:  # noqa: BLE001 - an artifact must never cost the manifest
-        print(f"[airflow-ray-train] could not write the metrics history: {exc!r}", file=sys.stderr)
-    try:
-        png = learning_curve_png(reports, paths.run_name)
-        if png is not None:
-            curve = paths.storage.write_bytes(paths.file("learning_curve.png"), png)
-            print(f"[airflow-ray-train] learning curve: {curve}", flush=True)
+        png = learning_curve_png(reports, run_name)
     except Exception as exc:  # noqa: BLE001 - a plot must never cost the manifest
-        print(f"[airflow-ray-train] could not write the learning curve: {exc!r}", file=sys.stderr)
-    return history, curve
+        print(f"[airflow-ray-train] could not plot the learning curve: {exc!r}", file=sys.stderr)
+        png = None
+    if png is not None:
+        artifacts[CURVE_FILE] = png
+    return artifacts
+
+
+def write_artifacts(artifacts: dict[str, bytes], paths: RunPaths) -> tuple[str | None, str | None]:
+    """Write the history and the curve next to the run; their paths, None where nothing was written."""
+    written: dict[str, str] = {}
+    for name, data in artifacts.items():
+        try:
+            written[name] = paths.storage.write_bytes(paths.file(name), data)
+        except Exception as exc:  # noqa: BLE001 - an artifact must never cost the manifest
+            print(f"[airflow-ray-train] could not write {name}: {exc!r}", file=sys.stderr)
+    if CURVE_FILE in written:
+        print(f"[airflow-ray-train] learning curve: {written[CURVE_FILE]}", flush=True)
+    return written.get(HISTORY_FILE), written.get(CURVE_FILE)
 
 
 def run(spec: TrainSpec) -> ResultManifest:
@@ -221,8 +241,9 @@ def run(spec: TrainSpec) -> ResultManifest:
 
     started = time.time()
     paths = RunPaths.of(spec, DEFAULT_STORAGE_PATH)
+    tracker = RunTracker.of(spec)
     with StopSignal() as stop:
-        outcome = fit(spec, paths, stop)
+        outcome = fit(spec, paths, stop, tracker)
         stop.raising = False
         if stop.requested and outcome.status == "FAILED":
             # Ray's blocking calls may turn the handler's exception into one of their own: still a stop.
@@ -249,13 +270,21 @@ def run(spec: TrainSpec) -> ResultManifest:
             started_at=started,
             finished_at=time.time(),
             ray_version=ray.__version__,
+            mlflow_run_id=spec.tracking.run_id if spec.tracking else None,
+            mlflow_run_url=spec.tracking.run_url if spec.tracking else None,
         )
         publish(manifest, paths)
         if stopping:
+            if tracker is not None:
+                tracker.end_stopped()
             return manifest
-        history, curve = write_artifacts(reports, paths)
-        if (history or curve) and not stop.requested:
-            manifest = dataclasses.replace(manifest, metrics_history_path=history, learning_curve_path=curve)
+        artifacts = render_artifacts(reports, paths.run_name)
+        history, curve = write_artifacts(artifacts, paths)
+        final = dataclasses.replace(manifest, metrics_history_path=history, learning_curve_path=curve)
+        if tracker is not None:
+            final = tracker.finish(final, artifacts)
+        if final != manifest and not stop.requested:
+            manifest = final
             publish(manifest, paths)
     return manifest
 

@@ -1,6 +1,8 @@
-"""A local model registry for the retraining examples: one folder per model, one sub-folder per promoted
-version (the framework's own checkpoint files plus ``metrics.json``), and ``champion.json`` naming the
-version in service. Promotion copies into a temp folder, then renames, so a reader never sees half a model.
+"""The retraining examples' fallback where no MLflow is configured (with MLflow, its Model Registry keeps the
+versions and the ``champion`` alias: see ``champion``): a local folder registry, one folder per model, one
+sub-folder per promoted version (the framework's own checkpoint files plus ``metrics.json``), and
+``champion.json`` naming the version in service. Promotion copies into a temp folder, then renames, so a reader
+never sees half a model. It also says where a run's prepared data goes (``data_dir``).
 
 Where it lives: the Airflow Variable ``ray_train_model_registry`` (or the environment variable
 ``AIRFLOW_VAR_RAY_TRAIN_MODEL_REGISTRY``), else ``model_registry/`` under the provider's default storage
@@ -46,14 +48,6 @@ def champion(root: Path, model_name: str) -> dict[str, Any] | None:
     """The record of the model in service, or None before the first promotion."""
     path = root / model_name / CHAMPION_FILE
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-def beats_champion(score: float, current: dict[str, Any] | None, metric: str, higher_is_better: bool = True) -> bool:
-    """A candidate replaces the champion only when strictly better on the same held-out metric."""
-    if current is None:
-        return True
-    best = float(current["metrics"][metric])
-    return score > best if higher_is_better else score < best
 
 
 def promote(root: Path, model_name: str, source: str, metrics: dict[str, Any], run_id: str) -> dict[str, Any]:

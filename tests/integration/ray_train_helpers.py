@@ -59,6 +59,34 @@ def xcom(dag_run: Any, task_id: str, key: str = "return_value", map_index: int =
     return json.loads(value) if isinstance(value, str) and value[:1] in "{[" else value
 
 
+def all_xcoms(dag_run: Any) -> str:
+    """Every XCom value of the DAG run, as one text (to look for what must never be in XCom)."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.scalars(
+            select(XComModel).where(XComModel.dag_id == dag_run.dag_id, XComModel.run_id == dag_run.run_id)
+        ).all()
+        return json.dumps([XComModel.deserialize_value(row) for row in rows], default=str)
+
+
+def mlflow_history(mlflow: Any, run_id: str, key: str) -> list[tuple[int, float]]:
+    """A run's ``(step, value)`` history of one metric, by step, from the tracking server's REST API."""
+    reply = mlflow.call("GET", "metrics/get-history", params={"run_id": run_id, "metric_key": key})
+    return sorted((int(m["step"]), float(m["value"])) for m in reply.get("metrics") or [])
+
+
+def mlflow_tags(run: dict[str, Any]) -> dict[str, str]:
+    return {tag["key"]: tag["value"] for tag in run["data"].get("tags") or []}
+
+
+def mlflow_artifacts(mlflow: Any, run_id: str) -> set[str]:
+    reply = mlflow.call("GET", "artifacts/list", params={"run_id": run_id})
+    return {item["path"] for item in reply.get("files") or []}
+
+
 def task_instances(dag_run: Any) -> dict[str, Any]:
     from airflow.utils.session import create_session
 

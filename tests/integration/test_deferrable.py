@@ -16,6 +16,8 @@ from ray_train_helpers import (
     assert_stopped_without_workers,
     failure,
     jobs_of,
+    mlflow_history,
+    mlflow_tags,
     run_dag,
     states,
     task_instances,
@@ -25,6 +27,7 @@ from ray_train_helpers import (
 )
 
 from airflow_ray_train.compat import TaskDeferred
+from airflow_ray_train.hooks.mlflow import MlflowHook
 from airflow_ray_train.hooks.ray_train import RayTrainHook
 from airflow_ray_train.operators.ray_train import RayTrainOperator
 from airflow_ray_train.triggers.ray_train import RayTrainJobTrigger
@@ -87,7 +90,7 @@ def test_deferrable_dag_returns_the_same_xcom_as_the_sync_path(ray_conn, airflow
     assert ray_conn.token not in str(sync) + str(deferred)
 
 
-def test_a_failed_try_is_resumed_from_its_checkpoint_by_the_next(hook, airflow_db):
+def test_a_failed_try_is_resumed_from_its_checkpoint_by_the_next(hook, airflow_db, mlflow_conn):
     dag_run = run_dag("test_ray_train_resume")
     assert states(dag_run) == {"train_resumes": "success"}
     assert task_instances(dag_run)["train_resumes"].try_number == 2
@@ -99,6 +102,15 @@ def test_a_failed_try_is_resumed_from_its_checkpoint_by_the_next(hook, airflow_d
     assert [job["submission_id"].rsplit("-", 1)[1] for job in jobs] == ["try1", "try2"]
     assert result["job_id"] == jobs[1]["submission_id"]
     assert "resuming from" in hook.get_job_logs(result["job_id"])
+    # Both tries logged to one MLflow run: try 1's epoch 0, then try 2's epoch 1, which ended it FINISHED.
+    mlflow = MlflowHook()
+    run = mlflow.get_run(result["mlflow_run_id"])
+    assert run["info"]["status"] == "FINISHED"
+    assert (
+        mlflow_tags(run)["airflow.try_number"] == "2"
+        and mlflow_tags(run)["ray.submission_id"] == jobs[1]["submission_id"]
+    )
+    assert mlflow_history(mlflow, result["mlflow_run_id"], "epoch") == [(0, 0.0), (1, 1.0)]
 
 
 @pytest.mark.slow

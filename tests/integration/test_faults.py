@@ -28,6 +28,7 @@ from ray_train_helpers import (
 )
 
 from airflow_ray_train.exceptions import RayTrainJobError
+from airflow_ray_train.hooks.mlflow import MlflowHook
 from airflow_ray_train.hooks.ray_train import RayTrainHook
 from airflow_ray_train.operators.ray_train import RayTrainOperator
 from airflow_ray_train.runtime.spec import ResultManifest, manifest_from_log
@@ -42,7 +43,7 @@ def hook(ray_conn):
     hook.close()
 
 
-def test_on_kill_stops_the_job_and_its_workers_and_leaves_a_stopped_manifest(hook, direct_deployment):
+def test_on_kill_stops_the_job_and_its_workers_and_leaves_a_stopped_manifest(hook, direct_deployment, mlflow_conn):
     operator = RayTrainOperator(
         task_id="killed_while_waiting",
         train_func="ray_train_test_loops:slow_counter",
@@ -75,6 +76,10 @@ def test_on_kill_stops_the_job_and_its_workers_and_leaves_a_stopped_manifest(hoo
     assert manifest.checkpoint_path and Path(manifest.checkpoint_path, "state.json").is_file()
     assert ResultManifest.from_json(Path(manifest.manifest_path).read_text()).status == "STOPPED"
     assert error.manifest_path == manifest.manifest_path and manifest.checkpoint_path in str(error)
+    # Its MLflow run ended KILLED, with the reports it had.
+    run = MlflowHook().get_run(ti.xcoms["mlflow_run_id"])
+    assert manifest.mlflow_run_id == ti.xcoms["mlflow_run_id"] and run["info"]["status"] == "KILLED"
+    assert {m["key"] for m in run["data"]["metrics"]} >= {"epoch", "total"}
 
 
 _FIRST_TRY = textwrap.dedent(

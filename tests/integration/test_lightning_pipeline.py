@@ -1,5 +1,7 @@
-"""The Lightning retraining pipeline through dag.test() on the real local Ray head with 2 workers: it learns
-the digits, the evaluation loads the ``.ckpt`` it got from XCom, and only a better model is promoted."""
+"""The Lightning retraining pipeline through dag.test() on the real local Ray head with 2 workers, tracked on
+the session's real MLflow server: it learns the digits, the run has its curves, every training registers a
+version, the evaluation loads the ``.ckpt`` it got from XCom, and only a better model becomes the champion.
+The server's password never shows in the logs, XCom, or the Ray job."""
 
 from __future__ import annotations
 
@@ -8,7 +10,10 @@ import json
 from pathlib import Path
 
 import pytest
-from ray_train_helpers import get_dag, states, xcom
+from ray_train_helpers import all_xcoms, get_dag, mlflow_artifacts, mlflow_history, mlflow_tags, states, xcom
+
+from airflow_ray_train.hooks.mlflow import MlflowHook
+from airflow_ray_train.hooks.ray_train import RayTrainHook
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -17,7 +22,7 @@ MODEL = "digits-lightning"
 
 
 def test_lightning_pipeline_learns_evaluates_and_promotes_only_a_better_model(
-    ray_conn, airflow_db, tmp_path, monkeypatch, capfd
+    ray_conn, airflow_db, mlflow_conn, tmp_path, monkeypatch, capfd
 ):
     registry = tmp_path / "registry"
     monkeypatch.setenv("AIRFLOW_VAR_RAY_TRAIN_MODEL_REGISTRY", str(registry))
@@ -61,11 +66,33 @@ def test_lightning_pipeline_learns_evaluates_and_promotes_only_a_better_model(
     assert evaluation["test_accuracy"] >= 0.85, evaluation
     assert evaluation["val_accuracy"] == best["metrics"]["val_accuracy"]
 
-    champion = json.loads((registry / MODEL / "champion.json").read_text())
-    assert champion["version"] == "v0001" and champion["run_id"] == first.run_id
-    assert champion["metrics"]["test_accuracy"] == evaluation["test_accuracy"]
-    assert Path(champion["path"]).is_file() and Path(champion["path"]).name == "checkpoint.ckpt"
-    assert json.loads((registry / MODEL / "v0001" / "metrics.json").read_text())["test_accuracy"] > 0.85
+    # MLflow: one run with every epoch's report as a curve, the params, the links back, the artifacts.
+    mlflow = MlflowHook()
+    run_id = result["mlflow_run_id"]
+    run = mlflow.get_run(run_id)
+    assert run["info"]["status"] == "FINISHED" and result["mlflow_run_url"].endswith(f"/runs/{run_id}")
+    curve = mlflow_history(mlflow, run_id, "val_accuracy")
+    assert len(curve) == 10 and curve[-1][1] == pytest.approx(metrics["val_accuracy"])
+    assert [step for step, _ in curve] == sorted(step for step, _ in curve) and curve[-1][0] == metrics["step"]
+    params = {p["key"]: p["value"] for p in run["data"]["params"]}
+    assert params["framework"] == "lightning" and params["train_loop_config.module_kwargs.lr"] == "0.002"
+    assert params["scaling_config.num_workers"] == "2" and "lightning_version" in params
+    tags = mlflow_tags(run)
+    assert tags["airflow.dag_id"] == DAG_ID and tags["airflow.task_id"] == "train"
+    assert tags["airflow.run_id"] == first.run_id and tags["airflow.try_number"] == "1"
+    assert tags["ray.submission_id"] == result["job_id"]
+    assert tags["airflow_ray_train.best_checkpoint_path"] == result["best_checkpoint_path"]
+    assert {"metrics_history.csv", "learning_curve.png"} <= mlflow_artifacts(mlflow, run_id)
+    # The best checkpoint became version 1 (the mlflow.pytorch flavour), scored, and the champion.
+    assert result["model_version"] == "1"
+    champion = mlflow.version_by_alias(MODEL, "champion")
+    assert champion["version"] == "1" and champion["run_id"] == run_id
+    assert champion["source"].startswith("models:/")  # the mlflow.pytorch model logged in the run
+    version_tags = {t["key"]: t["value"] for t in champion["tags"]}
+    assert float(version_tags["test_accuracy"]) == evaluation["test_accuracy"]
+    assert float(version_tags["metric.val_accuracy"]) == best["metrics"]["val_accuracy"]
+    assert xcom(first, "deploy")["version"] == "1"
+    assert not registry.exists()  # the folder registry is only the fallback without MLflow
 
     # A deliberately worse model (one epoch at a tiny learning rate) is evaluated and kept out.
     second = dag.test(run_conf={"max_epochs": 1, "lr": 1e-5})
@@ -74,14 +101,26 @@ def test_lightning_pipeline_learns_evaluates_and_promotes_only_a_better_model(
     assert second_states["deploy"] == "skipped" and second_states["keep_champion"] == "success"
     worse = xcom(second, "evaluate")
     assert worse["test_accuracy"] < evaluation["test_accuracy"]
-    assert xcom(second, "train")["metrics"]["epoch"] == 0
-    assert json.loads((registry / MODEL / "champion.json").read_text()) == champion
+    worse_training = xcom(second, "train")
+    assert worse_training["metrics"]["epoch"] == 0
+    # Registered as version 2 with its score, but the champion alias stays on version 1.
+    assert worse_training["model_version"] == "2" and worse_training["mlflow_run_id"] != run_id
+    assert mlflow.version_by_alias(MODEL, "champion")["version"] == "1"
+    worse_tags = {t["key"]: t["value"] for t in mlflow.get_model_version(MODEL, "2")["tags"]}
+    assert float(worse_tags["test_accuracy"]) == worse["test_accuracy"]
+
+    # The server's password reached the cluster (the runs were logged) but none of what people see.
+    log = log + "".join(capfd.readouterr())
+    ray = RayTrainHook()
+    for dag_run, training in ((first, result), (second, worse_training)):
+        assert mlflow_conn.password not in all_xcoms(dag_run)
+        job = ray.get_job_info(training["job_id"])
+        assert mlflow_conn.password not in json.dumps(job)  # entrypoint, metadata, runtime_env
+        assert mlflow_conn.password not in ray.get_job_logs(training["job_id"])
+        assert mlflow_conn.password not in json.dumps(mlflow.get_run(training["mlflow_run_id"]))
+    assert mlflow_conn.password not in log
     with capfd.disabled():
         print(
             f"\n[lightning pipeline] held-out accuracy: promoted {evaluation['test_accuracy']:.3f}, "
             f"kept out {worse['test_accuracy']:.3f} (chance 0.10)"
         )
-    assert sorted(p.name for p in (registry / MODEL).iterdir() if not p.name.startswith(".")) == [
-        "champion.json",
-        "v0001",
-    ]

@@ -1,4 +1,6 @@
-"""The Transformers retraining pipeline through dag.test() on the real local Ray head with 2 workers.
+"""The Transformers retraining pipeline through dag.test() on the real local Ray head with 2 workers, tracked on
+the session's real MLflow server: curves in the run, every fine-tuning a registered version (the
+``mlflow.transformers`` flavour), and the ``champion`` alias moved only for the better model.
 
 The hub cannot be reached here, so the DAG's params point its real loading code (``from_pretrained``,
 ``load_dataset``) at a tiny BERT built and saved by a fixture and at ``tests/data/reviews.csv`` (480 short
@@ -8,11 +10,12 @@ reviews whose label follows the sentiment words in them; chance is 0.5).
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import pytest
-from ray_train_helpers import get_dag, states, xcom
+from ray_train_helpers import get_dag, mlflow_artifacts, mlflow_history, mlflow_tags, states, xcom
+
+from airflow_ray_train.hooks.mlflow import MlflowHook
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -49,7 +52,7 @@ def _conf(model: str, **overrides: object) -> dict[str, object]:
 
 
 def test_transformers_pipeline_learns_evaluates_and_promotes_only_a_better_model(
-    ray_conn, airflow_db, tiny_bert, tmp_path, monkeypatch, capfd
+    ray_conn, airflow_db, mlflow_conn, tiny_bert, tmp_path, monkeypatch, capfd
 ):
     registry = tmp_path / "registry"
     monkeypatch.setenv("AIRFLOW_VAR_RAY_TRAIN_MODEL_REGISTRY", str(registry))
@@ -92,11 +95,23 @@ def test_transformers_pipeline_learns_evaluates_and_promotes_only_a_better_model
     assert evaluation["n"] == 96 and evaluation["test_accuracy"] >= 0.85, evaluation
     assert evaluation["eval_accuracy"] == result["best_checkpoints"][0]["metrics"]["eval_accuracy"]
 
-    champion = json.loads((registry / MODEL / "champion.json").read_text())
-    assert champion["version"] == "v0001" and champion["metrics"]["test_accuracy"] == evaluation["test_accuracy"]
-    promoted = Path(champion["path"])
-    assert (promoted / "model.safetensors").is_file() and (promoted / "config.json").is_file()
-    assert not (promoted / "optimizer.pt").exists()  # training state is not served
+    # MLflow: Trainer's curves by global step, the run's links, and version 1 (mlflow.transformers) as champion.
+    mlflow = MlflowHook()
+    run_id = result["mlflow_run_id"]
+    run = mlflow.get_run(run_id)
+    assert run["info"]["status"] == "FINISHED"
+    curve = mlflow_history(mlflow, run_id, "eval_accuracy")
+    assert [step for step, _ in curve] == [int(float(row["step"])) for row in history]
+    assert curve[-1][1] == pytest.approx(metrics["eval_accuracy"])
+    params = {p["key"]: p["value"] for p in run["data"]["params"]}
+    assert params["framework"] == "transformers" and params["train_loop_config.model_name_or_path"] == tiny_bert
+    assert mlflow_tags(run)["ray.submission_id"] == result["job_id"]
+    assert {"metrics_history.csv", "learning_curve.png"} <= mlflow_artifacts(mlflow, run_id)
+    assert result["model_version"] == "1"
+    champion = mlflow.version_by_alias(MODEL, "champion")
+    assert champion["version"] == "1" and champion["run_id"] == run_id
+    assert float({t["key"]: t["value"] for t in champion["tags"]}["test_accuracy"]) == evaluation["test_accuracy"]
+    assert not registry.exists()  # the folder registry is only the fallback without MLflow
 
     # A deliberately worse model (one epoch at a tiny learning rate) is evaluated and kept out.
     second = dag.test(run_conf=_conf(tiny_bert, num_train_epochs=1, learning_rate=1e-7))
@@ -110,5 +125,5 @@ def test_transformers_pipeline_learns_evaluates_and_promotes_only_a_better_model
             f"\n[transformers pipeline] held-out accuracy: promoted {evaluation['test_accuracy']:.3f}, "
             f"kept out {worse['test_accuracy']:.3f} (chance 0.50)"
         )
-    assert json.loads((registry / MODEL / "champion.json").read_text()) == champion
-    assert not (registry / MODEL / "v0002").exists()
+    assert xcom(second, "train")["model_version"] == "2"
+    assert mlflow.version_by_alias(MODEL, "champion")["version"] == "1"

@@ -217,7 +217,8 @@ def test_learning_curve_path_crosses_the_seam_and_reaches_xcom():
 
 
 def test_registry_promotes_a_better_model_only(tmp_path):
-    from ray_train_examples.model_registry import beats_champion, champion, promote
+    from ray_train_examples.champion import beats_champion
+    from ray_train_examples.model_registry import champion, promote
 
     assert champion(tmp_path, "m") is None and beats_champion(0.1, None, "acc")
     model = tmp_path / "hf_model"

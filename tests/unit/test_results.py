@@ -3,13 +3,15 @@ class a failed job gets, how runtime_envs merge, and the retry policy both hooks
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from airflow_ray_train.compat import AirflowFailException
 from airflow_ray_train.exceptions import RayTrainAuthError, RayTrainClusterError, RayTrainJobSetupError
 from airflow_ray_train.hooks.jobs_api import Attempts, Reply, RetryPolicy, Step, ray_says
 from airflow_ray_train.hooks.settings import ClusterSettings
-from airflow_ray_train.results import job_failure, manifest_to_xcom, read_manifest
+from airflow_ray_train.results import ASSET_EXTRA_KEYS, job_failure, manifest_to_xcom, read_manifest
 from airflow_ray_train.runtime.spec import MANIFEST_MARKER, CheckpointRecord, ResultManifest
 from airflow_ray_train.runtime_env import merge_runtime_env, with_py_modules
 
@@ -33,6 +35,13 @@ def test_the_xcom_contract_holds_every_key_with_or_without_a_manifest():
     assert full["best_checkpoints"] == [{"path": "/shared/run/checkpoint_000002", "metrics": {"acc": 0.9}}]
     assert full["error"]["type"] == "ValueError" and full["metrics"] == {"epoch": 3, "acc": 0.8}
     assert empty["checkpoint_path"] is None and empty["metrics"] == {} and empty["error"] is None
+    assert full["mlflow_run_id"] is None and empty["model_version"] is None  # untracked
+    tracked = dataclasses.replace(MANIFEST, mlflow_run_id="ab12", mlflow_run_url="http://m/#/r/ab12", model_version="3")
+    xcom = manifest_to_xcom(tracked, job_id="job-1", submission_id="job-1", dashboard_url="u", status="SUCCEEDED")
+    assert (xcom["mlflow_run_id"], xcom["mlflow_run_url"], xcom["model_version"]) == ("ab12", "http://m/#/r/ab12", "3")
+    assert set(ASSET_EXTRA_KEYS) >= {"mlflow_run_id", "mlflow_run_url", "model_version"} and set(
+        ASSET_EXTRA_KEYS
+    ) <= set(xcom)
 
 
 def test_the_manifest_is_read_from_its_log_line_and_a_bad_one_says_why():

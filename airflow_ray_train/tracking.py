@@ -1,0 +1,108 @@
+"""The MLflow run a task try logs to, made on the Airflow side before the job is submitted.
+
+Every try of one series with one spec shares a Train run (see ``identity``), and so an MLflow run: the run
+carries the Train run name in the tag ``TRAIN_RUN_TAG``; a retry that resumes the Train run finds the MLflow
+run by it and sets it RUNNING again, so its curves go on where they stopped. Because the run exists before the
+job does, its id and URL are known at once (the "MLflow Run" link works while the job trains), and what can
+be checked is checked before anything is submitted: that the server answers, and that MLflow accepts the
+``register_model`` name. The runtime on the cluster logs to the run (``runtime.tracking``) and ends it; should
+the job die before it can, ``end_if_running`` ends it from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from airflow_ray_train.exceptions import RayTrainMlflowError
+from airflow_ray_train.hooks.mlflow import RUN_STATUS_OF_JOB, MlflowHook
+from airflow_ray_train.identity import TryIdentity
+from airflow_ray_train.runtime.spec import TrackingSpec, TrainSpec
+
+#: The run tag holding the Train run name: how a retry finds its series' MLflow run again.
+TRAIN_RUN_TAG = "airflow_ray_train.train_run"
+
+
+def run_tags(identity: TryIdentity, spec: TrainSpec, dashboard_url: str) -> dict[str, str]:
+    """Tags that link the run back to Airflow (the task try) and to the Ray job and Train run."""
+    return {
+        TRAIN_RUN_TAG: spec.effective_run_name,
+        "airflow.dag_id": identity.dag_id,
+        "airflow.run_id": identity.run_id,
+        "airflow.task_id": identity.task_id,
+        "airflow.map_index": str(identity.map_index),
+        "airflow.try_number": str(identity.try_number),
+        "airflow.deployment_id": identity.deployment_id,
+        "ray.submission_id": spec.submission_id,
+        "ray.dashboard_url": dashboard_url,
+    }
+
+
+def experiment_name(hook: MlflowHook, requested: str | None, dag_id: str) -> str:
+    """The task's ``mlflow_experiment``, else the connection's ``experiment`` extra, else the DAG id."""
+    return requested or hook.settings.experiment or dag_id
+
+
+def start_run(
+    hook: MlflowHook,
+    identity: TryIdentity,
+    spec: TrainSpec,
+    *,
+    experiment: str,
+    register_model: str | None,
+    required: bool,
+    dashboard_url: str,
+) -> TrackingSpec | None:
+    """The run this try's job logs to: its series' run set RUNNING again, or a new one. Checks the server and
+    the ``register_model`` name first. None (with a warning) when the server cannot be reached and tracking is
+    not ``required``; else that raises ``RayTrainMlflowError`` naming the address and the fix."""
+    try:
+        experiment_id = hook.experiment_id(experiment)
+    except RayTrainMlflowError as exc:
+        if required or not exc.unreachable:
+            raise
+        hook.log.warning("%s Training untracked (mlflow_required=False).", exc)
+        return None
+    if register_model:
+        hook.create_registered_model(register_model)
+    tags = run_tags(identity, spec, dashboard_url)
+    found = hook.find_run(experiment_id, TRAIN_RUN_TAG, spec.effective_run_name)
+    if found is not None:
+        run_id = str(found["run_id"])
+        hook.update_run(run_id, "RUNNING")
+        hook.set_tags(run_id, tags)
+        hook.log.info("MLflow run %s continues (it was %s): this try resumes its Train run", run_id, found["status"])
+    else:
+        run_id = str(hook.create_run(experiment_id, spec.effective_run_name, tags)["run_id"])
+        hook.log.info("MLflow run %s made in experiment %r (id %s)", run_id, experiment, experiment_id)
+    return TrackingSpec(
+        tracking_uri=hook.settings.tracking_uri,
+        experiment_id=experiment_id,
+        run_id=run_id,
+        run_url=hook.settings.run_url(experiment_id, run_id),
+        register_model=register_model or None,
+        required=required,
+    )
+
+
+def find_run_url(hook: MlflowHook, experiment: str, spec: TrainSpec) -> tuple[str, str] | None:
+    """The id and URL of the run of ``spec``'s Train run (a try attaching to a running job), or None."""
+    experiment_id = hook.experiment_id(experiment)
+    found = hook.find_run(experiment_id, TRAIN_RUN_TAG, spec.effective_run_name)
+    if found is None:
+        return None
+    return str(found["run_id"]), hook.settings.run_url(experiment_id, str(found["run_id"]))
+
+
+def end_if_running(hook: MlflowHook, run_id: str, job_status: str) -> None:
+    """End the run with what the job's end means (FINISHED, FAILED, KILLED) if it is still RUNNING: the job
+    died before the runtime could end it (killed, its runtime_env failed, MLflow missing on the cluster).
+    Never raises: the job's own outcome is what the task reports."""
+    status = RUN_STATUS_OF_JOB.get(job_status, "FAILED")
+    try:
+        info: Mapping[str, Any] = hook.get_run(run_id)["info"]
+        if info.get("status") == "RUNNING":
+            hook.update_run(run_id, status, end=True)
+            hook.log.info("Ended MLflow run %s as %s: the Ray job %s before it could", run_id, status, job_status)
+    except Exception as exc:  # noqa: BLE001 - the job's outcome matters more than the run's status
+        hook.log.warning("Could not end MLflow run %s as %s: %s", run_id, status, exc)
