@@ -28,7 +28,7 @@ unit: install
 	$(PY) -m pytest tests/unit -q
 
 .PHONY: bench
-# Benchmarks (issue 6): writes bench/REPORT.md, bench/results.json and PNG plots. BENCH_RUNS=5 rounds by default.
+# Benchmarks: writes bench/REPORT.md, bench/results.json and PNG plots. BENCH_RUNS=5 rounds by default.
 # Peers run in their own venvs (made here, under /tmp; BENCH_PEERS= skips them). Then the scale section again
 # with the provider as it was before the log stream (BENCH_BEFORE_REF; empty skips it).
 BENCH_PEERS ?= astro,google

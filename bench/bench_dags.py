@@ -73,7 +73,7 @@ with DAG(dag_id="bench_overhead_deferrable", schedule=None, catchup=False, tags=
     )
 
 
-# (4) scale: N deferred jobs watched by one triggerer. The job only waits (printing a line every 5 s) until the
+# Scale: N deferred jobs watched by one triggerer. The job only waits (printing a line every 5 s) until the
 # benchmark creates its release file: the triggerer's cost is what is measured, not training.
 class WaitOnRayJobOperator(BaseOperator):
     """Submit a waiting job, then defer on the provider's ``RayTrainJobTrigger``, as
@@ -109,7 +109,9 @@ class WaitOnRayJobOperator(BaseOperator):
         return str(event["job_id"])
 
 
-for _n in (1, 10, 50):
+# The sizes the scale section measures by default, and any others it is asked for (``BENCH_SCALE``).
+_SIZES = {1, 10, 50, 200} | {int(n) for n in os.environ.get("BENCH_SCALE", "").split(",") if n.strip()}
+for _n in sorted(_SIZES):
     with DAG(
         dag_id=f"bench_scale_{_n}", schedule=None, catchup=False, tags=["bench"], max_active_tasks=_n
     ) as _scale_dag:
