@@ -18,13 +18,13 @@ TARGET_D_B = 1.10
 TARGET_LATENCY_S = 2.0
 
 
-def standalone(bench: Bench, dags: tuple[str, ...]) -> Any:
-    """A started ``airflow standalone`` (one per section) reading the bench DAGs, with ``dags`` parsed and
-    unpaused; the provider at ``BENCH_PROVIDER_SRC`` first on its path when measuring "before"."""
+def standalone(bench: Bench, dags: tuple[str, ...], provider_src: str = "") -> Any:
+    """A started ``airflow standalone`` (a fresh one each time) reading the bench DAGs, with ``dags`` parsed
+    and unpaused; the provider at ``provider_src`` first on its path (empty: this checkout's)."""
     from airflow_standalone import AirflowStandalone
 
     root = Path(tempfile.mkdtemp(prefix="standalone_", dir=bench.workspace.root))
-    pythonpath = [bench.settings.provider_src] if bench.settings.provider_src else []
+    pythonpath = [provider_src] if provider_src else []
     airflow = AirflowStandalone(root, dags_folder=bench.workspace.dags, pythonpath=pythonpath)
     airflow.env.pop("BENCH_RECORD", None)
     airflow.start()
@@ -88,9 +88,14 @@ def targets(results: dict[str, Any]) -> list[str]:
         return words.median_of(r["d"], "latency_s")
 
     return [
-        words.target_line("(d)/(b)", d_b, runs, before, TARGET_D_B),
+        words.target_line("(d)/(b)", d_b(runs), d_b(before) if before else None, TARGET_D_B),
         words.target_line(
-            "deferrable completion latency", latency, runs, before, TARGET_LATENCY_S, fmt=".2f", unit=" s"
+            "deferrable completion latency",
+            latency(runs),
+            latency(before) if before else None,
+            TARGET_LATENCY_S,
+            fmt=".2f",
+            unit=" s",
         ),
     ]
 

@@ -4,6 +4,7 @@ environment (set up by ``prepare``, never at import), the Train job the sections
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -33,9 +34,13 @@ class Settings:
 
     ``BENCH_SECTIONS`` (comma-separated, default all), ``BENCH_RUNS`` (recorded rounds, 5), ``BENCH_WARMUP``
     (unrecorded rounds first, 1), ``BENCH_OUT`` (where REPORT.md, results.json and the plots go, ``bench/``),
-    ``BENCH_PEERS`` (peer providers beside the overhead modes, ``astro,google``), ``BENCH_PROVIDER_SRC`` (a
-    checkout of the provider at another commit: the "before" side), ``BENCH_SCALE`` (numbers of deferred jobs,
-    ``1,10,50``), ``BENCH_SCALE_WINDOW`` (seconds each is watched, 60).
+    ``BENCH_PEERS`` (peer providers beside the overhead modes, ``astro,google``), ``BENCH_BEFORE_SRC`` (the
+    provider's source at an earlier commit, ``make bench`` extracts ``BENCH_BEFORE_REF`` there: overhead and
+    scale measure it beside this checkout, in the same rounds), ``BENCH_SCALE`` (numbers of deferred jobs,
+    ``1,50,200``), ``BENCH_SCALE_WINDOW`` (seconds each is watched, 60), ``BENCH_SCALE_ROUNDS`` (visits of
+    each provider, 1), ``BENCH_PROFILE`` (the N whose triggerer py-spy samples, ``50,200``),
+    ``BENCH_SCALE_MAX_JOBS`` (Ray jobs per scale run at most; more tasks share them; 0: one job per task; read by
+    ``bench_dags.py``).
     """
 
     sections: tuple[str, ...] = SECTIONS
@@ -43,9 +48,12 @@ class Settings:
     warmup: int = 1
     out: Path = BENCH
     peers: tuple[str, ...] = ("astro", "google")
-    provider_src: str = ""
-    scale_ns: tuple[int, ...] = (1, 10, 50)
+    before_src: str = ""
+    scale_ns: tuple[int, ...] = (1, 50, 200)
     scale_window_s: float = 60.0
+    scale_rounds: int = 1
+    profile_ns: tuple[int, ...] = (50, 200)
+    scale_max_jobs: int = 0
 
     @classmethod
     def from_environ(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -64,15 +72,13 @@ class Settings:
             warmup=int(env.get("BENCH_WARMUP", cls.warmup)),
             out=Path(env.get("BENCH_OUT", str(BENCH))),
             peers=items("BENCH_PEERS", cls.peers),
-            provider_src=env.get("BENCH_PROVIDER_SRC", ""),
+            before_src=str(Path(env["BENCH_BEFORE_SRC"]).resolve()) if env.get("BENCH_BEFORE_SRC") else "",
             scale_ns=tuple(int(n) for n in items("BENCH_SCALE", tuple(map(str, cls.scale_ns)))),
             scale_window_s=float(env.get("BENCH_SCALE_WINDOW", cls.scale_window_s)),
+            scale_rounds=int(env.get("BENCH_SCALE_ROUNDS", cls.scale_rounds)),
+            profile_ns=tuple(int(n) for n in items("BENCH_PROFILE", tuple(map(str, cls.profile_ns)))),
+            scale_max_jobs=int(env.get("BENCH_SCALE_MAX_JOBS") or 0),
         )
-
-    @property
-    def before(self) -> bool:
-        """Measuring the provider at another commit: results go under ``<section>_before``."""
-        return bool(self.provider_src)
 
 
 @dataclass(frozen=True)
@@ -121,10 +127,15 @@ def prepare(root: Path | None = None) -> Workspace:
     )
     for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "AIRFLOW_CONN_RAY_TRAIN_DEFAULT"):
         os.environ.pop(key, None)
+    importable(workspace)
+    return workspace
+
+
+def importable(workspace: Workspace) -> None:
+    """The bench DAGs, the bench modules and the ``airflow standalone`` helper importable in this process."""
     for path in (workspace.dags, REPO / "tests", BENCH):
         if str(path) not in sys.path:
             sys.path.insert(0, str(path))
-    return workspace
 
 
 def use_head(head: Any) -> None:
@@ -185,6 +196,40 @@ def machine() -> dict[str, Any]:
         "git": sh(f"git -C {REPO} rev-parse --short HEAD")
         + (" (dirty)" if sh(f"git -C {REPO} status --short") else ""),
     }
+
+
+def _label(proc: Any) -> str:
+    """A process as ``user: program args`` (shortened): enough to tell what else ran on the machine."""
+    words = [w.rsplit("/", 1)[-1] for w in proc.cmdline()[:4]] or [proc.name()]
+    return f"{proc.username()}: {' '.join(' '.join(words).split())}"[:70]
+
+
+def beside(head: Any | None = None, seconds: float = 2.0, top: int = 6) -> list[str]:
+    """What else used the CPU for ``seconds``: the busiest processes that are neither this benchmark (its
+    process tree) nor its Ray head, as ``% of one core  user: command``."""
+    import psutil
+
+    ours = {os.getpid(), *(p.pid for p in psutil.Process().children(recursive=True))}
+    if head is not None:
+        with contextlib.suppress(psutil.Error):
+            head_proc = psutil.Process(head.pid)
+            ours |= {head.pid, *(p.pid for p in head_proc.children(recursive=True))}
+    others = []
+    for proc in psutil.process_iter():
+        if proc.pid in ours:
+            continue
+        with contextlib.suppress(psutil.Error):
+            proc.cpu_percent(None)
+            others.append(proc)
+    time.sleep(seconds)
+    busy: dict[str, float] = {}
+    for proc in others:
+        with contextlib.suppress(psutil.Error):
+            pct = proc.cpu_percent(None)
+            if pct >= 1.0:
+                label = _label(proc)
+                busy[label] = busy.get(label, 0.0) + pct
+    return [f"{pct:.0f}% {label}" for label, pct in sorted(busy.items(), key=lambda kv: -kv[1])[:top]]
 
 
 def make_spec(tag: str, storage: Path) -> Any:

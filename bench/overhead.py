@@ -4,22 +4,26 @@ rotate the order so every mode sees the same load."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import words
-from harness import REPO, Bench, job_info, loadavg, make_spec, med, rounds
+from harness import BENCH, REPO, Bench, job_info, loadavg, make_spec, med, rounds
 
 LABELS = {
     "a": "(a) driver directly on the cluster",
     "b": "(b) ray job submit (waits)",
     "c": "(c) RayTrainOperator sync (dag.test)",
+    "c-before": "(c-before) RayTrainOperator sync at BENCH_BEFORE_REF (dag.test)",
     "astro": "astro-provider-ray 0.4.0 SubmitRayJob (dag.test)",
     "google": "Google provider 22.8.0 RaySubmitJobOperator (dag.test)",
 }
@@ -27,10 +31,11 @@ SHORT = {
     "a": "(a) driver",
     "b": "(b) ray job submit",
     "c": "(c) operator sync",
+    "c-before": "(c) before",
     "astro": "astro-provider-ray",
     "google": "Google provider",
 }
-OURS = ("a", "b", "c")
+OURS = ("a", "b", "c", "c-before")
 #: (c)/(b): the operator against Ray's own CLI; (c)/(a): against the bare driver.
 TARGET_C_B = 1.05
 TARGET_C_A = 1.10
@@ -52,6 +57,7 @@ def run_direct(bench: Bench) -> dict[str, Any]:
             "RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps({"runtime_env": {"py_modules": bench.py_modules}}),
         }
     )
+    spawned = time.time()
     started = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "airflow_ray_train.runtime", spec.to_arg()], env=env, capture_output=True, text=True
@@ -59,7 +65,7 @@ def run_direct(bench: Bench) -> dict[str, Any]:
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(f"(a) driver failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return {"wall_s": wall}
+    return {"wall_s": wall, **phases(proc.stderr + proc.stdout, spawned, spawned + wall)}
 
 
 def run_cli(bench: Bench) -> dict[str, Any]:
@@ -84,6 +90,7 @@ def run_cli(bench: Bench) -> dict[str, Any]:
         "airflow_ray_train.runtime",
         spec.to_arg(),
     ]
+    spawned = time.time()
     started = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     returned = time.time()
@@ -99,33 +106,134 @@ def run_cli(bench: Bench) -> dict[str, Any]:
         "wall_s": wall,
         "job_s": (info["end_time"] - info["start_time"]) / 1000,
         "latency_s": returned - info["end_time"] / 1000,
+        "submit_s": info["start_time"] / 1000 - spawned,
+        **job_phases(bench.head, info),
     }
 
 
-def run_operator(bench: Bench) -> dict[str, Any]:
-    """(c): ``RayTrainOperator`` sync, through ``dag.test()`` (the real task runner, in this process)."""
-    from bench_dags import bench_sync
+class OperatorWorker:
+    """A long-lived ``bench/operator_worker.py`` running (c) for one provider: this checkout's, or the one at
+    ``provider_src`` (first on its ``PYTHONPATH``)."""
 
-    record = bench.workspace.root / f"record-{uuid.uuid4().hex[:8]}.json"
-    os.environ["BENCH_RECORD"] = str(record)
-    started = time.perf_counter()
-    dag_run = bench_sync.test()
-    returned = time.time()
-    wall = time.perf_counter() - started
-    if str(dag_run.state) not in ("success", "DagRunState.SUCCESS"):
-        raise RuntimeError(f"(c) dag run ended {dag_run.state}")
-    rec = json.loads(record.read_text())
-    info = job_info(bench.head, rec["job_id"])
-    end = info["end_time"] / 1000
+    def __init__(self, bench: Bench, provider_src: str = "") -> None:
+        env = {**os.environ, "BENCH_WORKSPACE": str(bench.workspace.root)}
+        if provider_src:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [provider_src, env.get("PYTHONPATH")]))
+        self.tail: list[str] = []
+        self.process = subprocess.Popen(
+            [sys.executable, str(BENCH / "operator_worker.py")],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=str(bench.workspace.root),  # not the repo root: it would put this checkout's provider first
+        )
+        ready = self._line("READY ")
+        expected = Path(provider_src or REPO).resolve()
+        if not Path(ready).resolve().is_relative_to(expected):
+            raise RuntimeError(f"the (c) worker imported the provider from {ready}, not from {expected}")
+
+    def _line(self, prefix: str) -> str:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if line.startswith(prefix):
+                return line[len(prefix) :].strip()
+            self.tail = [*self.tail[-200:], line]
+        raise RuntimeError("the (c) worker exited:\n" + "".join(self.tail))
+
+    def run(self, record: Path) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        self.process.stdin.write(f"{record}\n")
+        self.process.stdin.flush()
+        return dict(json.loads(self._line("RESULT ")))
+
+    def stop(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def run_operator(worker: OperatorWorker) -> Any:
+    """(c): ``RayTrainOperator`` sync, through ``dag.test()`` (the real task runner) in ``worker``."""
+
+    def run(bench: Bench) -> dict[str, Any]:
+        record = bench.workspace.root / f"record-{uuid.uuid4().hex[:8]}.json"
+        result = worker.run(record)
+        if result["state"] not in ("success", "DagRunState.SUCCESS"):
+            raise RuntimeError(f"(c) dag run ended {result['state']}:\n" + "".join(worker.tail[-60:]))
+        rec = json.loads(record.read_text())
+        info = job_info(bench.head, rec["job_id"])
+        end = info["end_time"] / 1000
+        return {
+            "wall_s": result["wall_s"],
+            "execute_s": rec["execute_returned"] - rec["execute_started"],
+            "job_s": (info["end_time"] - info["start_time"]) / 1000,
+            "latency_s": rec["execute_returned"] - end,
+            "latency_dagtest_s": result["returned"] - end,
+            "submit_s": info["start_time"] / 1000 - rec["execute_started"],
+            "requests": rec["requests"],
+            "bytes_uploaded": rec["bytes_uploaded"],
+            **job_phases(bench.head, info),
+        }
+
+    return run
+
+
+# -- the seconds before training starts, from Ray's own time stamps ---------------------------------------------
+
+_LOG_STAMP = r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})"
+#: The driver's first line: ``ray.init`` connecting to the cluster.
+_DRIVER_RE = re.compile(_LOG_STAMP + r"\s+INFO worker\.py:\d+ -- ")
+#: Ray Train names a checkpoint's folder by the time the worker reported it: the first one is the first report.
+_REPORT_RE = re.compile(r"checkpoint_(\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d\.\d{6})")
+
+
+def _stamp(pattern: re.Pattern[str], text: str, fmt: str) -> float | None:
+    match = pattern.search(text)
+    return datetime.strptime(match.group(1), fmt).timestamp() if match else None  # local time, like Ray's
+
+
+def phases(log: str, start: float, end: float) -> dict[str, float | None]:
+    """Seconds from ``start`` (Ray accepted the job; for (a) the driver's spawn) to the driver's first line and
+    to the first worker report, and from that report to ``end``."""
+    driver = _stamp(_DRIVER_RE, log, "%Y-%m-%d %H:%M:%S,%f")
+    report = _stamp(_REPORT_RE, log, "%Y-%m-%d_%H-%M-%S.%f")
     return {
-        "wall_s": wall,
-        "execute_s": rec["execute_returned"] - rec["execute_started"],
-        "job_s": (info["end_time"] - info["start_time"]) / 1000,
-        "latency_s": rec["execute_returned"] - end,
-        "latency_dagtest_s": returned - end,
-        "requests": rec["requests"],
-        "bytes_uploaded": rec["bytes_uploaded"],
+        "to_driver_s": None if driver is None else driver - start,
+        "to_report_s": None if report is None else report - start,
+        "report_to_end_s": None if report is None else end - report,
+        "manifest_to_end_s": None if manifest_at(log) is None else end - float(manifest_at(log) or 0),
     }
+
+
+def manifest_at(log: str) -> float | None:
+    """When the driver finished its result manifest (its ``finished_at``; the driver prints it right after)."""
+    from airflow_ray_train.runtime.spec import MANIFEST_MARKER
+
+    for line in log.splitlines():
+        if line.startswith(MANIFEST_MARKER):
+            with contextlib.suppress(ValueError):
+                finished = json.loads(line[len(MANIFEST_MARKER) :]).get("finished_at")
+                return float(finished) if finished is not None else None
+    return None
+
+
+def job_phases(head: Any, info: dict[str, Any]) -> dict[str, float | None]:
+    """``phases`` of a Jobs API job, from its log and Ray's ``start_time``/``end_time``."""
+    import httpx
+
+    response = httpx.get(
+        f"{head.dashboard_url}/api/jobs/{info['submission_id']}/logs",
+        headers={"Authorization": f"Bearer {head.token}"},
+        timeout=30,
+    )
+    response.raise_for_status()
+    return phases(str(response.json().get("logs") or ""), info["start_time"] / 1000, info["end_time"] / 1000)
 
 
 def run_peer(name: str) -> Any:
@@ -141,22 +249,30 @@ def run_peer(name: str) -> Any:
 
 
 def run(bench: Bench) -> dict[str, list[dict[str, Any]]]:
+    """Every mode once per round, rounds rotating the order; (c) at ``BENCH_BEFORE_SRC`` too when given."""
     import peers
 
-    modes = {"a": run_direct, "b": run_cli, "c": run_operator}
+    workers = {"c": OperatorWorker(bench)}
+    if bench.settings.before_src:
+        workers["c-before"] = OperatorWorker(bench, bench.settings.before_src)
+    modes = {"a": run_direct, "b": run_cli, **{mode: run_operator(w) for mode, w in workers.items()}}
     for name in bench.settings.peers:
         if (peers.venv_of(name) / "bin" / "python").exists():
             modes[name] = run_peer(name)
         else:
             print(f"peer {name}: no venv at {peers.venv_of(name)} (bench/peers.py setup {name}); skipped", flush=True)
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
-    for rnd, order in rounds(bench.settings.warmup, bench.settings.runs, list(modes)):
-        for mode in order:
-            row = modes[mode](bench)
-            row.update({"round": rnd, "load": loadavg()})
-            print(f"round {rnd} {mode}: {json.dumps(row)}", flush=True)
-            if rnd >= 0:
-                runs[mode].append(row)
+    try:
+        for rnd, order in rounds(bench.settings.warmup, bench.settings.runs, list(modes)):
+            for mode in order:
+                row = modes[mode](bench)
+                row.update({"round": rnd, "load": loadavg()})
+                print(f"round {rnd} {mode}: {json.dumps(row)}", flush=True)
+                if rnd >= 0:
+                    runs[mode].append(row)
+    finally:
+        for worker in workers.values():
+            worker.stop()
     return runs
 
 
@@ -168,25 +284,22 @@ def wall(runs: dict[str, list[dict[str, Any]]], mode: str) -> float:
 
 
 def targets(results: dict[str, Any]) -> list[str]:
-    runs, before = results.get("overhead"), results.get("overhead_before")
+    runs = results.get("overhead")
     if not runs:
         return []
+    # "before": the operator at BENCH_BEFORE_REF in the same rounds, or an older run's own section.
+    before, c_before = (runs, "c-before") if runs.get("c-before") else (results.get("overhead_before"), "c")
 
-    def c_b(r: dict[str, Any]) -> float:
-        return words.ratio(wall(r, "c"), wall(r, "b"))
+    def ratios(den: str) -> tuple[float, float | None]:
+        now = words.ratio(wall(runs, "c"), wall(runs, den))
+        return now, (words.ratio(wall(before, c_before), wall(before, den)) if before else None)
 
-    def c_a(r: dict[str, Any]) -> float:
-        return words.ratio(wall(r, "c"), wall(r, "a"))
-
-    def latency(r: dict[str, Any]) -> float:
-        return words.median_of(r["c"], "latency_s")
-
+    latency = words.median_of(runs["c"], "latency_s")
+    latency_was = words.median_of(before[c_before], "latency_s") if before else None
     return [
-        words.target_line("(c)/(b)", c_b, runs, before, TARGET_C_B),
-        words.target_line("(c)/(a)", c_a, runs, before, TARGET_C_A),
-        words.target_line(
-            "sync completion latency", latency, runs, before, TARGET_SYNC_LATENCY_S, fmt=".2f", unit=" s"
-        ),
+        words.target_line("(c)/(b)", *ratios("b"), TARGET_C_B),
+        words.target_line("(c)/(a), operator / bare driver", *ratios("a"), TARGET_C_A),
+        words.target_line("sync completion latency", latency, latency_was, TARGET_SYNC_LATENCY_S, fmt=".2f", unit=" s"),
     ]
 
 
@@ -226,6 +339,67 @@ def section(results: dict[str, Any]) -> list[str]:
             if peers:
                 lines += [PEERS_TEXT, ""]
     return lines
+
+
+PHASES = (
+    ("submit_s", "caller start -> Ray accepts the job (`start_time`)"),
+    ("to_driver_s", "-> the driver's first line (`ray.init`)"),
+    ("to_report_s", "-> the first worker report"),
+    ("report_to_end_s", "first report -> job end (`end_time`; (a): exit)"),
+    ("manifest_to_end_s", "of which: the manifest printed -> job end"),
+    ("latency_s", "job end -> the caller is done"),
+)
+
+
+def phase(runs: dict[str, list[dict[str, Any]]], mode: str, key: str) -> float:
+    return words.median_of(runs.get(mode, []), key)
+
+
+def startup_section(results: dict[str, Any]) -> list[str]:
+    """Where the seconds before training go, per mode, from Ray's own time stamps."""
+    runs = results.get("overhead")
+    if not runs or not any(r.get("to_driver_s") is not None for r in runs.get("c", [])):
+        return []
+    modes = [m for m in ("a", "b", "c", "c-before") if runs.get(m)]
+    lines = [
+        "## The seconds before training starts (medians, s)",
+        "",
+        "From Ray's own time stamps: the job's `start_time` (Ray accepted it) and `end_time`; the driver's first "
+        "line is `ray.init`'s first log line (Ray's logger stamps it); the first worker report is the time Ray "
+        "Train names the first checkpoint's folder by. For (a) the clock starts when the driver is spawned. "
+        "'caller start' is `ray job submit`'s spawn for (b) and `execute()`'s start for (c).",
+        "",
+        "| phase | " + " | ".join(SHORT.get(m, m) for m in modes) + " |",
+        "|---|" + "---:|" * len(modes),
+    ]
+    for key, label in PHASES:
+        cells = [phase(runs, m, key) for m in modes]
+        lines.append(f"| {label} | " + " | ".join("" if v != v else f"{v:.2f}" for v in cells) + " |")
+    lines.append("| wall (whole run) | " + " | ".join(f"{wall(runs, m):.2f}" for m in modes) + " |")
+    a_driver, b_driver = phase(runs, "a", "to_driver_s"), phase(runs, "b", "to_driver_s")
+    c_driver = phase(runs, "c", "to_driver_s")
+    lines += [
+        "",
+        f"- Ray's: from accepting a job to its driver's first line takes {b_driver:.2f} s through `ray job submit` "
+        f"and {c_driver:.2f} s through the operator, against {a_driver:.2f} s from spawning the bare driver; the "
+        f"difference, {b_driver - a_driver:+.2f} s for (b) and {c_driver - a_driver:+.2f} s for (c), is what the "
+        "Jobs API adds before the driver runs (its job supervisor actor: a new worker process with the job's "
+        "runtime_env, then the driver as that actor's subprocess).",
+        f"- Ours, before Ray has the job: {phase(runs, 'c', 'submit_s'):.2f} s from `execute()`'s start to Ray's "
+        f"`start_time` (the job lookup for this try, the package checks, the cluster's resources, the submit), "
+        f"against {phase(runs, 'b', 'submit_s'):.2f} s for `ray job submit` (its Python start and imports).",
+        f"- After the first report (the rest of the training, the artifacts, Ray's shutdown): "
+        f"{phase(runs, 'c', 'report_to_end_s'):.2f} s in (c), {phase(runs, 'b', 'report_to_end_s'):.2f} s in (b), "
+        f"{phase(runs, 'a', 'report_to_end_s'):.2f} s in (a): the same driver and Train code.",
+    ]
+    if runs.get("c-before"):
+        lines.append(
+            f"- Before this change, (c): {phase(runs, 'c-before', 'submit_s'):.2f} s before Ray had the job, "
+            f"{phase(runs, 'c-before', 'to_driver_s'):.2f} s to the driver's first line, job "
+            f"{phase(runs, 'c-before', 'job_s'):.2f} s; after: {phase(runs, 'c', 'submit_s'):.2f}, "
+            f"{c_driver:.2f}, {phase(runs, 'c', 'job_s'):.2f} s."
+        )
+    return [*lines, ""]
 
 
 def requests_section(results: dict[str, Any]) -> list[str]:

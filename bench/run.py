@@ -28,21 +28,34 @@ def command(settings: harness.Settings) -> str:
     """The command line that reproduces this invocation."""
     line = (
         f"BENCH_SECTIONS={','.join(settings.sections)} BENCH_RUNS={settings.runs} BENCH_WARMUP={settings.warmup} "
-        "bench/run.py"
+        f"BENCH_SCALE={','.join(map(str, settings.scale_ns))} BENCH_SCALE_ROUNDS={settings.scale_rounds} "
+        f"BENCH_SCALE_WINDOW={settings.scale_window_s:g} BENCH_SCALE_MAX_JOBS={settings.scale_max_jobs} bench/run.py"
     )
-    if settings.provider_src:
-        line = f"BENCH_PROVIDER_SRC={settings.provider_src} PYTHONPATH={settings.provider_src} {line}"
+    if settings.before_src:
+        line = f"BENCH_BEFORE_SRC={settings.before_src} {line}"
     return line
 
 
-def measure(settings: harness.Settings, results: dict[str, Any], save: Callable[[], None]) -> None:
-    """Run the sections ``settings`` asks for against a private head, saving the results after each."""
+def stages() -> dict[str, Callable[[harness.Bench], dict[str, Any]]]:
+    """Each section's run, returning the results.json keys it measured (``<section>_before`` with a before)."""
     import deferrable
     import overhead
     import scale
     import shipping
     import throughput
 
+    return {
+        "shipping": lambda bench: {"shipping": shipping.run(bench)},
+        "overhead": lambda bench: {"overhead": overhead.run(bench)},
+        "deferrable": lambda bench: {"deferrable": deferrable.run(bench)},
+        "scale": scale.run,
+        "throughput": lambda bench: {"throughput": throughput.run(bench)},
+    }
+
+
+def measure(settings: harness.Settings, results: dict[str, Any], save: Callable[[], None]) -> None:
+    """Run the sections ``settings`` asks for against a private head, saving the results after each. Shipping
+    always runs first, on the fresh head: it uploads the packages the other sections use."""
     from airflow_ray_train.local_cluster import start_ray_head
 
     workspace = harness.prepare()
@@ -55,26 +68,28 @@ def measure(settings: harness.Settings, results: dict[str, Any], save: Callable[
         from airflow.utils import db
 
         db.resetdb()
-        stages: list[tuple[str, Callable[[harness.Bench], Any]]] = [
-            ("shipping", shipping.run),
-            ("overhead", overhead.run),
-            ("deferrable", deferrable.run),
-            ("scale", scale.run),
-            ("throughput", throughput.run),
-        ]
-        for name, stage in stages:
+        for name, stage in stages().items():
             if name not in settings.sections and name != "shipping":
                 continue
-            key = f"{name}_before" if settings.before else name
-            started = {"date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "load_start": harness.loadavg()}
-            value = stage(bench)
+            started: dict[str, Any] = {
+                "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+                "load_start": harness.loadavg(),
+            }
+            started["beside_start"] = harness.beside(head)
+            measured = stage(bench)
             if name == "shipping":
-                bench.py_modules = value["rows"][0]["py_modules"]
+                bench.py_modules = measured["shipping"]["rows"][0]["py_modules"]
                 if "shipping" not in settings.sections:
                     continue
-            results[key] = value
-            results["sections"][key] = {**started, "command": command(settings), "load_end": harness.loadavg()}
-            print(f"{key}: {json.dumps(value, default=str)}", flush=True)
+            for stale in (name, f"{name}_before"):  # an earlier run's numbers must not sit beside these
+                results.pop(stale, None)
+                results["sections"].pop(stale, None)
+            section = {**started, "command": command(settings), "load_end": harness.loadavg()}
+            section["beside_end"] = harness.beside(head)
+            for key, value in measured.items():
+                results[key] = value
+                results["sections"][key] = section
+                print(f"{key}: {json.dumps(value, default=str)[:2000]}", flush=True)
             save()
     finally:
         head.stop()

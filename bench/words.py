@@ -4,7 +4,6 @@ by how much, how a number moved. Nothing here knows a measured value in advance.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 from harness import med
@@ -23,20 +22,10 @@ def target(value: float, limit: float, *, at_most: bool = True, strict: bool = F
     return verdict(value > limit if strict else value >= limit)
 
 
-def target_line(
-    label: str,
-    measure: Callable[[Any], float],
-    after: Any,
-    before: Any,
-    limit: float,
-    *,
-    fmt: str = ".3f",
-    unit: str = "",
-) -> str:
-    """``- label = value (before: value): target <= limit met`` for the 'at a glance' list."""
-    value = measure(after)
-    was = f" (before: {measure(before):{fmt}}{unit})" if before else ""
-    return f"- {label} = {value:{fmt}}{unit}{was}: target <= {limit:.2f}{unit} {target(value, limit)}"
+def target_line(label: str, value: float, was: float | None, limit: float, *, fmt: str = ".3f", unit: str = "") -> str:
+    """``- label = value (before: was): target <= limit met`` for the 'at a glance' list."""
+    before = f" (before: {was:{fmt}}{unit})" if was is not None else ""
+    return f"- {label} = {value:{fmt}}{unit}{before}: target <= {limit:.2f}{unit} {target(value, limit)}"
 
 
 def faster(name_a: str, a: float, name_b: str, b: float, unit: str = "s") -> str:

@@ -76,6 +76,8 @@ class AirflowStandalone:
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+            # The default 5 s fails task starts when the machine is busy (the execution API answers late).
+            "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "30",
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             **extra,
         }
