@@ -28,20 +28,22 @@ unit: install
 	$(PY) -m pytest tests/unit -q
 
 .PHONY: bench
-# Benchmarks (issue 6): writes bench/REPORT.md, bench/results.json and PNG plots. BENCH_RUNS=5 rounds by default.
-# Peers run in their own venvs (made here, under /tmp; BENCH_PEERS= skips them). Then the scale section again
-# with the provider as it was before the log stream (BENCH_BEFORE_REF; empty skips it).
+# Benchmarks: writes bench/REPORT.md, bench/results.json and PNG plots. BENCH_RUNS=5 rounds by default.
+# Peers run in their own venvs (made here, under /tmp; BENCH_PEERS= skips them). The provider as it was at
+# BENCH_BEFORE_REF (empty skips it) is measured beside this checkout in the same rounds (overhead's (c) and the
+# scale section). py-spy samples the triggerer in the scale section. Each Ray job has a supervisor process
+# (~80 MiB): BENCH_SCALE_MAX_JOBS caps the Ray jobs of one scale run, more deferred tasks share them.
 BENCH_PEERS ?= astro,google
-BENCH_BEFORE_REF ?= 7ef15e1
+BENCH_BEFORE_REF ?= fc5b946
+BENCH_SCALE_MAX_JOBS ?= 50
 bench: install
 	@for peer in $$(echo "$(BENCH_PEERS)" | tr , ' '); do $(PY) bench/peers.py setup $$peer || exit 1; done
-	BENCH_PEERS=$(BENCH_PEERS) $(PY) bench/run.py
+	@$(VENV)/bin/py-spy --version >/dev/null 2>&1 || $(PY) -m pip install -q py-spy
+	rm -rf .bench_before
 	@if [ -n "$(BENCH_BEFORE_REF)" ]; then \
-		rm -rf .bench_before && mkdir -p .bench_before && \
-		git archive $(BENCH_BEFORE_REF) airflow_ray_train | tar -x -C .bench_before && \
-		BENCH_SECTIONS=scale BENCH_PROVIDER_SRC=$(CURDIR)/.bench_before PYTHONPATH=$(CURDIR)/.bench_before \
-			$(PY) bench/run.py; \
+		mkdir -p .bench_before && git archive $(BENCH_BEFORE_REF) airflow_ray_train | tar -x -C .bench_before; \
 	fi
+	BENCH_PEERS=$(BENCH_PEERS) BENCH_SCALE_MAX_JOBS=$(BENCH_SCALE_MAX_JOBS) BENCH_BEFORE_SRC=$(if $(BENCH_BEFORE_REF),$(CURDIR)/.bench_before,) $(PY) bench/run.py
 
 .PHONY: gpu-kit gpu-dryrun
 # The GPU check (gpu/, see the README): `gpu-kit` fetches the wheels the GPU machine lacks into .whl/

@@ -76,9 +76,10 @@ def get_provider_info() -> dict[str, Any]:
                         "default": "",
                     },
                     "poll_interval": {
-                        "description": "Seconds between job status polls while a job runs: a backstop. The "
-                        "log streams over a websocket, and the end is noticed from it (the result manifest, "
-                        "then polls every 0.2 s; or Ray closing the stream) within about a second.",
+                        "description": "Seconds between job status polls where the job's log cannot be "
+                        "streamed. With the log streaming over a websocket the end is noticed from it (the result "
+                        "manifest, then polls every 0.2 s; or Ray closing the stream), and the status poll is a "
+                        "backstop at least 30 s apart.",
                         "version_added": "0.1.0",
                         "type": "float",
                         "example": "5.0",

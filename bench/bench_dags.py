@@ -4,12 +4,14 @@ named by ``$BENCH_RECORD``). The operator itself is the provider's, unchanged.""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import shlex
 import time
-import uuid
 from collections import Counter
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import DAG, BaseOperator
@@ -73,30 +75,49 @@ with DAG(dag_id="bench_overhead_deferrable", schedule=None, catchup=False, tags=
     )
 
 
-# (4) scale: N deferred jobs watched by one triggerer. The job only waits (printing a line every 5 s) until the
+# Scale: N deferred jobs watched by one triggerer. The job only waits (printing a line every 5 s) until the
 # benchmark creates its release file: the triggerer's cost is what is measured, not training.
+def scale_job_prefix(run_id: str) -> str:
+    """The submission ids of one scale run's Ray jobs start with this."""
+    return f"bench-scale-{hashlib.sha256(run_id.encode()).hexdigest()[:10]}-"
+
+
+def scale_jobs(n: int) -> int:
+    """How many Ray jobs the ``n`` tasks of ``bench_scale_<n>`` watch."""
+    return min(n, _MAX_JOBS) if _MAX_JOBS > 0 else n
+
+
 class WaitOnRayJobOperator(BaseOperator):
     """Submit a waiting job, then defer on the provider's ``RayTrainJobTrigger``, as
-    ``RayTrainOperator(deferrable=True)`` does (same trigger, same ``[ray_train] poll_interval``)."""
+    ``RayTrainOperator(deferrable=True)`` does (same trigger, same ``[ray_train] poll_interval``).
 
-    def __init__(self, *, index: int, **kwargs: Any) -> None:
+    With ``jobs`` below the number of tasks, task ``index`` watches job ``index % jobs`` (the first of them to
+    run submits it): more triggers than this machine can hold Ray jobs for (each job has a supervisor process).
+    """
+
+    def __init__(self, *, index: int, jobs: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.index = index
+        self.jobs = jobs
 
     def execute(self, context: Any) -> None:
         from airflow.configuration import conf
 
+        from airflow_ray_train.exceptions import RayTrainJobExistsError
         from airflow_ray_train.hooks.ray_train import RayTrainHook
+        from airflow_ray_train.runtime.spec import MANIFEST_MARKER
         from airflow_ray_train.triggers.ray_train import RayTrainJobTrigger
 
         release = os.path.join(os.environ["BENCH_RELEASE_DIR"], context["dag"].dag_id)
+        # Released, it ends the way the runtime's driver does: its manifest line, then a second of shutting down.
         wait = (
             f"i=0; while [ ! -e {release} ]; do sleep 0.5; i=$((i+1)); "
-            f"[ $((i % 10)) -eq 0 ] && echo waiting $i; done; true"
+            f"[ $((i % 10)) -eq 0 ] && echo waiting $i; done; echo {shlex.quote(MANIFEST_MARKER + '{}')}; sleep 1"
         )
-        job_id = f"bench-scale-{uuid.uuid4().hex[:12]}"
+        job_id = f"{scale_job_prefix(context['run_id'])}{self.index % self.jobs}"
         hook = RayTrainHook()
-        hook.submit_job(entrypoint=f"sh -c {shlex.quote(wait)}", submission_id=job_id, metadata={"bench": "scale"})
+        with contextlib.suppress(RayTrainJobExistsError):  # another task of the run submitted it first
+            hook.submit_job(entrypoint=f"sh -c {shlex.quote(wait)}", submission_id=job_id, metadata={"bench": "scale"})
         hook.close()
         poll_interval = conf.getfloat("ray_train", "poll_interval", fallback=2.0)
         self.defer(
@@ -109,8 +130,16 @@ class WaitOnRayJobOperator(BaseOperator):
         return str(event["job_id"])
 
 
-for _n in (1, 10, 50):
+# The sizes the scale section measures by default, and any others it is asked for (``BENCH_SCALE``); at most
+# ``BENCH_SCALE_MAX_JOBS`` Ray jobs per run (0: one per task).
+_SIZES = {1, 10, 50, 200} | {int(n) for n in os.environ.get("BENCH_SCALE", "").split(",") if n.strip()}
+_MAX_JOBS = int(os.environ.get("BENCH_SCALE_MAX_JOBS", "0") or 0)
+for _n in sorted(_SIZES):
     with DAG(
         dag_id=f"bench_scale_{_n}", schedule=None, catchup=False, tags=["bench"], max_active_tasks=_n
     ) as _scale_dag:
-        WaitOnRayJobOperator.partial(task_id="wait").expand(index=list(range(_n)))
+        _jobs = scale_jobs(_n)
+        # A retry (a task start that timed out on a busy machine) watches the same job.
+        WaitOnRayJobOperator.partial(task_id="wait", jobs=_jobs, retries=2, retry_delay=timedelta(seconds=2)).expand(
+            index=list(range(_n))
+        )

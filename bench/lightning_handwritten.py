@@ -1,5 +1,5 @@
-"""The baseline for the throughput benchmark (issue 6, part 5): the digits Lightning example as a user would
-write it by hand from Ray's Lightning guide, with no airflow-ray-train runtime in the loop.
+"""The baseline for the throughput benchmark: the digits Lightning example as a user would write
+it by hand from Ray's Lightning guide, with no airflow-ray-train runtime in the loop.
 
     python bench/lightning_handwritten.py --num-workers 2 --epochs 10 \\
         --data-path /tmp/digits.npz --storage-path /tmp/ray_results [--timing-dir DIR]

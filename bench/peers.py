@@ -1,4 +1,4 @@
-"""Peers (issue 6): the same Train job as modes (b)/(c) of ``bench/run.py``, submitted through another Airflow
+"""Peers: the same Train job as modes (b)/(c) of the overhead section, submitted through another Airflow
 provider's Ray job operator instead of ``RayTrainOperator``.
 
 Each peer lives in its own virtual environment (Airflow 3.3.2 + Ray 2.60.0 + the peer; both peers need Ray
@@ -38,7 +38,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
 # The interpreter the project's .venv was made from (same CPython for the peers).
 PYTHON = os.environ.get("BENCH_PEER_PYTHON") or getattr(sys, "_base_executable", sys.executable)
 PEER_REQUIREMENTS = {
@@ -210,22 +209,21 @@ def _check(names: list[str]) -> int:
     """One run per peer against a private head from ``start_ray_head(num_cpus=4)`` (as ``bench/run.py`` does)."""
     import secrets
 
-    os.environ.setdefault("BENCH_RUNS", "1")
-    sys.path.insert(0, str(REPO / "bench"))
-    import run as bench  # sets up bench's private AIRFLOW_HOME, storage and DAG folder
+    import harness
+    import shipping
 
     from airflow_ray_train.local_cluster import start_ray_head
 
+    workspace = harness.prepare()
     temp_dir = tempfile.mkdtemp(prefix="art_peer_ray_")
     head = start_ray_head(temp_dir=temp_dir, token=secrets.token_hex(16), num_cpus=4)
     try:
-        os.environ["AIRFLOW_CONN_RAY_TRAIN_DEFAULT"] = json.dumps(
-            {"conn_type": "ray_train", "host": head.dashboard_url, "password": head.token}
-        )
-        py_modules = bench.bench_shipping()["rows"][0]["py_modules"]
+        harness.use_head(head)
+        bench = harness.Bench(harness.Settings.from_environ(), workspace, head)
+        py_modules = shipping.run(bench)["rows"][0]["py_modules"]
         print(f"py_modules: {py_modules}", flush=True)
         for name in names:
-            spec = bench.make_spec(name)
+            spec = harness.make_spec(name, workspace.storage)
             row = run_peer(name, head, py_modules, spec.to_arg())
             print(f"peer {name}: {json.dumps(row)}", flush=True)
     finally:
@@ -233,7 +231,7 @@ def _check(names: list[str]) -> int:
         shutil.rmtree(temp_dir, ignore_errors=True)
         for home in _HOMES.values():
             shutil.rmtree(home, ignore_errors=True)
-        shutil.rmtree(bench.ROOT, ignore_errors=True)
+        shutil.rmtree(workspace.root, ignore_errors=True)
     return 0
 
 

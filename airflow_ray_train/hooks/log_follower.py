@@ -15,6 +15,9 @@ from airflow_ray_train.runtime.spec import MANIFEST_MARKER
 
 #: Seconds between status polls once the log shows the job is ending (manifest printed, stream closed).
 FINISHING_POLL_INTERVAL = 0.2
+#: While the log stream is open, the status poll is only a backstop (Ray closes the stream once the job ended):
+#: at least this many seconds apart.
+STREAM_POLL_INTERVAL = 30.0
 #: The fast polls stop after this many seconds (a driver that hangs on its way out), back to ``poll_interval``.
 FINISHING_WINDOW_S = 15.0
 #: A stream that closed while the job still runs (a proxy or the network dropped it) is opened again after
@@ -108,8 +111,11 @@ class LogFollower:
     def finishing(self) -> bool:
         return self.finishing_since is not None and time.monotonic() - self.finishing_since < FINISHING_WINDOW_S
 
-    def next_poll(self, poll_interval: float) -> float:
-        return min(poll_interval, FINISHING_POLL_INTERVAL) if self.finishing else poll_interval
+    def next_poll(self, poll_interval: float, *, streaming: bool = False) -> float:
+        """Seconds until the next status poll: fast once the job is finishing, rare while the stream is open."""
+        if self.finishing:
+            return min(poll_interval, FINISHING_POLL_INTERVAL)
+        return max(poll_interval, STREAM_POLL_INTERVAL) if streaming else poll_interval
 
     def _finishing(self) -> None:
         if self.finishing_since is None:
@@ -120,11 +126,21 @@ class LogFollower:
         end = text.rfind("\n") + 1
         self._pending = text[end:]
         self.offset += end
+        whole = text[:end]
+        if "\x1b" in whole:  # one pass over the chunk, not one regex call per line
+            whole = _ANSI_RE.sub("", whole)
         shown = []
-        for line in text[:end].split("\n")[:-1]:
+        for line in whole.split("\n")[:-1]:
             if line.startswith(MANIFEST_MARKER):
                 self.manifest_line = line
                 self._finishing()
             else:
-                shown.append(_ANSI_RE.sub("", line).rstrip("\r"))
+                shown.append(line.rstrip("\r"))
         return shown
+
+
+def as_record(lines: list[str]) -> str:
+    """Job log lines as the text of one log record, each line still marked ``[ray]``. One record per batch, not
+    per line: every record goes through the task log's pipeline, and in a triggerer it also wakes Airflow's
+    triggerer supervisor for a round of database queries."""
+    return "[ray] " + "\n[ray] ".join(lines)

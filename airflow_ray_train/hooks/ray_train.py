@@ -5,8 +5,9 @@ Both are thin: where the cluster is comes from ``settings``, the API's paths, re
 from ``jobs_api``, following a job's log from ``log_follower``. Waiting for a job (``wait_for_job`` on both)
 follows the job's log over the Jobs API's websocket (``/api/jobs/{id}/logs/tail``): new lines arrive as Ray
 writes them, and the job's last line, the result manifest, or the stream closing says the job is ending, so
-the status is then polled every ``FINISHING_POLL_INTERVAL`` instead of every ``poll_interval``. Where the
-stream cannot be opened (a proxy without websockets), the whole log is fetched with every status poll.
+the status is then polled every ``FINISHING_POLL_INTERVAL``. While the stream is open the status poll is only a
+backstop (at least ``STREAM_POLL_INTERVAL`` apart); where the stream cannot be opened (a proxy without
+websockets), the whole log is fetched with every status poll, every ``poll_interval``.
 """
 
 from __future__ import annotations
@@ -312,7 +313,7 @@ class RayTrainHook(BaseHook):
                     return info
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError(f"job {job_id} still {info['status']} after {timeout} s")
-                wait = follower.next_poll(poll_interval)
+                wait = follower.next_poll(poll_interval, streaming=stream is not None)
                 if stream is None and follower.reconnect_due(poll_interval):
                     stream = self._open(job_id, follower, streams)
                 if stream is not None:
@@ -554,7 +555,7 @@ class AsyncRayTrainHook(BaseHook):
                     return info
                 if deadline is not None and time.time() >= deadline:
                     return info
-                wait = follower.next_poll(poll_interval)
+                wait = follower.next_poll(poll_interval, streaming=stream is not None)
                 if deadline is not None:
                     wait = max(0.0, min(wait, deadline - time.time()))
                 if stream is None and follower.reconnect_due(poll_interval):

@@ -21,7 +21,7 @@ from airflow_ray_train.exceptions import (
     RayTrainJobExistsError,
     RayTrainWatchError,
 )
-from airflow_ray_train.hooks.log_follower import LogFollower
+from airflow_ray_train.hooks.log_follower import LogFollower, as_record
 from airflow_ray_train.hooks.mlflow import MlflowHook, mlflow_hook
 from airflow_ray_train.hooks.ray_train import RayTrainHook
 from airflow_ray_train.hooks.resources import cluster_shortfall
@@ -93,8 +93,8 @@ class RayTrainOperator(BaseOperator):
     :param ship_modules: more modules whose top-level packages are shipped with ``train_func``'s, e.g. the
         module holding the ``LightningModule`` a declarative loop's ``train_loop_config`` names.
     :param ray_conn_id: the ``ray_train`` connection. Missing, or host ``local``: the embedded local cluster.
-    :param poll_interval: seconds between job status polls; the log streams live (default: ``[ray_train]
-        poll_interval``).
+    :param poll_interval: seconds between job status polls where the log stream cannot be opened; while it is
+        open the log streams live and Ray closing it says the job ended (default: ``[ray_train] poll_interval``).
     :param model_asset: an Asset this task emits an event on when it succeeds, with ``checkpoint_path``,
         ``best_checkpoint_path``, ``metrics``, ``run_path``, ``job_id`` and ``submission_id`` in the event's
         extra, so a DAG scheduled on the Asset (e.g. a deploy DAG) gets the model it is about.
@@ -320,9 +320,9 @@ class RayTrainOperator(BaseOperator):
         tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
 
         def show(lines: list[str]) -> None:
-            for line in lines:
-                self.log.info("[ray] %s", line)
-            tail.extend(lines)
+            if lines:
+                self.log.info("%s", as_record(lines))
+                tail.extend(lines)
 
         try:
             info = hook.wait_for_job(job_id, follower=follower, on_lines=show, poll_interval=self.poll_interval)

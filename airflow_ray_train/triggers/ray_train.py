@@ -11,6 +11,7 @@ stops the job when it is not (see ``compat``).
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_ray_train import compat
-from airflow_ray_train.hooks.log_follower import LogFollower
+from airflow_ray_train.hooks.log_follower import LogFollower, as_record
 from airflow_ray_train.hooks.ray_train import AsyncRayTrainHook
 from airflow_ray_train.runtime.spec import JobStatus
 
@@ -26,15 +27,21 @@ from airflow_ray_train.runtime.spec import JobStatus
 EVENT_STATUS = {JobStatus.SUCCEEDED: "success", JobStatus.FAILED: "failed", JobStatus.STOPPED: "stopped"}
 #: Log lines an event carries for the task's error message (the operator needs no second download).
 LOG_TAIL_LINES = 40
+#: New log lines reach the task log in one record per trigger at most this often, on a clock every trigger in
+#: the triggerer shares: each record wakes Airflow's triggerer supervisor for a round of database queries, so
+#: the records of many triggers should arrive together.
+LOG_FLUSH_INTERVAL = 5.0
 
 
 class RayTrainJobTrigger(BaseTrigger):
     """Watch a Ray job until it is terminal, logging its new log lines as they come.
 
     The log comes over the Jobs API's log stream (a websocket per job, idle between lines); the status is
-    polled every ``poll_interval``, and every ``FINISHING_POLL_INTERVAL`` once the stream shows the job is
-    ending (its result manifest went by, or Ray closed the stream), so the event fires within a fraction
-    of a second of the job ending. Without the stream, the whole log is fetched with each status poll.
+    polled every ``FINISHING_POLL_INTERVAL`` once the stream shows the job is ending (its result manifest went
+    by, or Ray closed the stream), so the event fires within a fraction of a second of that, and otherwise only
+    as a backstop (``STREAM_POLL_INTERVAL``). Without the stream, the whole log is fetched with each status
+    poll, every ``poll_interval``. New lines reach the task log every ``LOG_FLUSH_INTERVAL`` at most, in one
+    record, and all of them before the event.
 
     Events (``status`` first, always with ``job_id``, ``job_status``, ``log_offset``, ``message``, ``manifest``
     (the manifest's log line, or None) and ``log_tail`` (the job log's last lines); ``error`` events also carry
@@ -44,7 +51,7 @@ class RayTrainJobTrigger(BaseTrigger):
 
     :param job_id: the Ray job's submission id.
     :param ray_conn_id: the ``ray_train`` connection.
-    :param poll_interval: seconds between status polls while the job runs.
+    :param poll_interval: seconds between status polls while the job runs without a log stream.
     :param log_offset: characters of the job log already shown in the task log.
     :param timeout_at: Unix time after which the job is stopped and a ``timeout`` event fires; None: no limit.
     :param timeout_label: how the deadline is described in the timeout message (e.g. ``execution_timeout``).
@@ -68,6 +75,8 @@ class RayTrainJobTrigger(BaseTrigger):
         self.timeout_at = timeout_at
         self.timeout_label = timeout_label
         self._tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+        self._unlogged: list[str] = []
+        self._flush_handle: asyncio.TimerHandle | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -89,6 +98,7 @@ class RayTrainJobTrigger(BaseTrigger):
     def _event(
         self, status: str, job_status: str | None, message: str, follower: LogFollower, **extra: str
     ) -> TriggerEvent:
+        self._flush()  # the job's last lines reach the task log before the task resumes
         payload = {
             "status": status,
             "job_id": self.job_id,
@@ -102,11 +112,27 @@ class RayTrainJobTrigger(BaseTrigger):
         return TriggerEvent(payload)  # type: ignore[no-untyped-call]
 
     def _show(self, lines: list[str]) -> None:
-        for line in lines:
-            self.log.info("[ray] %s", line)
+        """Keep new lines for the next shared flush tick (scheduled in this trigger's context, so the record
+        still goes to this task's log)."""
+        if not lines:
+            return
+        self._unlogged.extend(lines)
         self._tail.extend(lines)
+        if self._flush_handle is None:
+            loop = asyncio.get_running_loop()
+            tick = (math.floor(loop.time() / LOG_FLUSH_INTERVAL) + 1) * LOG_FLUSH_INTERVAL
+            self._flush_handle = loop.call_at(tick, self._flush)
+
+    def _flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._unlogged:
+            self.log.info("%s", as_record(self._unlogged))
+            self._unlogged = []
 
     def _status(self, status: str) -> None:
+        self._flush()  # the lines before it first: the task log keeps the job's order
         self.log.info("Ray job %s is %s", self.job_id, status)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -143,6 +169,7 @@ class RayTrainJobTrigger(BaseTrigger):
             message = f"{type(exc).__name__}: {exc}"
             yield self._event("error", info.get("status"), message, follower, error_type=type(exc).__name__)
         finally:
+            self._flush()
             await hook.aclose()
 
     async def _stop_if_task_left_deferral(self) -> None:

@@ -5,6 +5,7 @@ ways a deferred job is cancelled (on_kill, the deadline)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import shlex
 import threading
 import uuid
@@ -82,9 +83,11 @@ def test_deferrable_dag_returns_the_same_xcom_as_the_sync_path(ray_conn, airflow
         assert xcom(dag_run, "train_deferred", key) == deferred[key]
 
     # It really deferred, and the job log reached the task log while the trigger waited (through the
-    # trigger's logger, which Airflow 3 shows in the task log), each line once.
+    # trigger's logger, which Airflow 3 shows in the task log), each line once. A record may hold several lines:
+    # it starts at a time stamp and ends with the logger's name.
     out = capfd.readouterr().out
-    reports = [line for line in out.splitlines() if "RayTrainJobTrigger" in line and "report 1:" in line]
+    records = re.split(r"\n(?=\d{4}-\d\d-\d\dT)", out)
+    reports = [line for r in records if "RayTrainJobTrigger" in r for line in r.splitlines() if "report 1:" in line]
     assert len(reports) == 1, reports
     assert ray_conn.token not in out
     assert ray_conn.token not in str(sync) + str(deferred)

@@ -206,6 +206,43 @@ def test_the_log_follower_skips_what_was_shown_and_sees_the_manifest_only_at_a_l
     assert follower.next_poll(5.0) == 5.0 and not closed.finishing
 
 
+def test_the_job_log_reaches_the_task_log_in_one_record_per_flush_and_all_of_it_before_the_event(
+    stub, capfd, monkeypatch
+):
+    from airflow_ray_train.triggers import ray_train as trigger_module
+
+    def records(text: str) -> list[str]:
+        return re.findall(r"\[info\s*\] \[ray\] (\S+)", text)
+
+    statuses = ["RUNNING", "RUNNING", "RUNNING", "SUCCEEDED"]
+    logs = ["a\n", "a\nb\n", "a\nb\nc\n"]
+    # No flush tick before the end: three polls' lines become one record, written before the event fires.
+    monkeypatch.setattr(trigger_module, "LOG_FLUSH_INTERVAL", 3600.0)
+    stub.respond = job_api(statuses, logs)
+    assert run_trigger()["status"] == "success"
+    text = "".join(capfd.readouterr())
+    assert records(text) == ["a"] and re.findall(r"\[ray\] (\S+)", text) == ["a", "b", "c"], text
+
+    # Ticks shorter than the polls: each poll's lines are logged at the next tick, not held to the end.
+    monkeypatch.setattr(trigger_module, "LOG_FLUSH_INTERVAL", 0.05)
+    stub.respond = job_api(statuses, logs)
+    trigger = RayTrainJobTrigger(job_id=JOB, ray_conn_id="ray_stub", poll_interval=0.3)
+    assert asyncio.run(asyncio.wait_for(first_event(trigger), timeout=30))["status"] == "success"
+    text = "".join(capfd.readouterr())
+    assert records(text) == ["a", "b", "c"], text
+
+
+def test_while_the_log_stream_is_open_the_status_poll_is_a_rare_backstop():
+    from airflow_ray_train.hooks import log_follower
+
+    follower = LogFollower()
+    assert follower.next_poll(5.0, streaming=True) == log_follower.STREAM_POLL_INTERVAL > 5.0
+    assert follower.next_poll(60.0, streaming=True) == 60.0
+    assert follower.next_poll(5.0) == 5.0  # no stream: the whole log comes with each poll
+    follower.closed()  # the job is ending: fast polls, stream or not
+    assert follower.next_poll(5.0, streaming=True) == log_follower.FINISHING_POLL_INTERVAL
+
+
 def test_without_a_log_stream_the_trigger_polls_the_whole_log(stub):
     """The stub speaks no websocket (like a proxy that refuses them): the trigger falls back to polling."""
     stub.respond = job_api(["RUNNING", "RUNNING", "SUCCEEDED"], ["a\n", "a\nb\n", "a\nb\nc\n"])
