@@ -57,8 +57,13 @@ def load_train_func(path: str) -> Callable[..., Any]:
     )
 
 
-class JobStopped(BaseException):
-    """Raised in the driver when Ray stops the job (SIGTERM) during ``fit()``, so the manifest still gets out."""
+class JobStopped(KeyboardInterrupt):
+    """Raised in the driver when Ray stops the job (SIGTERM) during ``fit()``, so the manifest still gets out.
+
+    A ``KeyboardInterrupt``: a blocking ``ray.get`` (``trainer.fit()`` waits in one) checks for signals and gives
+    up its wait only when the handler raises that; any other exception leaves it waiting until Ray's SIGKILL,
+    3 s later, and the manifest is lost. What ``ray.get`` raises then is a plain ``KeyboardInterrupt``, which
+    ``run()`` still counts as a stop because the handler saw the signal."""
 
 
 class StopSignal:

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from compose_support import LONG_RUNNING, RAY_SERVICES, ComposeProject, StackError
 
-from airflow_ray_train.runtime.trainer import REPORT_PREFIX
+from airflow_ray_train.runtime.reports import REPORT_PREFIX
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(3600)]
 
