@@ -155,12 +155,17 @@ def env_example() -> dict[str, str]:
 
 
 def project_ray_minor() -> str:
-    """The Ray version the project tests against, from the `local` extra (ray[...]>=2.60,<2.61)."""
+    """The Ray the project's own tests run (the newest the `local` extra admits, installed in .venv): the images'
+    Ray should be the same minor. The extra's floor is older (the version matrix covers those clusters)."""
+    from importlib.metadata import version
+
     local = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["local"]
     spec = next(req for req in local if re.match(r"ray\b", req))
-    match = re.search(r">=\s*(\d+\.\d+)", spec)
-    assert match, f"no lower bound on ray in {spec!r}"
-    return match.group(1)
+    installed = ".".join(version("ray").split(".")[:2])
+    upper = re.search(r"<\s*(\d+)\.(\d+)", spec)
+    assert upper, f"no upper bound on ray in {spec!r}"
+    assert installed == f"{upper.group(1)}.{int(upper.group(2)) - 1}", f"{installed} is not the newest {spec!r} admits"
+    return installed
 
 
 def image_tag(image: str) -> str:
