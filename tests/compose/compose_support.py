@@ -30,9 +30,10 @@ AIRFLOW_SERVICES = (
     "airflow-triggerer",
 )
 RAY_SERVICES = ("ray-head", "ray-worker")
+MLFLOW_SERVICE = "mlflow"
 #: airflow-init runs once and exits; the others run and report healthy.
 ONE_SHOT = ("airflow-init",)
-LONG_RUNNING = ("postgres", *AIRFLOW_SERVICES[1:], *RAY_SERVICES)
+LONG_RUNNING = ("postgres", *AIRFLOW_SERVICES[1:], *RAY_SERVICES, MLFLOW_SERVICE)
 ENGINE_SETUP = "scripts/docker-engine.sh"
 LOG_LINES_ON_FAILURE = 40
 

@@ -65,12 +65,15 @@ def standin_images(docker_available: None) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def compose_project(standin_images: dict[str, str]) -> ComposeProject:
     """The test stack: its own project name, free host ports and fresh secrets (the developer's .env is not read)."""
-    from airflow_ray_train.local_cluster import free_port
+    from airflow_ray_train.local_cluster import free_ports
+
+    airflow_port, dashboard_port, mlflow_port = free_ports(3)
 
     env = {
         **standin_images,
-        "AIRFLOW_HOST_PORT": str(free_port()),
-        "RAY_DASHBOARD_HOST_PORT": str(free_port()),
+        "AIRFLOW_HOST_PORT": str(airflow_port),
+        "RAY_DASHBOARD_HOST_PORT": str(dashboard_port),
+        "MLFLOW_HOST_PORT": str(mlflow_port),
         "RAY_AUTH_TOKEN": secrets.token_hex(32),
         "AIRFLOW_ADMIN_USER": "admin",
         "AIRFLOW_ADMIN_PASSWORD": secrets.token_urlsafe(16),

@@ -29,6 +29,7 @@ from compose_support import (
     COMPOSE_FILE,
     GPU_COMPOSE_FILE,
     LONG_RUNNING,
+    MLFLOW_SERVICE,
     RAY_SERVICES,
     REPO,
     STANDIN_OVERRIDE,
@@ -157,8 +158,6 @@ def env_example() -> dict[str, str]:
 def project_ray_minor() -> str:
     """The Ray the project's own tests run (the newest the `local` extra admits, installed in .venv): the images'
     Ray should be the same minor. The extra's floor is older (the version matrix covers those clusters)."""
-    from importlib.metadata import version
-
     local = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["local"]
     spec = next(req for req in local if re.match(r"ray\b", req))
     installed = ".".join(version("ray").split(".")[:2])
@@ -176,7 +175,20 @@ def image_tag(image: str) -> str:
 
 
 def test_the_stack_has_airflow_postgres_and_a_ray_head_and_worker(services):
-    assert set(services) == {"postgres", *AIRFLOW_SERVICES, *RAY_SERVICES}
+    assert set(services) == {"postgres", *AIRFLOW_SERVICES, *RAY_SERVICES, MLFLOW_SERVICE}
+
+
+def test_airflow_tracks_every_training_on_the_stacks_mlflow_server_which_allows_its_service_name(services):
+    env = services["airflow-scheduler"]["environment"]
+    assert env["AIRFLOW__RAY_TRAIN__MLFLOW_CONN_ID"] == "mlflow_default"
+    connection = json.loads(env["AIRFLOW_CONN_MLFLOW_DEFAULT"])
+    assert connection["conn_type"] == "mlflow"
+    host = urlsplit(connection["host"])
+    assert host.hostname == MLFLOW_SERVICE and host.port == 5000
+    command = " ".join(services[MLFLOW_SERVICE]["command"])
+    assert "--port 5000" in command and f"{MLFLOW_SERVICE}:5000" in command  # --allowed-hosts: MLflow's default
+    # refuses a Host header that is not localhost or a private address, and the containers use the service name.
+    assert services["airflow-scheduler"]["depends_on"][MLFLOW_SERVICE]["condition"] == "service_healthy"
 
 
 @pytest.mark.parametrize("variant", ["cpu", "gpu"])

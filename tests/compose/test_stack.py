@@ -18,7 +18,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 import pytest
-from compose_support import LONG_RUNNING, RAY_SERVICES, ComposeProject, StackError
+from compose_support import LONG_RUNNING, MLFLOW_SERVICE, RAY_SERVICES, ComposeProject, StackError
 
 from airflow_ray_train.runtime.reports import REPORT_PREFIX
 
@@ -57,6 +57,7 @@ class Stack:
     compose: ComposeProject
     api: httpx.Client
     ray: httpx.Client
+    mlflow: httpx.Client
 
     # -- Airflow ---------------------------------------------------------------------------------------------
 
@@ -189,16 +190,18 @@ def stack(running_stack: ComposeProject) -> Iterator[Stack]:
         headers={"Authorization": f"Bearer {env['RAY_AUTH_TOKEN']}"},
         timeout=30,
     )
+    mlflow = httpx.Client(base_url=f"http://127.0.0.1:{env['MLFLOW_HOST_PORT']}", timeout=30)
     try:
         login = api.post(
             "/auth/token", json={"username": env["AIRFLOW_ADMIN_USER"], "password": env["AIRFLOW_ADMIN_PASSWORD"]}
         )
         assert login.status_code in (200, 201), login.text
         api.headers["Authorization"] = f"Bearer {login.json()['access_token']}"
-        yield Stack(running_stack, api, ray)
+        yield Stack(running_stack, api, ray, mlflow)
     finally:
         api.close()
         ray.close()
+        mlflow.close()
 
 
 def test_every_service_is_healthy_and_the_ray_head_sees_two_nodes(stack):
@@ -214,7 +217,7 @@ def test_every_service_is_healthy_and_the_ray_head_sees_two_nodes(stack):
         log = stack.compose.run("logs", "--no-color", service).stdout
         assert "The object store is using" not in log, f"{service}: Ray's object store is not in /dev/shm"
     # Published on this machine only, by default.
-    for service, port in (("airflow-apiserver", 8080), ("ray-head", 8265)):
+    for service, port in (("airflow-apiserver", 8080), ("ray-head", 8265), (MLFLOW_SERVICE, 5000)):
         address = stack.compose.run("port", service, str(port)).stdout.strip()
         assert address.startswith("127.0.0.1:"), f"{service}:{port} is published on {address}"
 
@@ -248,6 +251,20 @@ def test_the_pytorch_example_trains_on_both_nodes_and_evaluates_its_checkpoint_i
     connection = json.loads(stack.compose.exec("airflow-scheduler", "printenv", "AIRFLOW_CONN_RAY_TRAIN_DEFAULT"))
     assert f"{link.scheme}://{link.netloc}" == connection["host"], "the link does not point at the cluster's dashboard"
     assert link.fragment == f"/jobs/{job_id}", "the link does not point at the task's job"
+
+    # The stack's MLflow server: Airflow made the run before submitting, the cluster logged to it (params, every
+    # report as a metric, the learning curve) and ended it; its "MLflow Run" link opens it as the host sees it.
+    run_key = result["mlflow_run_id"]
+    assert run_key and result["mlflow_run_url"].endswith(f"/runs/{run_key}"), result
+    tracked = stack.mlflow.get("/api/2.0/mlflow/runs/get", params={"run_id": run_key}).raise_for_status().json()
+    assert tracked["run"]["info"]["status"] == "FINISHED", tracked["run"]["info"]
+    metrics = {m["key"]: m["value"] for m in tracked["run"]["data"]["metrics"]}
+    assert metrics.get("epoch") == result["metrics"]["epoch"], (metrics, result["metrics"])
+    params = {p["key"] for p in tracked["run"]["data"].get("params", [])}
+    assert any(key.startswith("scaling_config") for key in params), params
+    mlflow_link = links["extra_links"]["MLflow Run"]
+    assert mlflow_link == result["mlflow_run_url"], (mlflow_link, result["mlflow_run_url"])
+    assert mlflow_link.startswith(f"http://localhost:{stack.compose.env['MLFLOW_HOST_PORT']}/"), mlflow_link
 
 
 def test_a_deferred_task_survives_a_triggerer_restart_and_its_model_asset_starts_the_deploy_dag(stack):
