@@ -17,10 +17,9 @@ from functools import cached_property
 from typing import Any
 
 import httpx
-from airflow.sdk import BaseHook, Connection, conf
-from airflow.sdk.exceptions import AirflowNotFoundException
-from airflow.sdk.log import mask_secret
+from airflow.sdk import Connection
 
+from airflow_ray_train.compat import AirflowNotFoundException, BaseHook, conf, mask_secret
 from airflow_ray_train.connection_form import MLFLOW_UI_FIELD_BEHAVIOUR
 from airflow_ray_train.exceptions import RayTrainConfigError, RayTrainMlflowAuthError, RayTrainMlflowError
 from airflow_ray_train.hooks.jobs_api import RetryPolicy

@@ -69,3 +69,14 @@ def test_lightning_classes_must_be_the_kind_the_field_names(user_module):
 
     with pytest.raises(TypeError, match=r"module 'subprocess:Popen' is the class subprocess\.Popen, not a subclass"):
         load_module("subprocess:Popen", "/nowhere/checkpoint")
+
+
+def test_no_two_test_modules_share_a_file_name():
+    """pytest imports test modules by basename (no packages under tests/): two files of one name fail the
+    whole run's collection as soon as both are collected together, as `make test` does."""
+    from collections import Counter
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parents[1]
+    names = Counter(path.name for path in tests.rglob("test_*.py") if ".venv" not in path.parts)
+    assert not [name for name, count in names.items() if count > 1]
