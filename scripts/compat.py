@@ -74,6 +74,8 @@ class Venv:
     python: str  # its version, e.g. "3.11"
     requirements: tuple[str, ...]
     first: tuple[str, ...] = ()
+    #: Only releases uploaded before this ISO date, for ``requirements`` (``first`` is already installed).
+    uploaded_before: str | None = None
 
     @property
     def path(self) -> Path:
@@ -88,7 +90,10 @@ class Venv:
         return self.path / ".compat-stamp"
 
     def wanted(self) -> str:
-        return json.dumps({"python": self.python, "first": self.first, "requirements": self.requirements})
+        wanted = {"python": self.python, "first": self.first, "requirements": self.requirements}
+        if self.uploaded_before:
+            wanted["uploaded_before"] = self.uploaded_before
+        return json.dumps(wanted)
 
     def ready(self) -> bool:
         return self.stamp.exists() and self.stamp.read_text() == self.wanted()
@@ -106,32 +111,35 @@ class Venv:
         if self.first:
             subprocess.run([*pip, *self.first], check=True)
         # The first packages again, pinned, so the resolver keeps them (torch: the CPU build).
-        subprocess.run([*pip, *self.requirements, *self.first], check=True)
+        dated = ["--uploaded-prior-to", self.uploaded_before] if self.uploaded_before else []
+        subprocess.run([*pip, *dated, *self.requirements, *self.first], check=True)
         self.stamp.write_text(self.wanted())
         return time.monotonic() - started
 
 
-#: What an older Airflow's own constraints file would hold back, where today's newest release breaks it (those
-#: files live on GitHub, which this machine cannot reach): Airflow 3.0 and 3.2 cap no FastAPI, and FastAPI
-#: 0.165 beside pydantic 2.14 fails the Task Execution API's models ("TITerminalStatePayload needs a
-#: discriminator field"); 0.136, which Airflow 3.3.2 resolves to, works.
-AIRFLOW_PINS = {"3.0.6": ("fastapi<0.137",), "3.2.2": ("fastapi<0.137",)}
+#: An older Airflow is installed as its own constraints file would have it (those files live on GitHub, which
+#: this machine cannot reach): only releases uploaded before this date (pip's --uploaded-prior-to), two weeks
+#: after that Airflow's release. With today's newest dependencies Airflow 3.2.2 fails to start a task (FastAPI
+#: 0.165 and pydantic 2.14: "TITerminalStatePayload needs a discriminator field"; with an older FastAPI, the
+#: execution API's lifespan has no svcs_registry) and 3.0.6 answers HTTP 422. Airflow 3.1.8 runs with today's.
+AIRFLOW_UPLOADED_BEFORE = {"3.0.6": "2025-09-12T00:00:00Z", "3.2.2": "2026-06-12T00:00:00Z"}
 
 
 def airflow_venv(version: str) -> Venv:
     """Airflow ``version`` and what the tests need; torch for the example DAG's evaluation task. No Ray: the
     cell's head comes from a Ray venv."""
-    requirements = (f"apache-airflow=={version}", *AIRFLOW_PINS.get(version, ()), *TEST_REQUIREMENTS)
-    return Venv(f"airflow-{version}", "3.11", requirements, (CPU_TORCH,))
+    requirements = (f"apache-airflow=={version}", *TEST_REQUIREMENTS)
+    return Venv(f"airflow-{version}", "3.11", requirements, (CPU_TORCH,), AIRFLOW_UPLOADED_BEFORE.get(version))
 
 
 def ray_venv(version: str, python: str = "3.11") -> Venv:
-    """A Ray cluster's Python: ``ray[default,train]`` and, on 3.11, the CPU torch and Lightning."""
+    """A Ray cluster's Python: ``ray[default,train]`` and, on 3.11, the CPU torch, Lightning and MLflow's client."""
     if python == "3.11":
         return Venv(
             f"ray-{version}-py3.11",
             "3.11",
-            (f"ray[default,train]=={version}", "pytorch-lightning>=2.1", "matplotlib>=3.7"),
+            # mlflow-skinny: the runtime's MLflow tracking, which the Lightning pipeline test turns on.
+            (f"ray[default,train]=={version}", "pytorch-lightning>=2.1", "matplotlib>=3.7", "mlflow-skinny==3.17.2"),
             (CPU_TORCH,),
         )
     return Venv(f"ray-{version}-py{python}", python, (f"ray[default,train]=={version}", "matplotlib>=3.7"))
