@@ -131,7 +131,16 @@ def _error_dict(exc: BaseException) -> dict[str, str]:
     failures = getattr(exc, "worker_failures", None)
     if isinstance(failures, dict) and failures:
         root = next(iter(failures.values()))
-    tb = "".join(traceback.format_exception(type(root), root, root.__traceback__))
+    # Ray 2.52 hands the worker's exception over wrapped (UserExceptionWithTraceback: the exception and
+    # its traceback as text); the user's own exception is what they raised.
+    worker_traceback = getattr(root, "_traceback_str", None)
+    base = getattr(root, "_base_exc", None)
+    if isinstance(base, BaseException):
+        root = base
+    if isinstance(worker_traceback, str) and worker_traceback and root.__traceback__ is None:
+        tb = worker_traceback
+    else:
+        tb = "".join(traceback.format_exception(type(root), root, root.__traceback__))
     message = str(root) if root is exc else f"{type(exc).__name__}: {str(root).strip()}"
     return {
         "type": type(root).__name__ if root is not exc else type(exc).__name__,

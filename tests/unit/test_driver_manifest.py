@@ -76,3 +76,29 @@ def test_the_stop_handler_survives_ray_init_taking_sigterm():
         with pytest.raises(JobStopped):
             os.kill(os.getpid(), signal.SIGTERM)
         assert stop.requested
+
+
+def test_a_failed_workers_own_exception_is_the_error_also_where_ray_wraps_it():
+    """Ray 2.52's WorkerGroupError holds each worker's exception wrapped (UserExceptionWithTraceback: the
+    exception and its traceback as text); Ray 2.60's holds the exception itself. The manifest names the user's."""
+    from airflow_ray_train.runtime.trainer import _error_dict
+
+    class UserExceptionWithTraceback(Exception):  # Ray 2.52's shape
+        def __init__(self, exc: BaseException, traceback_str: str) -> None:
+            self._base_exc, self._traceback_str = exc, traceback_str
+
+        def __str__(self) -> str:
+            return self._traceback_str
+
+    class WorkerGroupError(Exception):
+        def __init__(self, failures: dict[int, BaseException]) -> None:
+            super().__init__("Training failed due to worker errors")
+            self.worker_failures = failures
+
+    user = RuntimeError("the loss is NaN at step 3")
+    wrapped = WorkerGroupError({0: UserExceptionWithTraceback(user, "Traceback ...\nRuntimeError: the loss is NaN")})
+    plain = WorkerGroupError({0: user})
+    for error in (_error_dict(wrapped), _error_dict(plain)):
+        assert error["type"] == "RuntimeError"
+        assert error["message"] == "WorkerGroupError: the loss is NaN at step 3"
+    assert _error_dict(wrapped)["traceback"].startswith("Traceback ...")
