@@ -74,13 +74,7 @@ class RayHead:
         if not self.is_running():
             log.info("The recorded Ray head (pid %s) is not running any more; nothing to stop", self.pid)
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and group_alive(self.pid):
-            time.sleep(0.2)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, signal.SIGKILL)
+        stop_group(self.pid, timeout)
 
     def healthy(self) -> bool:
         """Whether the head's Jobs API answers with its token."""
@@ -91,6 +85,17 @@ class RayHead:
         except httpx.HTTPError:
             return False
         return response.status_code == 200
+
+
+def stop_group(pgid: int, timeout: float) -> None:
+    """SIGTERM a process group, then SIGKILL what is left of it after ``timeout`` seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and group_alive(pgid):
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def group_alive(pgid: int) -> bool:

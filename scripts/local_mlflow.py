@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from airflow_ray_train.local_cluster import free_port, group_alive
+from airflow_ray_train.local_cluster import free_port, stop_group
 
 ADMIN = "admin"
 STATE_FILE = "server.json"
@@ -48,13 +47,7 @@ class MlflowServer:
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM the server's process group (uvicorn and its workers), SIGKILL what is left after ``timeout``."""
         (self.root / STATE_FILE).unlink(missing_ok=True)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and group_alive(self.pid):
-            time.sleep(0.2)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, signal.SIGKILL)
+        stop_group(self.pid, timeout)
 
 
 def running_server(root: Path) -> MlflowServer | None:
