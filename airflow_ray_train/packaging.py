@@ -17,6 +17,7 @@ import ast
 import difflib
 import hashlib
 import importlib.util
+import io
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from pathspec import GitIgnoreSpec
 
@@ -101,29 +102,37 @@ class CodeLookupError(ValueError):
 class _FileChunks:
     """A file's bytes in pieces, read again each time it is iterated, so a retried upload sends it whole."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, file: BinaryIO, size: int) -> None:
+        self.file = file
+        self.size = size
 
     def __iter__(self) -> Iterator[bytes]:
-        with self.path.open("rb") as file:
-            while chunk := file.read(_CHUNK):
-                yield chunk
+        offset = 0
+        while offset < self.size:
+            chunk = os.pread(self.file.fileno(), min(_CHUNK, self.size - offset), offset)
+            if not chunk:
+                return
+            offset += len(chunk)
+            yield chunk
 
 
 @dataclass(frozen=True)
 class Package:
-    """A zip on local disk ready for ``PUT /api/packages/gcs/<name>``, and the ``gcs://`` URI it will have.
+    """A zip ready for ``PUT /api/packages/gcs/<name>``, and the ``gcs://`` URI it will have.
 
-    The file is removed when the ``Package`` is garbage collected.
+    The zip is an unnamed temporary file (``tempfile.TemporaryFile``): it has no name in the temp folder, so
+    nothing is left there however the process ends. Airflow's task processes end with ``os._exit``, which runs
+    no finalizer: named zips piled up in ``/tmp``, one per task run. The file is closed (and its space freed)
+    when the ``Package`` is garbage collected or the process exits.
     """
 
     source: str
     sha256: str
     size: int
-    path: Path = field(compare=False)
+    file: BinaryIO = field(compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        weakref.finalize(self, _remove, self.path)
+        weakref.finalize(self, self.file.close)
 
     @property
     def name(self) -> str:
@@ -134,21 +143,23 @@ class Package:
         return f"gcs://{self.name}"
 
     def chunks(self) -> _FileChunks:
-        """The zip's bytes, read from disk in pieces (an upload body that can be sent again)."""
-        return _FileChunks(self.path)
+        """The zip's bytes, read from the file in pieces (an upload body that can be sent again)."""
+        return _FileChunks(self.file, self.size)
 
+    def read_bytes(self) -> bytes:
+        return b"".join(self.chunks())
 
-def _remove(path: Path) -> None:
-    path.unlink(missing_ok=True)
+    def archive(self) -> zipfile.ZipFile:
+        """The zip, opened for reading (tests and tools look inside)."""
+        return zipfile.ZipFile(io.BytesIO(self.read_bytes()))
 
 
 def build_zip(source: str, entries: list[tuple[str, Path | str]]) -> Package:
-    """A reproducible zip of ``entries`` (archive name, then a file or a text) in a temporary file: sorted
+    """A reproducible zip of ``entries`` (archive name, then a file or a text) in an unnamed temporary file: sorted
     entries, fixed timestamps and modes, so the same content gets the same name."""
-    fd, name = tempfile.mkstemp(prefix="airflow_ray_train_", suffix=".zip")
-    path = Path(name)
+    raw = tempfile.TemporaryFile(prefix="airflow_ray_train_", suffix=".zip")
     try:
-        with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        with zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for arcname, content in sorted(entries, key=lambda entry: entry[0]):
                 info = zipfile.ZipInfo(arcname, date_time=_FIXED_TIME)
                 info.external_attr = 0o644 << 16
@@ -164,14 +175,15 @@ def build_zip(source: str, entries: list[tuple[str, Path | str]]) -> Package:
                         f"cannot read {content} to ship it ({exc.strerror or exc}). Fix: make it readable by the "
                         f"Airflow worker, or list it in a .rayignore file in {source}."
                     ) from exc
+        raw.flush()
+        size = raw.seek(0, os.SEEK_END)
         digest = hashlib.sha256()
-        with path.open("rb") as file:
-            while chunk := file.read(_CHUNK):
-                digest.update(chunk)
+        for chunk in _FileChunks(raw, size):
+            digest.update(chunk)
     except BaseException:
-        path.unlink(missing_ok=True)
+        raw.close()
         raise
-    return Package(source=source, sha256=digest.hexdigest(), size=path.stat().st_size, path=path)
+    return Package(source=source, sha256=digest.hexdigest(), size=size, file=raw)
 
 
 def _ignore_rules(directory: Path, rel: PurePosixPath) -> list[tuple[PurePosixPath, GitIgnoreSpec]]:

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import time
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -178,7 +179,11 @@ def run_n(bench: Bench, airflow: Any, n: int, label: str, rnd: int) -> dict[str,
             raise RuntimeError(f"{dag}: tasks {failed} failed before deferring; see {airflow.log_path}")
         return len(tis) == n and all(ti["state"] == "deferred" for ti in tis)
 
-    wait_for(f"{n} deferred tasks", all_deferred, 900, 1.0)
+    try:
+        wait_for(f"{n} deferred tasks", all_deferred, 900, 1.0)
+    except TimeoutError as exc:
+        states = Counter(str(ti["state"]) for ti in airflow.task_instances(dag, run_id))
+        raise TimeoutError(f"{exc}; task states: {dict(states)}; see {airflow.log_path}") from exc
     prefix = scale_job_prefix(run_id)
 
     def running() -> list[dict[str, Any]]:

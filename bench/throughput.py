@@ -135,7 +135,7 @@ def ship(head: Any) -> list[str]:
         url = f"{head.dashboard_url}/api/packages/gcs/{package.name}"
         if httpx.get(url, headers=headers, timeout=30).status_code == 200:
             continue
-        response = httpx.put(url, headers=headers, content=package.path.read_bytes(), timeout=60)
+        response = httpx.put(url, headers=headers, content=package.read_bytes(), timeout=60)
         response.raise_for_status()
     return [p.uri for p in packages if p is not None]
 

@@ -168,9 +168,18 @@ class AirflowStandalone:
         return dict(self.client.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}").json())
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-        response = self.client.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 1000})
-        response.raise_for_status()
-        return list(response.json()["task_instances"])
+        """All of a run's task instances, page by page: the REST API caps a page at ``[api]
+        maximum_page_limit`` (100), whatever ``limit`` asks for."""
+        found: list[dict[str, Any]] = []
+        while True:
+            response = self.client.get(
+                f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 100, "offset": len(found)}
+            )
+            response.raise_for_status()
+            page = response.json()
+            found += page["task_instances"]
+            if not page["task_instances"] or len(found) >= page["total_entries"]:
+                return found
 
     def xcom_response(
         self, dag_id: str, run_id: str, task_id: str, key: str = "return_value", map_index: int | None = None

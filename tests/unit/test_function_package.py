@@ -8,7 +8,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -238,7 +237,7 @@ def _run_shipped(tmp_path: Path, func: Any, call: str) -> tuple[str, subprocess.
     ship = tmp_path / "shipped"
     packages = [package, *(p for p in map(code_package, imported) if p is not None)]
     for shipped in packages:
-        zipfile.ZipFile(shipped.path).extractall(ship)
+        shipped.archive().extractall(ship)
     module_name, _, function_name = train_func.partition(":")
     code = (
         "import sys, importlib.abc\n"

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import gc
 import hashlib
+import os
 import re
+import subprocess
 import sys
-import zipfile
 
 import pytest
 
@@ -25,7 +25,7 @@ from airflow_ray_train.runtime.spec import TrainSpec
 
 def _names(package: Package | None) -> list[str]:
     assert package is not None
-    return sorted(zipfile.ZipFile(package.path).namelist())
+    return sorted(package.archive().namelist())
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def user_code(tmp_path, monkeypatch):
 
 def test_runtime_package_is_reproducible_and_holds_only_the_runtime():
     first, second = runtime_package(), runtime_package()
-    assert first.path != second.path and first.path.read_bytes() == second.path.read_bytes()
+    assert first.file is not second.file and first.read_bytes() == second.read_bytes()
     assert first.uri == second.uri and first.uri.startswith("gcs://_ray_pkg_") and first.uri.endswith(".zip")
     names = _names(first)
     assert "airflow_ray_train/__init__.py" in names
@@ -85,15 +85,29 @@ def test_train_func_is_checked_without_importing_the_users_module(user_code):
         check_train_func_defined("my_modles.digits:train_func")
 
 
-def test_the_zip_is_a_temporary_file_named_by_its_hash_and_removed_with_its_package(user_code):
+def test_the_zip_is_named_by_its_hash_and_its_reads_repeat(user_code):
     package = code_package("my_models")
     assert package is not None
-    path = package.path
-    assert path.stat().st_size == package.size and hashlib.sha256(path.read_bytes()).hexdigest() == package.sha256
-    assert b"".join(package.chunks()) == b"".join(package.chunks()) == path.read_bytes()  # an upload can be retried
-    del package
-    gc.collect()
-    assert not path.exists()
+    data = package.read_bytes()
+    assert len(data) == package.size and hashlib.sha256(data).hexdigest() == package.sha256
+    assert b"".join(package.chunks()) == b"".join(package.chunks()) == data  # an upload can be retried
+    assert package.name == f"_ray_pkg_{package.sha256[:32]}.zip"
+
+
+def test_a_task_process_that_ends_with_os_exit_leaves_no_zip_in_the_temp_folder(tmp_path):
+    """Airflow's task processes end with ``os._exit`` (no finalizers): a named temp zip was left per task run."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    code = (
+        "import os\n"
+        "from airflow_ray_train.packaging import runtime_package, build_zip\n"
+        "kept = [runtime_package(), build_zip('spec', [('spec.json', '{}')])]\n"
+        "assert all(p.size > 0 for p in kept)\n"
+        "os._exit(0)\n"
+    )
+    env = {**os.environ, "TMPDIR": str(temp)}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    assert sorted(p.name for p in temp.iterdir()) == []
 
 
 def test_what_leaves_the_package_secrets_checkpoints_data_and_ignored_files_stay_home(user_code, tmp_path, caplog):

@@ -4,7 +4,6 @@ own in the spec's package, nowhere else), and how reports become MLflow metrics 
 from __future__ import annotations
 
 import json
-import zipfile
 
 import pytest
 
@@ -48,7 +47,7 @@ def test_credentials_ship_in_a_file_of_their_own_and_never_in_the_spec(tmp_path,
     settings = MlflowSettings(tracking_uri="http://mlflow:5000", username="ci", password="s3cret-pw")
     spec = _spec(tracking=TRACKING)
     package = spec_package(spec, settings.credentials_env())
-    with zipfile.ZipFile(package.path) as archive:
+    with package.archive() as archive:
         archive.extractall(tmp_path)
         assert sorted(archive.namelist()) == sorted([spec.shipped_file, spec.credentials_file])
         assert "s3cret-pw" not in archive.read(spec.shipped_file).decode()
@@ -57,7 +56,7 @@ def test_credentials_ship_in_a_file_of_their_own_and_never_in_the_spec(tmp_path,
     assert read_credentials(spec) == {"MLFLOW_TRACKING_USERNAME": "ci", "MLFLOW_TRACKING_PASSWORD": "s3cret-pw"}
     # No credentials, no file; a token goes as the client's token variable.
     bare = spec_package(spec, {})
-    with zipfile.ZipFile(bare.path) as archive:
+    with bare.archive() as archive:
         assert archive.namelist() == [spec.shipped_file]
     token = MlflowSettings(tracking_uri="https://m", token="tok", username="u", password="p", verify=False)
     assert token.credentials_env() == {"MLFLOW_TRACKING_TOKEN": "tok", "MLFLOW_TRACKING_INSECURE_TLS": "true"}
