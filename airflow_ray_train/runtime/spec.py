@@ -382,15 +382,22 @@ class TrainSpec:
             return cls.from_json(handle.read())
 
 
-def find_shipped(name: str) -> str | None:
-    """The text of a file shipped in the job's ``py_modules`` (Ray puts each package's folder on ``sys.path``),
-    or None when no package holds it."""
+def shipped_dir(name: str) -> str | None:
+    """The ``sys.path`` entry holding the file ``name`` shipped in the job's ``py_modules`` (Ray unpacks each
+    package into a folder of its own and puts it on ``sys.path``), or None when no package holds it."""
     for entry in sys.path:
-        path = os.path.join(entry or ".", name)
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as handle:
-                return handle.read()
+        if os.path.isfile(os.path.join(entry or ".", name)):
+            return entry or "."
     return None
+
+
+def find_shipped(name: str) -> str | None:
+    """The text of a file shipped in the job's ``py_modules``, or None when no package holds it."""
+    entry = shipped_dir(name)
+    if entry is None:
+        return None
+    with open(os.path.join(entry, name), encoding="utf-8") as handle:
+        return handle.read()
 
 
 def _read_shipped(name: str) -> str:

@@ -10,6 +10,7 @@ tracking server that fails must not cost Airflow the result.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import sys
@@ -24,12 +25,14 @@ from airflow_ray_train.runtime.cluster_support import check_cluster
 from airflow_ray_train.runtime.frameworks import import_function
 from airflow_ray_train.runtime.learning_curve import learning_curve_png
 from airflow_ray_train.runtime.reports import history_csv, make_recorder, make_report_callback, read_reports
-from airflow_ray_train.runtime.spec import MANIFEST_MARKER, ResultManifest, SpecError, TrainSpec
+from airflow_ray_train.runtime.spec import MANIFEST_MARKER, ResultManifest, SpecError, TrainSpec, shipped_dir
 from airflow_ray_train.runtime.storage import Storage
 from airflow_ray_train.runtime.tracking import RunTracker
 
 MANIFEST_DIR = "airflow_ray_train"
 PRINT_PATCH_ENV = "RAY_TRAIN_ENABLE_PRINT_PATCH"
+#: How the Jobs API's supervisor hands its driver the job's config (runtime_env included); ``ray.init()`` reads it.
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 TRACEBACK_TAIL_CHARS = 4000
 #: Worker-group start attempts after the first (each waits ``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S``, 60 s by
 #: default) before the run fails, unless the spec sets ``failure_config.controller_failure_limit``.
@@ -157,6 +160,32 @@ def failure_config_kwargs(given: dict[str, Any] | None) -> dict[str, Any]:
     return kwargs
 
 
+def keep_spec_package_from_workers(spec: TrainSpec, environ: dict[str, str] | None = None) -> str | None:
+    """Take the spec's own package out of the ``py_modules`` this driver hands ``ray.init()``; returns its URI,
+    or None when there is nothing to take out.
+
+    The hook ships the spec (and any credentials) in a package of its own, new for every job, beside the code
+    packages that the cluster already holds. Only this driver reads it, and it has by now. Left in the job's
+    ``runtime_env``, every process of the run (Train's controller, its workers, the report recorder) would
+    start in a runtime env the cluster has never set up, one per job; without it they get the code packages'
+    env, set up once. The spec's folder is the one Ray unpacked its package into: the URI's file name without
+    ``.zip``. Any other layout leaves the config as it is."""
+    env = os.environ if environ is None else environ
+    folder = shipped_dir(spec.shipped_file)
+    if not env.get(JOB_CONFIG_ENV) or folder is None:
+        return None
+    config = json.loads(env[JOB_CONFIG_ENV])
+    runtime_env = config.get("runtime_env") or {}
+    modules = runtime_env.get("py_modules") or []
+    name = os.path.basename(os.path.normpath(folder))
+    ours = [m for m in modules if isinstance(m, str) and m.rsplit("/", 1)[-1] == f"{name}.zip"]
+    if len(ours) != 1:
+        return None
+    runtime_env["py_modules"] = [m for m in modules if m != ours[0]]
+    env[JOB_CONFIG_ENV] = json.dumps(config)
+    return ours[0]
+
+
 def fit(spec: TrainSpec, paths: RunPaths, stop: StopSignal, tracker: RunTracker | None = None) -> FitOutcome:
     """Build the ``TorchTrainer`` the spec describes and fit it, tracked by ``tracker`` when one is given; every
     failure (MLflow missing or unreachable when tracking is required, too) becomes the outcome's error."""
@@ -172,6 +201,7 @@ def fit(spec: TrainSpec, paths: RunPaths, stop: StopSignal, tracker: RunTracker 
         from ray.train.torch import TorchTrainer
 
         if not ray.is_initialized():
+            keep_spec_package_from_workers(spec)
             ray.init(log_to_driver=True)
         stop.take_back()
         outcome.recorder = make_recorder()

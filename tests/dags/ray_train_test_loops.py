@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 from typing import Any
@@ -44,8 +45,15 @@ def slow_counter(config: dict[str, Any]) -> None:
 
 
 def count_files(config: dict[str, Any]) -> None:
-    """Reports how many entries ``config["files"]`` has: proof that a large config reached every worker whole."""
+    """Reports how many entries ``config["files"]`` has: proof that a large config reached every worker whole;
+    and how many folders on the worker's ``sys.path`` hold a shipped spec (the driver's alone: none should)."""
     import ray.train
 
     files = config["files"]
-    ray.train.report({"files": len(files), "last": files[-1]})
+    spec_folders = sum(
+        1
+        for entry in sys.path
+        if os.path.isdir(entry or ".")
+        and any(n.startswith("_airflow_ray_train_spec_") for n in os.listdir(entry or "."))
+    )
+    ray.train.report({"files": len(files), "last": files[-1], "spec_folders_on_worker_path": spec_folders})
