@@ -75,6 +75,17 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "http://mlflow:5000",
                         "default": "",
                     },
+                    "max_log_streams": {
+                        "description": "Log streams one triggerer holds open to one Ray cluster at most. Ray's "
+                        "dashboard serves at most 100 at once before its other Jobs API calls (status, submit, "
+                        "stop) wait, on any client. A deferred task beyond this many is followed by its status "
+                        "every poll_interval, and gets a stream when one frees; its log reaches the task log then, "
+                        "or all at the end.",
+                        "version_added": "0.1.0",
+                        "type": "integer",
+                        "example": "50",
+                        "default": "50",
+                    },
                     "poll_interval": {
                         "description": "Seconds between job status polls where the job's log cannot be "
                         "streamed. With the log streaming over a websocket the end is noticed from it (the result "

@@ -54,6 +54,7 @@ class LogFollower:
         self._reconnects = 0
         self.ever_opened = False  # never: a proxy without websockets; the whole log is read with each poll
         self.given_up = False  # a message over MAX_MESSAGE_BYTES: the log is read once, at the end
+        self.waiting_for_slot = False  # no stream slot free (``StreamSlots``): status polls only, log at the end
 
     def feed(self, message: str | bytes) -> list[str]:
         """One message of the log stream; returns the whole lines not shown yet."""
@@ -80,6 +81,7 @@ class LogFollower:
         self._closed_at = None
         self._reconnects = 0
         self.ever_opened = True
+        self.waiting_for_slot = False
         if self.manifest_line is None:
             self.finishing_since = None  # it had only closed: the job goes on
 
@@ -98,6 +100,10 @@ class LogFollower:
         delay = min(RECONNECT_DELAY_S * 2.0 ** (self._reconnects - 1), max(poll_interval, RECONNECT_DELAY_S))
         return time.monotonic() - self._closed_at >= delay
 
+    def no_slot(self) -> None:
+        """Every stream slot to this cluster is taken: watch the status, ask for a slot again with each poll."""
+        self.waiting_for_slot = True
+
     def failed_to_open(self) -> None:
         self._closed_at = time.monotonic()
         self._reconnects += 1
@@ -105,7 +111,7 @@ class LogFollower:
     @property
     def polling(self) -> bool:
         """No stream was ever had (a proxy without websockets): read the whole log with each status poll."""
-        return not self.ever_opened and not self.given_up
+        return not self.ever_opened and not self.given_up and not self.waiting_for_slot
 
     @property
     def finishing(self) -> bool:

@@ -391,6 +391,42 @@ class RayTrainHook(BaseHook):
         return f"{shlex.quote(self.settings.python)} -m airflow_ray_train.runtime {shlex.quote(spec_arg)}"
 
 
+#: Log streams one process (a triggerer) holds open to one Ray cluster at most, unless ``[ray_train]
+#: max_log_streams`` says otherwise. Ray's dashboard proxies each stream through aiohttp sessions with the default
+#: pool of 100 connections (dashboard -> its job module -> the node's agent): with 100 streams open, every other
+#: Jobs API call to that head (status, submit, stop) waits until one closes.
+MAX_LOG_STREAMS = 50
+
+
+class StreamSlots:
+    """How many log streams this process has open, per Ray cluster (its address). Triggers share one event loop,
+    so plain counters do."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, int] = {}
+
+    def take(self, cluster: str, limit: int) -> bool:
+        if self._open.get(cluster, 0) >= limit:
+            return False
+        self._open[cluster] = self._open.get(cluster, 0) + 1
+        return True
+
+    def give(self, cluster: str) -> None:
+        self._open[cluster] = max(0, self._open.get(cluster, 0) - 1)
+
+    def count(self, cluster: str) -> int:
+        return self._open.get(cluster, 0)
+
+
+STREAM_SLOTS = StreamSlots()
+
+
+def max_log_streams() -> int:
+    from airflow.configuration import conf
+
+    return conf.getint("ray_train", "max_log_streams", fallback=MAX_LOG_STREAMS)
+
+
 class AsyncRayTrainHook(BaseHook):
     """The async twin of ``RayTrainHook``'s watch-and-stop calls, for the triggerer's event loop.
 
@@ -524,12 +560,32 @@ class AsyncRayTrainHook(BaseHook):
             return None
 
     async def _open(self, job_id: str, follower: LogFollower) -> aiohttp.ClientWebSocketResponse | None:
+        """The job's log stream, if a slot to this cluster is free (``max_log_streams``) and it opens."""
+        cluster = (await self.get_settings()).address
+        limit = max_log_streams()
+        if not STREAM_SLOTS.take(cluster, limit):
+            if not follower.waiting_for_slot:
+                self.log.info(
+                    "%d log streams to this Ray cluster are open here ([ray_train] max_log_streams): following "
+                    "job %s by its status every poll_interval; its log comes when a stream frees or at the end",
+                    STREAM_SLOTS.count(cluster),
+                    job_id,
+                )
+            follower.no_slot()
+            return None
         stream = await self.open_log_stream(job_id)
         if stream is None:
+            STREAM_SLOTS.give(cluster)
             follower.failed_to_open()
         else:
             follower.opened()
         return stream
+
+    async def _close(self, stream: aiohttp.ClientWebSocketResponse) -> None:
+        try:
+            await stream.close()
+        finally:
+            STREAM_SLOTS.give((await self.get_settings()).address)
 
     async def wait_for_job(
         self,
@@ -558,7 +614,7 @@ class AsyncRayTrainHook(BaseHook):
                 wait = follower.next_poll(poll_interval, streaming=stream is not None)
                 if deadline is not None:
                     wait = max(0.0, min(wait, deadline - time.time()))
-                if stream is None and follower.reconnect_due(poll_interval):
+                if stream is None and (follower.reconnect_due(poll_interval) or follower.waiting_for_slot):
                     stream = await self._open(job_id, follower)
                 if stream is not None:
                     stream = await self._follow(stream, follower, on_lines, wait)
@@ -568,7 +624,7 @@ class AsyncRayTrainHook(BaseHook):
                 await asyncio.sleep(wait)
         finally:
             if stream is not None:
-                await stream.close()
+                await self._close(stream)
 
     async def _follow(
         self, stream: aiohttp.ClientWebSocketResponse, follower: LogFollower, on_lines: OnLines, wait: float
@@ -585,7 +641,7 @@ class AsyncRayTrainHook(BaseHook):
             if message.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                 # Ray closes the stream once the job ended; a proxy or the network may drop it before.
                 too_big = stream.close_code == MESSAGE_TOO_BIG
-                await stream.close()
+                await self._close(stream)
                 follower.closed(too_big=too_big)
                 return None
             on_lines(follower.feed(message.data))

@@ -172,3 +172,49 @@ def test_trigger_on_kill_stops_the_job_and_its_workers(hook, ray_conn, direct_de
 
     pids = asyncio.run(run_then_kill())
     assert_stopped_without_workers(hook, trigger.job_id, pids)
+
+
+def test_triggers_beyond_max_log_streams_follow_their_jobs_by_status_and_give_the_slots_back(hook, monkeypatch):
+    """Three triggers in one loop, two stream slots (Ray's dashboard stalls past 100 open streams): each job's
+    end still fires its event with its whole log, at most two streams are open at once, and none is left."""
+    from airflow_ray_train.hooks.ray_train import STREAM_SLOTS
+
+    monkeypatch.setenv("AIRFLOW__RAY_TRAIN__MAX_LOG_STREAMS", "2")
+    jobs = [
+        hook.submit_job(
+            entrypoint=f"bash -c {shlex.quote(f'for i in 1 2 3; do echo job{n} line $i; sleep 1; done')}",
+            submission_id=f"slots-{n}-{uuid.uuid4().hex[:8]}",
+            metadata={"airflow_dag_id": "test_trigger_slots"},
+        )
+        for n in range(3)
+    ]
+    cluster = hook.settings.address
+    most = 0
+
+    async def watch() -> list[dict]:
+        nonlocal most
+
+        async def count() -> None:
+            nonlocal most
+            while True:
+                most = max(most, STREAM_SLOTS.count(cluster))
+                await asyncio.sleep(0.05)
+
+        counter = asyncio.create_task(count())
+        try:
+            return [
+                event.payload
+                for event in await asyncio.gather(
+                    *(anext(RayTrainJobTrigger(job_id=job, poll_interval=0.5).run()) for job in jobs)
+                )
+            ]
+        finally:
+            counter.cancel()
+
+    events = asyncio.run(asyncio.wait_for(watch(), timeout=120))
+    assert [e["status"] for e in events] == ["success"] * 3
+    for job, event in zip(jobs, events, strict=True):
+        assert event["log_offset"] == len(hook.get_job_logs(job))
+        assert event["log_tail"][-1].endswith("line 3")
+    assert most == 2
+    assert STREAM_SLOTS.count(cluster) == 0

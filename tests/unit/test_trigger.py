@@ -280,3 +280,27 @@ def test_without_any_stream_the_log_is_polled_and_after_a_runaway_message_only_r
     runaway.opened()
     runaway.closed(too_big=True)  # a message over MAX_MESSAGE_BYTES
     assert runaway.given_up and not runaway.polling and not runaway.reconnect_due(0.0)
+
+
+def test_stream_slots_are_counted_per_cluster_and_given_back():
+    from airflow_ray_train.hooks.ray_train import StreamSlots
+
+    slots = StreamSlots()
+    assert slots.take("http://a", 2) and slots.take("http://a", 2)
+    assert not slots.take("http://a", 2)  # full: the third waits
+    assert slots.take("http://b", 2)  # another cluster has its own
+    slots.give("http://a")
+    assert slots.count("http://a") == 1 and slots.take("http://a", 2)
+
+
+def test_beyond_max_log_streams_a_trigger_polls_the_status_and_reads_the_log_once_at_the_end(stub, monkeypatch):
+    """No free stream slot: no stream asked for, no whole-log download per poll (a long log, many jobs), the log
+    once the job ended; the event is the same."""
+    monkeypatch.setenv("AIRFLOW__RAY_TRAIN__MAX_LOG_STREAMS", "0")
+    stub.respond = job_api(["RUNNING", "RUNNING", "RUNNING", "SUCCEEDED"], ["a\nb\nc\n"])
+    event = run_trigger()
+    assert event["status"] == "success" and event["log_offset"] == len("a\nb\nc\n")
+    assert event["log_tail"] == ["a", "b", "c"]
+    assert not any(p.endswith("/logs/tail") for p in stub.paths())
+    assert sum(p.endswith("/logs") for p in stub.paths()) == 1
+    assert sum(p == f"/api/jobs/{JOB}" for p in stub.paths()) >= 4
