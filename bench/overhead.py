@@ -55,6 +55,9 @@ def run_direct(bench: Bench) -> dict[str, Any]:
             # What the Jobs API's supervisor hands its driver: the job's runtime_env (same py_modules as b/c),
             # so the Train workers import the same shipped code.
             "RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps({"runtime_env": {"py_modules": bench.py_modules}}),
+            # The head's processes have it (``start_ray_head``): its GCS listens on 127.0.0.1 only. Without
+            # it, ``ray.init`` turns 127.0.0.1 into the machine's address and waits for a GCS never there.
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
         }
     )
     spawned = time.time()

@@ -181,6 +181,16 @@ class AirflowStandalone:
             if not page["task_instances"] or len(found) >= page["total_entries"]:
                 return found
 
+    def count_task_instances(self, dag_id: str, run_id: str, states: tuple[str, ...] = ()) -> int:
+        """How many of a run's task instances are in ``states`` (any state when empty), from one small page's
+        ``total_entries``: cheap for the API server however many there are."""
+        params: dict[str, Any] = {"limit": 1}
+        if states:
+            params["state"] = list(states)
+        response = self.client.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params=params)
+        response.raise_for_status()
+        return int(response.json()["total_entries"])
+
     def xcom_response(
         self, dag_id: str, run_id: str, task_id: str, key: str = "return_value", map_index: int | None = None
     ) -> httpx.Response:
