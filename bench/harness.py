@@ -21,7 +21,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
-SECTIONS = ("shipping", "overhead", "deferrable", "scale", "throughput")
+SECTIONS = ("shipping", "overhead", "deferrable", "scale", "noticing", "throughput")
 
 TRAIN_FUNC = "ray_train_examples.pytorch_classifier:train_func"
 TRAIN_LOOP_CONFIG = {"train_size": 256, "epochs": 1, "batch_size": 64, "hidden": 16}
@@ -35,12 +35,12 @@ class Settings:
     ``BENCH_SECTIONS`` (comma-separated, default all), ``BENCH_RUNS`` (recorded rounds, 5), ``BENCH_WARMUP``
     (unrecorded rounds first, 1), ``BENCH_OUT`` (where REPORT.md, results.json and the plots go, ``bench/``),
     ``BENCH_PEERS`` (peer providers beside the overhead modes, ``astro,google``), ``BENCH_BEFORE_SRC`` (the
-    provider's source at an earlier commit, ``make bench`` extracts ``BENCH_BEFORE_REF`` there: overhead and
-    scale measure it beside this checkout, in the same rounds), ``BENCH_SCALE`` (numbers of deferred jobs,
-    ``1,50,200``), ``BENCH_SCALE_WINDOW`` (seconds each is watched, 60), ``BENCH_SCALE_ROUNDS`` (visits of
-    each provider, 1), ``BENCH_PROFILE`` (the N whose triggerer py-spy samples, ``50,200``),
-    ``BENCH_SCALE_MAX_JOBS`` (Ray jobs per scale run at most; more tasks share them; 0: one job per task; read by
-    ``bench_dags.py``).
+    provider's source at an earlier commit, ``make bench`` extracts ``BENCH_BEFORE_REF`` there: overhead, scale
+    and noticing measure it beside this checkout, in the same rounds), ``BENCH_SCALE`` (numbers of deferred
+    jobs, ``1,50,200``; noticing runs the same numbers of triggers), ``BENCH_SCALE_WINDOW`` (seconds each is
+    watched, 60), ``BENCH_SCALE_ROUNDS`` (visits of each provider, 1), ``BENCH_PROFILE`` (the N whose triggerer
+    py-spy samples, ``50,200``), ``BENCH_SCALE_MAX_JOBS`` (Ray jobs per scale or noticing run at most; more
+    tasks or triggers share them; 0: one job per task; read by ``bench_dags.py``).
     """
 
     sections: tuple[str, ...] = SECTIONS

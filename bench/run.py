@@ -3,8 +3,9 @@ and PNG plots.
 
 Sections, each in its own module: ``shipping`` (always first: it uploads the code the others use), ``overhead``
 (the same Train job as a bare driver, through ``ray job submit``, through ``RayTrainOperator`` and through
-peers), ``deferrable`` (through a real scheduler and triggerer), ``scale`` (N deferred jobs in one triggerer)
-and ``throughput`` (the Lightning example, runtime vs hand-written). Everything runs against a private Ray head
+peers), ``deferrable`` (through a real scheduler and triggerer), ``scale`` (N deferred jobs in one triggerer),
+``noticing`` (the same triggers without Airflow: how soon a job's end is seen, where the CPU goes meanwhile) and
+``throughput`` (the Lightning example, runtime vs hand-written). Everything runs against a private Ray head
 (own temp dir, ports and token) stopped by its process group at the end; Airflow gets a private home and
 SQLite DB. The environment variables are read by ``harness.Settings``; ``--report-only`` rewrites the report
 and plots from ``results.json``.
@@ -39,6 +40,7 @@ def command(settings: harness.Settings) -> str:
 def stages() -> dict[str, Callable[[harness.Bench], dict[str, Any]]]:
     """Each section's run, returning the results.json keys it measured (``<section>_before`` with a before)."""
     import deferrable
+    import noticing
     import overhead
     import scale
     import shipping
@@ -48,6 +50,7 @@ def stages() -> dict[str, Callable[[harness.Bench], dict[str, Any]]]:
         "shipping": lambda bench: {"shipping": shipping.run(bench)},
         "overhead": lambda bench: {"overhead": overhead.run(bench)},
         "deferrable": lambda bench: {"deferrable": deferrable.run(bench)},
+        "noticing": noticing.run,
         "scale": scale.run,
         "throughput": lambda bench: {"throughput": throughput.run(bench)},
     }
