@@ -573,7 +573,11 @@ class AsyncRayTrainHook(BaseHook):
                 )
             follower.no_slot()
             return None
-        stream = await self.open_log_stream(job_id)
+        try:
+            stream = await self.open_log_stream(job_id)
+        except BaseException:  # cancelled (the task was killed or cleared): the slot is not lost to the triggerer
+            STREAM_SLOTS.give(cluster)
+            raise
         if stream is None:
             STREAM_SLOTS.give(cluster)
             follower.failed_to_open()
@@ -582,10 +586,11 @@ class AsyncRayTrainHook(BaseHook):
         return stream
 
     async def _close(self, stream: aiohttp.ClientWebSocketResponse) -> None:
+        cluster = (await self.get_settings()).address  # cached since ``_open``: it does not suspend
         try:
             await stream.close()
         finally:
-            STREAM_SLOTS.give((await self.get_settings()).address)
+            STREAM_SLOTS.give(cluster)
 
     async def wait_for_job(
         self,

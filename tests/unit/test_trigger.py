@@ -304,3 +304,31 @@ def test_beyond_max_log_streams_a_trigger_polls_the_status_and_reads_the_log_onc
     assert not any(p.endswith("/logs/tail") for p in stub.paths())
     assert sum(p.endswith("/logs") for p in stub.paths()) == 1
     assert sum(p == f"/api/jobs/{JOB}" for p in stub.paths()) >= 4
+
+
+def test_a_trigger_cancelled_while_its_stream_opens_gives_the_slot_back(stub):
+    """A task killed or cleared cancels its trigger at any await: a slot kept then would be lost to the
+    triggerer for good, and enough of them would leave every trigger without a stream."""
+    from airflow_ray_train.hooks.ray_train import STREAM_SLOTS
+
+    answer = job_api(["RUNNING"], [""])
+
+    def slow_stream(method: str, path: str) -> tuple[int, dict]:
+        if path.endswith("/logs/tail"):
+            time.sleep(1.5)  # the websocket upgrade hangs (a dashboard busy with its exiting supervisors)
+        return answer(method, path)
+
+    stub.respond = slow_stream
+
+    async def cancel_while_opening() -> None:
+        task = asyncio.create_task(anext(RayTrainJobTrigger(job_id=JOB, ray_conn_id="ray_stub").run()))
+        deadline = time.monotonic() + 5
+        while STREAM_SLOTS.count(stub.address) == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert STREAM_SLOTS.count(stub.address) == 1  # the slot is taken before the stream opens
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_while_opening())
+    assert STREAM_SLOTS.count(stub.address) == 0
