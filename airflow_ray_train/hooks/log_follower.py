@@ -105,6 +105,8 @@ class LogFollower:
         self.waiting_for_slot = True
 
     def failed_to_open(self) -> None:
+        """A stream (its slot taken) would not open: no longer waiting for a slot, the usual fallbacks apply."""
+        self.waiting_for_slot = False
         self._closed_at = time.monotonic()
         self._reconnects += 1
 

@@ -293,6 +293,18 @@ def test_stream_slots_are_counted_per_cluster_and_given_back():
     assert slots.count("http://a") == 1 and slots.take("http://a", 2)
 
 
+def test_a_follower_whose_stream_fails_once_it_has_a_slot_falls_back_like_any_other():
+    """Waited for a slot, got one, and the stream would not open (a proxy without websockets): it polls the log
+    like a follower that never had a stream, rather than asking for a stream with every status poll and
+    showing no log until the end as if it still waited for a slot."""
+    follower = LogFollower()
+    follower.no_slot()
+    assert not follower.polling
+    follower.failed_to_open()
+    assert not follower.waiting_for_slot and follower.polling
+    assert not follower.reconnect_due(0.0)  # never had a stream: none is asked for again
+
+
 def test_beyond_max_log_streams_a_trigger_polls_the_status_and_reads_the_log_once_at_the_end(stub, monkeypatch):
     """No free stream slot: no stream asked for, no whole-log download per poll (a long log, many jobs), the log
     once the job ended; the event is the same."""
