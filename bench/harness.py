@@ -21,7 +21,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
-SECTIONS = ("shipping", "overhead", "deferrable", "scale", "noticing", "throughput")
+SECTIONS = ("shipping", "overhead", "deferrable", "scale", "noticing", "noticing_niced", "throughput")
 
 TRAIN_FUNC = "ray_train_examples.pytorch_classifier:train_func"
 TRAIN_LOOP_CONFIG = {"train_size": 256, "epochs": 1, "batch_size": 64, "hidden": 16}

@@ -32,7 +32,8 @@ def header(results: dict[str, Any]) -> list[str]:
         "",
         f"- CPU: {info['cpu']}; `nproc`: {info['nproc']}; {info['platform']}",
         f"- Python {info['python']}; Ray {info['ray']}; Airflow {info['airflow']}; torch {info['torch']}; "
-        f"httpx {info['httpx']}; provider at git {info['git']}",
+        f"httpx {info['httpx']}; the latest `bench/run.py` ran at git {info['git']} (each section below gives "
+        "its own where it was recorded)",
         "",
         "```",
         "$ free -h",
@@ -45,6 +46,7 @@ def header(results: dict[str, Any]) -> list[str]:
     for name, sec in sections.items():
         lines.append(
             f"- {name}: {sec['date_utc']} UTC, `{sec['command']}`, load {sec['load_start']} -> {sec['load_end']}"
+            + (f", at git {sec['git']}" if sec.get("git") else "")
         )
         for when in ("start", "end"):
             if sec.get(f"beside_{when}"):
@@ -168,8 +170,9 @@ def notes(results: dict[str, Any]) -> list[str]:
         )
     out.append(
         "- A job that prints no result manifest (a driver killed from outside) is noticed when Ray closes the log "
-        "stream: Ray's tail handler reads the log file and checks the job's status in 2 s steps (a 1 s sleep at the "
-        "end of the file, another before the next read), so that is 2-4 s after the job ended. The runtime's "
+        "stream: Ray's tail handler hands on what it read only after a 1 s sleep at the end of the file, and "
+        "checks the job's status and sleeps another 1 s where that read found nothing, so that is 2-4 s after the "
+        "job ended. The runtime's "
         "driver prints its manifest before its artifacts and Ray's shutdown, which starts the 0.2 s polls; the "
         "scale section's jobs end the same way (the manifest line, then a second)."
     )

@@ -51,6 +51,7 @@ def stages() -> dict[str, Callable[[harness.Bench], dict[str, Any]]]:
         "overhead": lambda bench: {"overhead": overhead.run(bench)},
         "deferrable": lambda bench: {"deferrable": deferrable.run(bench)},
         "noticing": noticing.run,
+        "noticing_niced": lambda bench: noticing.run(bench, niced=True),
         "scale": scale.run,
         "throughput": lambda bench: {"throughput": throughput.run(bench)},
     }
@@ -78,6 +79,7 @@ def measure(settings: harness.Settings, results: dict[str, Any], save: Callable[
                 "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
                 "load_start": harness.loadavg(),
             }
+            started["git"] = results["machine"]["git"]
             started["beside_start"] = harness.beside(head)
             measured = stage(bench)
             if name == "shipping":
