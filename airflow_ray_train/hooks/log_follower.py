@@ -29,6 +29,10 @@ RECONNECT_DELAY_S = 1.0
 MAX_MESSAGE_BYTES = 16 * 2**20
 #: Seconds between keepalive pings on a quiet stream, so idle proxies do not cut it.
 HEARTBEAT_S = 20.0
+#: Seconds a watcher closing its stream waits for Ray's answer to the close: none. Ray answers only after its next
+#: read of the log file (1-2 s later) and nothing is read after a close, so the close frame goes out and the
+#: connection is dropped at once; waiting would only delay the job's end reaching the task.
+STREAM_CLOSE_TIMEOUT_S = 0.0
 _ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 

@@ -36,7 +36,7 @@ from airflow_ray_train.connection_form import UI_FIELD_BEHAVIOUR
 from airflow_ray_train.exceptions import RayTrainAuthError, RayTrainClusterError, RayTrainJobExistsError
 from airflow_ray_train.hooks import jobs_api
 from airflow_ray_train.hooks.jobs_api import Attempts, Reply, RetryPolicy, Step
-from airflow_ray_train.hooks.log_follower import HEARTBEAT_S, MAX_MESSAGE_BYTES, LogFollower
+from airflow_ray_train.hooks.log_follower import HEARTBEAT_S, MAX_MESSAGE_BYTES, STREAM_CLOSE_TIMEOUT_S, LogFollower
 from airflow_ray_train.hooks.settings import DEFAULT_CONN_ID, ClusterSettings, settings_from_connection
 from airflow_ray_train.packaging import Package, runtime_package
 from airflow_ray_train.runtime.spec import JobStatus
@@ -267,7 +267,7 @@ class RayTrainHook(BaseHook):
                     additional_headers=self.settings.http_headers,
                     ssl=self.settings.ssl_context(),
                     open_timeout=self.timeout,
-                    close_timeout=0.2,  # Ray answers a close only after its next file poll: don't wait for it
+                    close_timeout=STREAM_CLOSE_TIMEOUT_S,
                     compression=None,  # Ray's dashboard proxy drops a compressed stream (ERROR, then close)
                     max_size=MAX_MESSAGE_BYTES,
                     ping_interval=HEARTBEAT_S,
@@ -551,7 +551,7 @@ class AsyncRayTrainHook(BaseHook):
             # No receive timeout: the stream is quiet while the job prints nothing; the heartbeat keeps it up.
             return await session.ws_connect(
                 jobs_api.log_stream_url(settings.address, job_id),
-                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=0.2),
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=STREAM_CLOSE_TIMEOUT_S),
                 max_msg_size=MAX_MESSAGE_BYTES,
                 heartbeat=HEARTBEAT_S,
             )

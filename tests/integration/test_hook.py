@@ -92,6 +92,58 @@ def test_wait_follows_the_log_stream_and_notices_the_end_without_a_slow_poll(hoo
     assert follower.manifest_line == MANIFEST_MARKER + "{}" and follower.offset == len(logs)
 
 
+# The manifest, then 4 s: Ray's stream hands it on within 3 s, so the watcher sees the end before Ray closes the
+# stream (Ray closes it only after a status check that follows its next read of the log file).
+_ENDING_SLOWLY = _ENDING.replace("time.sleep(2)", "time.sleep(4)")
+
+
+def test_closing_the_log_stream_at_the_end_does_not_wait_for_ray_to_answer(hook, monkeypatch):
+    """The job ended and its stream is still open: Ray would answer the close only after its next read of the
+    log file (1-2 s). Nothing is read after the close, so neither the worker's wait nor the trigger waits for
+    that answer: the job's end reaches the task without the close's delay."""
+    from websockets.sync.client import ClientConnection
+
+    from airflow_ray_train.hooks.ray_train import STREAM_SLOTS, AsyncRayTrainHook
+
+    closes: list[tuple[str, float]] = []
+    real_sync_close, real_async_close = ClientConnection.close, AsyncRayTrainHook._close
+
+    def timed_sync_close(self, *args, **kwargs):
+        started = time.monotonic()
+        try:
+            return real_sync_close(self, *args, **kwargs)
+        finally:
+            closes.append(("sync", time.monotonic() - started))
+
+    async def timed_async_close(self, stream):
+        started = time.monotonic()
+        try:
+            return await real_async_close(self, stream)
+        finally:
+            closes.append(("async", time.monotonic() - started))
+
+    monkeypatch.setattr(ClientConnection, "close", timed_sync_close)
+    monkeypatch.setattr(AsyncRayTrainHook, "_close", timed_async_close)
+    sync_job = hook.submit_job(entrypoint=_python(_ENDING_SLOWLY), submission_id=_id("close-sync"))
+    assert hook.wait_for_job(sync_job, poll_interval=120, timeout=300)["status"] == "SUCCEEDED"
+    async_job = hook.submit_job(entrypoint=_python(_ENDING_SLOWLY), submission_id=_id("close-async"))
+
+    async def wait_async() -> dict:
+        async_hook = AsyncRayTrainHook()
+        try:
+            follower = LogFollower()
+            return await async_hook.wait_for_job(async_job, follower=follower, on_lines=lambda lines: None)
+        finally:
+            await async_hook.aclose()
+
+    assert asyncio.run(asyncio.wait_for(wait_async(), timeout=300))["status"] == "SUCCEEDED"
+    assert [kind for kind, _ in closes] == ["sync", "async"], closes  # each followed its job on one stream
+    # A close that waited for Ray's answer takes the whole close timeout (it was 0.2 s); one that does not wait
+    # only sends the close frame and drops the connection (about a millisecond here).
+    assert all(seconds < 0.1 for _, seconds in closes), closes
+    assert STREAM_SLOTS.count(hook.settings.address) == 0
+
+
 _PRINTS_FOR_SIX_SECONDS = (
     "import time\nfor i in range(12):\n    print(f'line {i}', flush=True)\n    time.sleep(0.5)\n"
     f"print({MANIFEST_MARKER!r} + '{{}}', flush=True)"
