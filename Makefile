@@ -31,8 +31,9 @@ unit: install
 # Benchmarks: writes bench/REPORT.md, bench/results.json and PNG plots. BENCH_RUNS=5 rounds by default.
 # Peers run in their own venvs (made here, under /tmp; BENCH_PEERS= skips them). The provider as it was at
 # BENCH_BEFORE_REF (empty skips it) is measured beside this checkout in the same rounds (overhead's (c), the
-# scale, noticing and noticing_niced sections). py-spy samples the triggerer in the scale section. Each Ray job has a supervisor process
-# (~80 MiB): BENCH_SCALE_MAX_JOBS caps the Ray jobs of one scale run, more deferred tasks share them.
+# scale, noticing and noticing_niced sections). py-spy samples the triggerer in the scale section. Each Ray job
+# has a supervisor process (~80 MiB): BENCH_SCALE_MAX_JOBS caps the Ray jobs of one scale run, more deferred
+# tasks share them.
 BENCH_PEERS ?= astro,google
 BENCH_BEFORE_REF ?= fc5b946
 BENCH_SCALE_MAX_JOBS ?= 50

@@ -269,12 +269,14 @@ def _groups(rows: list[dict[str, Any]]) -> dict[tuple[int, str], list[dict[str, 
     return out
 
 
+def _noticed(rows: list[dict[str, Any]]) -> list[float]:
+    """Every trigger's noticing time in ``rows``."""
+    return [x for r in rows for x in r["noticed_s"]]
+
+
 def _each(rows: list[dict[str, Any]]) -> list[tuple[int, str, list[dict[str, Any]], list[float]]]:
     """Per N and release, in order: the rows and every trigger's noticing time in them."""
-    return [
-        (n, release, group, [x for r in group for x in r["noticed_s"]])
-        for (n, release), group in sorted(_groups(rows).items())
-    ]
+    return [(n, release, group, _noticed(group)) for (n, release), group in sorted(_groups(rows).items())]
 
 
 def _supervisors(row: dict[str, Any]) -> float:
@@ -309,7 +311,7 @@ def _poll_luck(results: dict[str, Any]) -> list[str]:
             continue
         parts, early = [], {}
         for label, group in (("before", before[(n, release)]), ("after", rows)):
-            noticed = [x for r in group for x in r["noticed_s"]]
+            noticed = _noticed(group)
             late = [x for x in noticed if x >= 1.0]
             early[label] = len(noticed) - len(late)
             parts.append(
@@ -374,10 +376,10 @@ def _niced(results: dict[str, Any]) -> list[str]:
         *_table_rows(results, "noticing_niced"),
         "",
     ]
-    plain = _groups(results["noticing"]["rows"]) if results.get("noticing") else {}
+    plain = {(n, release): noticed for n, release, _, noticed in _each((results.get("noticing") or {}).get("rows", []))}
     for n, release, rows, noticed in _each(data["rows"]):
         if (n, release) in plain:
-            before = [x for r in plain[(n, release)] for x in r["noticed_s"]]
+            before = plain[(n, release)]
             lines.append(
                 f"- N={n} on {rows[0]['jobs']} jobs, {release}: after, median {med(before):.2f} s with the "
                 f"supervisors at the normal priority, {med(noticed):.2f} s with them niced; max "

@@ -78,8 +78,8 @@ def measure(settings: harness.Settings, results: dict[str, Any], save: Callable[
             started: dict[str, Any] = {
                 "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
                 "load_start": harness.loadavg(),
+                "git": results["machine"]["git"],
             }
-            started["git"] = results["machine"]["git"]
             started["beside_start"] = harness.beside(head)
             measured = stage(bench)
             if name == "shipping":
