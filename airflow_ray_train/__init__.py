@@ -24,7 +24,10 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": "Ray Train", "python-modules": ["airflow_ray_train.hooks.ray_train"]},
             {"integration-name": "MLflow", "python-modules": ["airflow_ray_train.hooks.mlflow"]},
         ],
-        "operators": [{"integration-name": "Ray Train", "python-modules": ["airflow_ray_train.operators.ray_train"]}],
+        "operators": [
+            {"integration-name": "Ray Train", "python-modules": ["airflow_ray_train.operators.ray_train"]},
+            {"integration-name": "MLflow", "python-modules": ["airflow_ray_train.operators.mlflow"]},
+        ],
         "triggers": [{"integration-name": "Ray Train", "python-modules": ["airflow_ray_train.triggers.ray_train"]}],
         "integrations": [
             {"integration-name": "Ray Train", "external-doc-url": "https://docs.ray.io/en/latest/train/train.html"},

@@ -359,6 +359,29 @@ class MlflowHook(BaseHook):
         body = {"name": name, "version": version, "key": key, "value": value}
         self.call("POST", "model-versions/set-tag", json=body)
 
+    def delete_model_version_tag(self, name: str, version: str, key: str) -> None:
+        """Remove the tag ``key`` from the version; a tag that is not there is fine."""
+        body = {"name": name, "version": version, "key": key}
+        self.call("DELETE", "model-versions/delete-tag", json=body, allow=("RESOURCE_DOES_NOT_EXIST",))
+
+    def search_model_versions(self, name: str, *, page_size: int = 1000) -> list[dict[str, Any]]:
+        """Every version of the registered model ``name`` (with its ``tags`` and ``aliases``), oldest first,
+        read page by page. Ordered by version number: MLflow pages by offset, and its default order (last
+        update first) would shift a version to another page when its tags change between two pages."""
+        quote = '"' if "'" in name else "'"
+        params: dict[str, Any] = {
+            "filter": f"name={quote}{name}{quote}",
+            "max_results": page_size,
+            "order_by": ["version_number ASC"],
+        }
+        versions: list[dict[str, Any]] = []
+        while True:
+            page = self.call("GET", "model-versions/search", params=params)
+            versions.extend(page.get("model_versions") or [])
+            if not page.get("next_page_token"):
+                return versions
+            params["page_token"] = page["next_page_token"]
+
 
 def mlflow_hook(mlflow_conn_id: str | None = None) -> MlflowHook | None:
     """The MLflow a task tracks to: ``mlflow_conn_id`` (an empty string: none), else ``[ray_train]

@@ -25,6 +25,11 @@ def test_provider_info_names_the_distribution():
     info = get_provider_info()
     assert info["package-name"] == "airflow-ray-train"
     assert info["versions"][0] == __version__
+    operators = {entry["integration-name"]: entry["python-modules"] for entry in info["operators"]}
+    assert operators == {
+        "Ray Train": ["airflow_ray_train.operators.ray_train"],
+        "MLflow": ["airflow_ray_train.operators.mlflow"],
+    }
 
 
 def test_airflow_lists_the_provider_and_its_connection_type():
