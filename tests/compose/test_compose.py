@@ -16,6 +16,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 import tomllib
 from importlib.metadata import version
 from pathlib import Path
@@ -189,6 +190,111 @@ def test_airflow_tracks_every_training_on_the_stacks_mlflow_server_which_allows_
     assert "--port 5000" in command and f"{MLFLOW_SERVICE}:5000" in command  # --allowed-hosts: MLflow's default
     # refuses a Host header that is not localhost or a private address, and the containers use the service name.
     assert services["airflow-scheduler"]["depends_on"][MLFLOW_SERVICE]["condition"] == "service_healthy"
+
+
+def _mlflow_service_command(services) -> str:
+    command = services[MLFLOW_SERVICE]["command"]
+    return command[-1] if isinstance(command, list) else command
+
+
+def test_the_mlflow_service_runs_with_basic_auth_and_its_admin_from_env_example(services, tmp_path):
+    """``mlflow server --app-name basic-auth`` from the Ray image (which installs ``mlflow[auth]``, at the version
+    the project tests), its users on the shared volume, its admin from MLFLOW_ADMIN_USER / MLFLOW_ADMIN_PASSWORD;
+    the auth config is read by the installed MLflow as the server would, and /health (the healthcheck) is the
+    route it leaves open."""
+    mlflow = services[MLFLOW_SERVICE]
+    command = _mlflow_service_command(services)
+    assert re.search(r"\bexec mlflow server\b[^&]*--app-name basic-auth\b", command), command
+    # The auth app refuses to start without a static Flask secret key; both workers inherit this one.
+    assert "export MLFLOW_FLASK_SERVER_SECRET_KEY=" in interpolate(command)
+
+    raw_env = mlflow["environment"]
+    assert raw_env["MLFLOW_AUTH_ADMIN_USERNAME"] == "${MLFLOW_ADMIN_USER:-admin}"
+    assert raw_env["MLFLOW_AUTH_ADMIN_PASSWORD"].startswith("${MLFLOW_ADMIN_PASSWORD:-")
+    env = env_of(mlflow)
+    example = env_example()
+    assert env["MLFLOW_AUTH_ADMIN_USERNAME"] == example["MLFLOW_ADMIN_USER"]
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == example["MLFLOW_ADMIN_PASSWORD"]
+    assert "RAY_AUTH_TOKEN" not in env, "the MLflow server does not need the Ray cluster's token"
+
+    # The auth config is a file of the repository, mounted read-only where MLFLOW_AUTH_CONFIG_PATH points.
+    mounts = volume_mounts(mlflow)
+    source = mounts[env["MLFLOW_AUTH_CONFIG_PATH"]]
+    assert (REPO / source).is_file(), source
+    read_only = [v for v in mlflow["volumes"] if isinstance(v, str) and v.endswith(":ro")]
+    assert any(v.startswith(f"{source}:{env['MLFLOW_AUTH_CONFIG_PATH']}:") for v in read_only), mlflow["volumes"]
+    assert mounts.get("/shared") == "shared", "the users' store lives on the shared volume"
+
+    # The installed MLflow reads it as the server will (mlflow[auth], the tests' extra).
+    pytest.importorskip("flask_wtf", reason="needs mlflow[auth] (pip install -e '.[mlflow]')")
+    probe = (
+        "import json; from mlflow.server.auth import auth_config, is_unprotected_route; "
+        "print(json.dumps({'config': auth_config._asdict(), "
+        "'open': [p for p in ('/health', '/api/2.0/mlflow/experiments/search', '/') if is_unprotected_route(p)]}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**os.environ, **env, "MLFLOW_AUTH_CONFIG_PATH": str(REPO / source)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    read = json.loads(result.stdout.strip().splitlines()[-1])
+    config = read["config"]
+    assert config["authorization_function"] == "mlflow.server.auth:authenticate_request_basic_auth"
+    assert config["database_uri"] == "sqlite:////shared/mlflow/basic_auth.db"
+    assert (config["admin_username"], config["admin_password"]) == (
+        example["MLFLOW_ADMIN_USER"],
+        example["MLFLOW_ADMIN_PASSWORD"],
+    )
+    # MLflow refuses to create an admin with a password under 12 characters, or its old public default.
+    assert len(config["admin_password"]) >= 12 and config["admin_password"] != "password1234"
+    assert read["open"] == ["/health"], read["open"]
+    assert any("localhost:5000/health" in part for part in mlflow["healthcheck"]["test"])
+
+    # The image that runs it has the auth extra, at the MLflow the project tests.
+    runs = _pip_lines(RAY_DOCKERFILE)
+    assert '"mlflow[auth]==${MLFLOW_VERSION}"' in runs, runs
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["mlflow"]
+    assert f"mlflow[auth]=={dockerfile_args(RAY_DOCKERFILE)['MLFLOW_VERSION']}" in extras, extras
+
+
+@pytest.mark.parametrize(
+    "user_env",
+    [{}, {"MLFLOW_ADMIN_USER": "pipeline-admin", "MLFLOW_ADMIN_PASSWORD": "a-fresh-secret-of-24-chars"}],
+    ids=["defaults", "from-env"],
+)
+def test_the_mlflow_connection_logs_in_as_the_admin_the_mlflow_service_creates(services, user_env):
+    """AIRFLOW_CONN_MLFLOW_DEFAULT carries the login and password from the same variables as the server's admin,
+    so changing them in .env changes both; the hook reads them as basic auth and hands them on to the Ray jobs."""
+    from airflow.sdk import Connection
+
+    from airflow_ray_train.hooks.mlflow import settings_from_connection
+
+    def interpolated(service: dict[str, Any]) -> dict[str, str]:
+        return {key: interpolate(str(value), user_env) for key, value in service["environment"].items()}
+
+    server = interpolated(services[MLFLOW_SERVICE])
+    user, password = server["MLFLOW_AUTH_ADMIN_USERNAME"], server["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    if user_env:
+        assert (user, password) == (user_env["MLFLOW_ADMIN_USER"], user_env["MLFLOW_ADMIN_PASSWORD"])
+    for name in AIRFLOW_SERVICES:
+        conn = json.loads(interpolated(services[name])["AIRFLOW_CONN_MLFLOW_DEFAULT"])
+        assert (conn["login"], conn["password"]) == (user, password), name
+
+    conn = json.loads(interpolated(services["airflow-scheduler"])["AIRFLOW_CONN_MLFLOW_DEFAULT"])
+    extra = conn.pop("extra")
+    settings = settings_from_connection(Connection(conn_id="mlflow_default", **conn), extra)
+    assert (settings.tracking_uri, settings.username, settings.password, settings.token) == (
+        "http://mlflow:5000",
+        user,
+        password,
+        None,
+    )
+    assert settings.credentials_env() == {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password}
 
 
 @pytest.mark.parametrize("variant", ["cpu", "gpu"])
