@@ -79,6 +79,9 @@ def compose_project(standin_images: dict[str, str]) -> ComposeProject:
         "AIRFLOW_ADMIN_PASSWORD": secrets.token_urlsafe(16),
         "AIRFLOW_JWT_SECRET": secrets.token_urlsafe(32),
         "AIRFLOW_API_SECRET_KEY": secrets.token_urlsafe(32),
+        # Not the default user name either: the connection must follow the variable, not happen to say "admin".
+        "MLFLOW_ADMIN_USER": "stack-admin",
+        "MLFLOW_ADMIN_PASSWORD": secrets.token_urlsafe(24),
     }
     return ComposeProject([COMPOSE_FILE, STANDIN_OVERRIDE], f"airflow-ray-train-test-{os.getpid()}", env)
 

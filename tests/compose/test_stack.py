@@ -190,7 +190,12 @@ def stack(running_stack: ComposeProject) -> Iterator[Stack]:
         headers={"Authorization": f"Bearer {env['RAY_AUTH_TOKEN']}"},
         timeout=30,
     )
-    mlflow = httpx.Client(base_url=f"http://127.0.0.1:{env['MLFLOW_HOST_PORT']}", timeout=30)
+    # The stack's MLflow runs with basic auth: the tests read it as its admin.
+    mlflow = httpx.Client(
+        base_url=f"http://127.0.0.1:{env['MLFLOW_HOST_PORT']}",
+        auth=(env["MLFLOW_ADMIN_USER"], env["MLFLOW_ADMIN_PASSWORD"]),
+        timeout=30,
+    )
     try:
         login = api.post(
             "/auth/token", json={"username": env["AIRFLOW_ADMIN_USER"], "password": env["AIRFLOW_ADMIN_PASSWORD"]}
@@ -220,6 +225,28 @@ def test_every_service_is_healthy_and_the_ray_head_sees_two_nodes(stack):
     for service, port in (("airflow-apiserver", 8080), ("ray-head", 8265), (MLFLOW_SERVICE, 5000)):
         address = stack.compose.run("port", service, str(port)).stdout.strip()
         assert address.startswith("127.0.0.1:"), f"{service}:{port} is published on {address}"
+
+
+def test_the_mlflow_server_refuses_requests_without_its_admins_credentials(stack):
+    """Basic auth on the published port: the REST API and the UI answer 401 without credentials or with a wrong
+    password, /health (the healthcheck) answers anyone, and the admin from MLFLOW_ADMIN_USER/_PASSWORD gets in.
+    That the trainings track to it with the connection's credentials, the example DAGs' tests check."""
+    base_url = stack.mlflow.base_url
+    search = "/api/2.0/mlflow/experiments/search"
+    with httpx.Client(base_url=base_url, timeout=30) as anonymous:
+        assert anonymous.get("/health").status_code == 200
+        for path in (search, "/"):
+            refused = anonymous.get(path, params={"max_results": 1} if path == search else None)
+            assert refused.status_code == 401, (path, refused.status_code, refused.text[:300])
+            assert refused.headers.get("www-authenticate", "").lower().startswith("basic"), refused.headers
+        model = anonymous.post("/api/2.0/mlflow/registered-models/create", json={"name": "not-allowed"})
+        assert model.status_code == 401, model.text[:300]
+    user = stack.compose.env["MLFLOW_ADMIN_USER"]
+    with httpx.Client(base_url=base_url, auth=(user, "not-the-password"), timeout=30) as wrong:
+        assert wrong.get(search, params={"max_results": 1}).status_code == 401
+    assert stack.mlflow.get(search, params={"max_results": 1}).status_code == 200
+    me = stack.mlflow.get("/api/2.0/mlflow/users/get", params={"username": user}).raise_for_status().json()
+    assert me["user"]["is_admin"] is True, me
 
 
 def test_the_pytorch_example_trains_on_both_nodes_and_evaluates_its_checkpoint_in_airflow(stack):
