@@ -1,17 +1,17 @@
-"""Weekly fine-tuning of a HuggingFace sequence classifier on Ray Train, deployed only if it beats the champion.
+"""Weekly fine-tuning of a HuggingFace sequence classifier on Ray Train, served only if it beats the champion.
 
 The defaults follow Ray's Transformers guide (``bert-base-cased`` on ``yelp_review_full``): ``prepare_data``
 loads the dataset with ``load_dataset`` and writes train / validation / held-out test CSVs -> ``train``
 fine-tunes with ``transformers.Trainer`` on Ray with 2 workers (the provider's declarative loop: Ray's
 ``RayTrainReportCallback`` and ``prepare_trainer``; checkpoints ranked by ``eval_accuracy``) -> ``evaluate``
 loads the model directory from the XCom checkpoint with ``from_pretrained`` and scores it on the test split
--> ``compare_with_champion`` branches -> ``deploy`` makes it the champion, or ``keep_champion`` leaves it.
+-> ``promote`` moves the alias ``champion`` to the new model version only when its held-out ``test_accuracy``
+beats the champion's (``PromoteModelVersionOperator``), else keeps the champion.
 
-With MLflow configured (``[ray_train] mlflow_conn_id`` or ``mlflow_tracking_uri``) the fine-tuning is an MLflow
-run with its curves, ``train`` registers the best checkpoint's model as a new version of
-``text-classifier-transformers`` (the ``mlflow.transformers`` flavour), the evaluation tags it with its held-out
-score, and ``deploy`` moves the alias ``champion`` to it. Without MLflow, a local folder registry stands in
-(``ray_train_examples.model_registry``).
+This needs MLflow (``[ray_train] mlflow_conn_id`` or ``mlflow_tracking_uri``): the fine-tuning is an MLflow run
+with its curves (the evaluation adds its held-out score), ``train`` registers the best checkpoint's model as a
+new version of ``text-classifier-transformers`` (the ``mlflow.transformers`` flavour), and ``promote`` tags
+that version with its score and decides. Without MLflow nothing is registered, and ``promote`` is skipped.
 
 Point it at your own model and data with the run's params, e.g. ``{"model_name_or_path": "/models/my-bert",
 "dataset_name": "csv", "data_files": "/data/reviews.csv"}``.
@@ -22,9 +22,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, Param, task
 
+from airflow_ray_train.operators.mlflow import PromoteModelVersionOperator
 from airflow_ray_train.operators.ray_train import RayTrainOperator
 from airflow_ray_train.runtime.transformers import TRANSFORMERS_TRAIN_LOOP, SequenceClassificationConfig
 
@@ -111,10 +111,12 @@ with DAG(
         register_model=MODEL_NAME,
     )
 
-    @task
+    # Each key of the evaluation is an XCom of its own too, for promote's templated fields.
+    @task(multiple_outputs=True)
     def evaluate(training: dict[str, Any], splits: dict[str, str], **context: Any) -> dict[str, Any]:
-        from ray_train_examples.champion import record_score
         from ray_train_examples.transformers_text import evaluate_checkpoint
+
+        from airflow_ray_train.hooks.mlflow import mlflow_hook
 
         # The best checkpoint by eval_accuracy, and what training reported with it.
         checkpoint_path = training["best_checkpoint_path"]
@@ -131,29 +133,20 @@ with DAG(
             model_version=training["model_version"],
             mlflow_run_id=training["mlflow_run_id"],
         )
-        record_score(MODEL_NAME, result, SCORE)
+        hook = mlflow_hook()
+        if hook is not None and training["mlflow_run_id"]:
+            # The held-out score beside the training curves in the run.
+            hook.log_metrics(training["mlflow_run_id"], {SCORE: result[SCORE]})
         print(f"held-out {SCORE} {result[SCORE]:.3f} ({result['n']} texts) for {result['model_dir']}")
         return result
-
-    @task.branch
-    def compare_with_champion(evaluation: dict[str, Any]) -> str:
-        from ray_train_examples.champion import beats_champion, current_champion
-
-        current = current_champion(MODEL_NAME, evaluation, SCORE)
-        better = beats_champion(evaluation[SCORE], current, SCORE)
-        shown = "none yet" if current is None else f"{current['version']} with {current['metrics'][SCORE]:.3f}"
-        print(f"candidate {SCORE} {evaluation[SCORE]:.3f}; champion: {shown} -> {'deploy' if better else 'keep'}")
-        return "deploy" if better else "keep_champion"
-
-    @task
-    def deploy(evaluation: dict[str, Any], **context: Any) -> dict[str, Any]:
-        from ray_train_examples.champion import promote
-
-        record = promote(MODEL_NAME, evaluation, evaluation["model_dir"], context["run_id"])
-        print(f"promoted {MODEL_NAME} version {record['version']}: {record.get('url') or record.get('path')}")
-        return record
 
     splits = prepare_data()
     splits >> train
     evaluation = evaluate(train.output, splits)
-    compare_with_champion(evaluation) >> [deploy(evaluation), EmptyOperator(task_id="keep_champion")]
+    PromoteModelVersionOperator(
+        task_id="promote",
+        model_name=MODEL_NAME,
+        version=evaluation["model_version"],
+        metric=SCORE,
+        metric_value=evaluation[SCORE],
+    )

@@ -2,9 +2,10 @@
 
 No Ray connection is configured, so the operator's hook starts a local Ray head (dashboard + Jobs API) on this
 machine; Airflow's metadata DB is SQLite under .demo/. The training is tracked on a real MLflow server started
-here (under .demo/mlflow, basic auth), which registers the model and keeps the `champion` alias. Prints what
-each task did and where the MLflow UI is, then stops the Ray head; the MLflow server stays up for its UI
-(`python scripts/local_mlflow.py stop .demo/mlflow` stops it), and keeps its runs for the next demo.
+here (under .demo/mlflow, basic auth), which registers the model; the promote task moves its `champion` alias
+to the new version only when it beats the champion on held-out data. Prints what each task did and where the
+MLflow UI is, then stops the Ray head; the MLflow server stays up for its UI (`python scripts/local_mlflow.py
+stop .demo/mlflow` stops it), and keeps its runs for the next demo.
 
 Usage: python scripts/demo.py [DAG_ID]
 """
@@ -116,6 +117,14 @@ def main() -> int:
                 print(f"   ray job    : {result['job_id']} ({result['status']})")
                 print(f"   mlflow run : {result.get('mlflow_run_url')}")
                 print(f"   version    : {result.get('model_version')}")
+            elif isinstance(result, dict) and "moved" in result:  # the PromoteModelVersionOperator XCom
+                before = result["previous_version"]
+                if before is not None and result["previous_value"] is not None:
+                    before = f"{before} ({result['previous_value']:.3f})"
+                print(
+                    f"   {'promoted' if result['moved'] else 'kept out'}   : version {result['version']} "
+                    f"({result['value']:.3f}); {result['alias']} before: {before or 'none'}"
+                )
             elif result is not None:
                 print(f"   returned   : {_shorten(result)}")
     print(

@@ -1,8 +1,8 @@
-"""The retraining examples' fallback where no MLflow is configured (with MLflow, its Model Registry keeps the
-versions and the ``champion`` alias: see ``champion``): a local folder registry, one folder per model, one
-sub-folder per promoted version (the framework's own checkpoint files plus ``metrics.json``), and
-``champion.json`` naming the version in service. Promotion copies into a temp folder, then renames, so a reader
-never sees half a model. It also says where a run's prepared data goes (``data_dir``).
+"""Where the examples keep what they make. ``data_dir``: a run's prepared data. ``promote``: the model registry
+of the Asset example's deploy DAG (the retraining examples use MLflow's Model Registry instead), a local folder
+with one folder per model, one sub-folder per deployed version (the framework's own checkpoint files plus
+``metrics.json``), and ``champion.json`` naming the version in service. Promotion copies into a temp folder,
+then renames, so a reader never sees half a model.
 
 Where it lives: the Airflow Variable ``ray_train_model_registry`` (or the environment variable
 ``AIRFLOW_VAR_RAY_TRAIN_MODEL_REGISTRY``), else ``model_registry/`` under the provider's default storage
@@ -42,12 +42,6 @@ def registry_root() -> Path:
 def data_dir(dag_id: str, run_id: str) -> str:
     """Where a run's prepared data goes: beside the runs, on storage every Ray node sees."""
     return os.path.join(storage_base(), "datasets", dag_id, re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id))
-
-
-def champion(root: Path, model_name: str) -> dict[str, Any] | None:
-    """The record of the model in service, or None before the first promotion."""
-    path = root / model_name / CHAMPION_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def promote(root: Path, model_name: str, source: str, metrics: dict[str, Any], run_id: str) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The Lightning retraining pipeline through dag.test() on the real local Ray head with 2 workers, tracked on
 the session's real MLflow server: it learns the digits, the run has its curves, every training registers a
-version, the evaluation loads the ``.ckpt`` it got from XCom, and only a better model becomes the champion.
+version, the evaluation loads the ``.ckpt`` it got from XCom, and the promote task moves the ``champion`` alias
+only to a better model.
 The server's password never shows in the logs, XCom, or the Ray job."""
 
 from __future__ import annotations
@@ -21,17 +22,13 @@ DAG_ID = "example_ray_train_lightning"
 MODEL = "digits-lightning"
 
 
-def test_lightning_pipeline_learns_evaluates_and_promotes_only_a_better_model(
-    ray_conn, airflow_db, mlflow_conn, tmp_path, monkeypatch, capfd
-):
-    registry = tmp_path / "registry"
-    monkeypatch.setenv("AIRFLOW_VAR_RAY_TRAIN_MODEL_REGISTRY", str(registry))
+def test_lightning_pipeline_learns_evaluates_and_promotes_only_a_better_model(ray_conn, airflow_db, mlflow_conn, capfd):
     dag = get_dag(DAG_ID, module=DAG_ID)
 
     first = dag.test()
     first_states = states(first)
     assert str(first.state) == "success", first_states
-    assert first_states["deploy"] == "success" and first_states["keep_champion"] == "skipped"
+    assert first_states["promote"] == "success"
 
     # Progress a person can follow in the task log: epoch, step and metrics as training goes, each line once.
     log = "".join(capfd.readouterr())
@@ -91,14 +88,15 @@ def test_lightning_pipeline_learns_evaluates_and_promotes_only_a_better_model(
     version_tags = {t["key"]: t["value"] for t in champion["tags"]}
     assert float(version_tags["test_accuracy"]) == evaluation["test_accuracy"]
     assert float(version_tags["metric.val_accuracy"]) == best["metrics"]["val_accuracy"]
-    assert xcom(first, "deploy")["version"] == "1"
-    assert not registry.exists()  # the folder registry is only the fallback without MLflow
+    promoted = xcom(first, "promote")
+    assert promoted["moved"] and (promoted["version"], promoted["previous_version"]) == ("1", None)
+    assert promoted["value"] == evaluation["test_accuracy"]
 
     # A deliberately worse model (one epoch at a tiny learning rate) is evaluated and kept out.
     second = dag.test(run_conf={"max_epochs": 1, "lr": 1e-5})
     second_states = states(second)
     assert str(second.state) == "success", second_states
-    assert second_states["deploy"] == "skipped" and second_states["keep_champion"] == "success"
+    assert second_states["promote"] == "success"
     worse = xcom(second, "evaluate")
     assert worse["test_accuracy"] < evaluation["test_accuracy"]
     worse_training = xcom(second, "train")
@@ -106,6 +104,9 @@ def test_lightning_pipeline_learns_evaluates_and_promotes_only_a_better_model(
     # Registered as version 2 with its score, but the champion alias stays on version 1.
     assert worse_training["model_version"] == "2" and worse_training["mlflow_run_id"] != run_id
     assert mlflow.version_by_alias(MODEL, "champion")["version"] == "1"
+    kept = xcom(second, "promote")
+    assert not kept["moved"] and (kept["version"], kept["previous_version"]) == ("2", "1")
+    assert (kept["value"], kept["previous_value"]) == (worse["test_accuracy"], evaluation["test_accuracy"])
     worse_tags = {t["key"]: t["value"] for t in mlflow.get_model_version(MODEL, "2")["tags"]}
     assert float(worse_tags["test_accuracy"]) == worse["test_accuracy"]
 

@@ -1,6 +1,6 @@
 """The Transformers retraining pipeline through dag.test() on the real local Ray head with 2 workers, tracked on
 the session's real MLflow server: curves in the run, every fine-tuning a registered version (the
-``mlflow.transformers`` flavour), and the ``champion`` alias moved only for the better model.
+``mlflow.transformers`` flavour), and the promote task moving the ``champion`` alias only for the better model.
 
 The hub cannot be reached here, so the DAG's params point its real loading code (``from_pretrained``,
 ``load_dataset``) at a tiny BERT built and saved by a fixture and at ``tests/data/reviews.csv`` (480 short
@@ -52,10 +52,8 @@ def _conf(model: str, **overrides: object) -> dict[str, object]:
 
 
 def test_transformers_pipeline_learns_evaluates_and_promotes_only_a_better_model(
-    ray_conn, airflow_db, mlflow_conn, tiny_bert, tmp_path, monkeypatch, capfd
+    ray_conn, airflow_db, mlflow_conn, tiny_bert, capfd
 ):
-    registry = tmp_path / "registry"
-    monkeypatch.setenv("AIRFLOW_VAR_RAY_TRAIN_MODEL_REGISTRY", str(registry))
     dag = get_dag(DAG_ID, module=DAG_ID)
     # The DAG's own defaults name the hub model and dataset of Ray's guide; the test swaps them in params.
     assert dag.params["model_name_or_path"] == "bert-base-cased" and dag.params["dataset_name"] == "yelp_review_full"
@@ -63,7 +61,7 @@ def test_transformers_pipeline_learns_evaluates_and_promotes_only_a_better_model
     first = dag.test(run_conf=_conf(tiny_bert))
     first_states = states(first)
     assert str(first.state) == "success", first_states
-    assert first_states["deploy"] == "success" and first_states["keep_champion"] == "skipped"
+    assert first_states["promote"] == "success"
 
     splits = xcom(first, "prepare_data")
     assert {name: sum(1 for _ in open(path)) - 1 for name, path in splits.items()} == {
@@ -111,13 +109,14 @@ def test_transformers_pipeline_learns_evaluates_and_promotes_only_a_better_model
     champion = mlflow.version_by_alias(MODEL, "champion")
     assert champion["version"] == "1" and champion["run_id"] == run_id
     assert float({t["key"]: t["value"] for t in champion["tags"]}["test_accuracy"]) == evaluation["test_accuracy"]
-    assert not registry.exists()  # the folder registry is only the fallback without MLflow
+    promoted = xcom(first, "promote")
+    assert promoted["moved"] and (promoted["version"], promoted["previous_version"]) == ("1", None)
 
     # A deliberately worse model (one epoch at a tiny learning rate) is evaluated and kept out.
     second = dag.test(run_conf=_conf(tiny_bert, num_train_epochs=1, learning_rate=1e-7))
     second_states = states(second)
     assert str(second.state) == "success", second_states
-    assert second_states["deploy"] == "skipped" and second_states["keep_champion"] == "success"
+    assert second_states["promote"] == "success"
     worse = xcom(second, "evaluate")
     assert worse["test_accuracy"] < evaluation["test_accuracy"]
     with capfd.disabled():
@@ -127,3 +126,5 @@ def test_transformers_pipeline_learns_evaluates_and_promotes_only_a_better_model
         )
     assert xcom(second, "train")["model_version"] == "2"
     assert mlflow.version_by_alias(MODEL, "champion")["version"] == "1"
+    kept = xcom(second, "promote")
+    assert not kept["moved"] and (kept["version"], kept["previous_version"]) == ("2", "1")

@@ -1,5 +1,5 @@
 """The Lightning and Transformers helpers' pure parts: config mapping, missing-framework messages, the
-learning curve, and the example registry's champion logic. No cluster."""
+learning curve, and the Asset example's folder registry. No cluster."""
 
 from __future__ import annotations
 
@@ -216,23 +216,19 @@ def test_learning_curve_path_crosses_the_seam_and_reaches_xcom():
     )
 
 
-def test_registry_promotes_a_better_model_only(tmp_path):
-    from ray_train_examples.champion import beats_champion
-    from ray_train_examples.model_registry import champion, promote
+def test_the_folder_registry_keeps_each_deployed_model_as_a_new_version_in_service(tmp_path):
+    from ray_train_examples.model_registry import CHAMPION_FILE, promote
 
-    assert champion(tmp_path, "m") is None and beats_champion(0.1, None, "acc")
     model = tmp_path / "hf_model"
     model.mkdir()
     for name in ("config.json", "model.safetensors", "optimizer.pt", "rng_state_0.pth"):
         (model / name).write_text(name)
     first = promote(tmp_path, "m", str(model), {"acc": 0.9}, "run1")
-    assert first["version"] == "v0001" and champion(tmp_path, "m") == first
+    assert first["version"] == "v0001" and json.loads((tmp_path / "m" / CHAMPION_FILE).read_text()) == first
     assert sorted(p.name for p in Path(first["path"]).iterdir()) == ["config.json", "model.safetensors"]
     assert json.loads((tmp_path / "m" / "v0001" / "metrics.json").read_text()) == {"acc": 0.9}
-    assert not beats_champion(0.9, first, "acc") and not beats_champion(0.5, first, "acc")
-    assert beats_champion(0.95, first, "acc") and beats_champion(0.1, {"metrics": {"loss": 0.2}}, "loss", False)
     ckpt = tmp_path / "checkpoint.ckpt"
     ckpt.write_text("weights")
     second = promote(tmp_path, "m", str(ckpt), {"acc": 0.95}, "run2")
     assert second["version"] == "v0002" and Path(second["path"]).read_text() == "weights"
-    assert champion(tmp_path, "m")["version"] == "v0002"
+    assert json.loads((tmp_path / "m" / CHAMPION_FILE).read_text())["version"] == "v0002"
