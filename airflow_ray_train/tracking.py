@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from airflow_ray_train.exceptions import RayTrainMlflowError
-from airflow_ray_train.hooks.mlflow import RUN_STATUS_OF_JOB, MlflowHook
+from airflow_ray_train.hooks.mlflow import MlflowHook
 from airflow_ray_train.identity import TryIdentity
-from airflow_ray_train.runtime.spec import TrackingSpec, TrainSpec
+from airflow_ray_train.runtime.spec import MLFLOW_RUN_STATUS, TrackingSpec, TrainSpec
 
 #: The run tag holding the Train run name: how a retry finds its series' MLflow run again.
 TRAIN_RUN_TAG = "airflow_ray_train.train_run"
@@ -98,7 +98,7 @@ def end_if_running(hook: MlflowHook, run_id: str, job_status: str) -> None:
     """End the run with what the job's end means (FINISHED, FAILED, KILLED) if it is still RUNNING: the job
     died before the runtime could end it (killed, its runtime_env failed, MLflow missing on the cluster).
     Never raises: the job's own outcome is what the task reports."""
-    status = RUN_STATUS_OF_JOB.get(job_status, "FAILED")
+    status = MLFLOW_RUN_STATUS.get(job_status, "FAILED")
     try:
         info: Mapping[str, Any] = hook.get_run(run_id)["info"]
         if info.get("status") == "RUNNING":

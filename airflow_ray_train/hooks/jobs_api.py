@@ -115,18 +115,17 @@ class RetryPolicy:
         return status_code is None or status_code in self.retry_status
 
 
-class Attempts:
-    """The attempts of one call under a ``RetryPolicy``: after each answer (or transport failure), the step to
-    take. A 401/403 reads the connection once more (its token may have been rotated), then gives up."""
+class CallAttempts:
+    """The attempts of one HTTP call under a ``RetryPolicy``: after each answer (or transport failure), the
+    step to take. A 401/403 reads the connection once more (its secret may have been rotated), then gives up.
+    Every hook asks one of these, so the Jobs API's twins and the MLflow hook retry alike; a subclass says
+    only what error each way of giving up raises."""
 
-    def __init__(self, policy: RetryPolicy, settings: ClusterSettings, conn_id: str, path: str) -> None:
+    def __init__(self, policy: RetryPolicy) -> None:
         self.policy = policy
-        self.settings = settings
-        self.conn_id = conn_id
-        self.path = path
         self.attempt = 0
         self.reloaded = False
-        self.error: RayTrainClusterError | None = None
+        self.error: Exception | None = None
 
     @property
     def delay(self) -> float:
@@ -135,7 +134,7 @@ class Attempts:
     def answered(self, reply: Reply, ok: tuple[int, ...]) -> Step:
         if reply.status_code in (401, 403):
             if self.reloaded:
-                self.error = auth_error(self.settings, self.conn_id, self.path, reply)
+                self.error = self.rejected(reply)
                 return Step.GIVE_UP
             self.reloaded = True
             return Step.RELOAD
@@ -145,13 +144,37 @@ class Attempts:
 
     def failed(self, exc: BaseException) -> Step:
         if self.attempt >= self.policy.max_retries:
-            self.error = unreachable_error(self.settings, self.conn_id, exc, self.attempt + 1)
+            self.error = self.unreachable(exc, self.attempt + 1)
             return Step.GIVE_UP
         return self._next()
 
     def _next(self) -> Step:
         self.attempt += 1
         return Step.RETRY
+
+    def rejected(self, reply: Reply) -> Exception:
+        """The error of credentials refused twice."""
+        raise NotImplementedError
+
+    def unreachable(self, exc: BaseException, attempts: int) -> Exception:
+        """The error of a server that never answered."""
+        raise NotImplementedError
+
+
+class Attempts(CallAttempts):
+    """The attempts of one Jobs API call (``CallAttempts``), with the cluster's errors."""
+
+    def __init__(self, policy: RetryPolicy, settings: ClusterSettings, conn_id: str, path: str) -> None:
+        super().__init__(policy)
+        self.settings = settings
+        self.conn_id = conn_id
+        self.path = path
+
+    def rejected(self, reply: Reply) -> Exception:
+        return auth_error(self.settings, self.conn_id, self.path, reply)
+
+    def unreachable(self, exc: BaseException, attempts: int) -> Exception:
+        return unreachable_error(self.settings, self.conn_id, exc, attempts)
 
 
 def submit_body(entrypoint: str, submission_id: str, **optional: Any) -> dict[str, Any]:

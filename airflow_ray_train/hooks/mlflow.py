@@ -22,15 +22,11 @@ from airflow.sdk import Connection
 from airflow_ray_train.compat import AirflowNotFoundException, BaseHook, conf, mask_secret
 from airflow_ray_train.connection_form import MLFLOW_UI_FIELD_BEHAVIOUR
 from airflow_ray_train.exceptions import RayTrainConfigError, RayTrainMlflowAuthError, RayTrainMlflowError
-from airflow_ray_train.hooks.jobs_api import RetryPolicy
+from airflow_ray_train.hooks.jobs_api import CallAttempts, Reply, RetryPolicy, Step
 from airflow_ray_train.hooks.settings import as_bool
 
 DEFAULT_CONN_ID = "mlflow_default"
 API = "/api/2.0/mlflow"
-#: MLflow's run statuses a run can end with (``runs/update``).
-TERMINAL_RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
-#: What a Ray job's end means for its MLflow run.
-RUN_STATUS_OF_JOB = {"SUCCEEDED": "FINISHED", "FAILED": "FAILED", "STOPPED": "KILLED"}
 
 
 @dataclass(frozen=True)
@@ -103,7 +99,7 @@ def settings_from_connection(conn: Connection, extras: dict[str, Any]) -> Mlflow
     )
 
 
-def mlflow_reason(reply: httpx.Response) -> str:
+def mlflow_reason(reply: httpx.Response | Reply) -> str:
     """MLflow's own words from an error reply (``{"error_code", "message"}``), else the reply's start."""
     try:
         body = reply.json()
@@ -120,6 +116,33 @@ def error_code(reply: httpx.Response) -> str | None:
     except ValueError:
         return None
     return str(body.get("error_code")) if isinstance(body, dict) and body.get("error_code") else None
+
+
+class MlflowAttempts(CallAttempts):
+    """The attempts of one MLflow call (``CallAttempts``), with the tracking server's errors."""
+
+    def __init__(self, hook: MlflowHook, endpoint: str) -> None:
+        super().__init__(hook.retry_policy)
+        self.hook = hook
+        self.endpoint = endpoint
+
+    def rejected(self, reply: Reply) -> Exception:
+        settings = self.hook.settings
+        return RayTrainMlflowAuthError(
+            f"the MLflow tracking server at {settings.tracking_uri} rejected the request to {self.endpoint} "
+            f"(HTTP {reply.status_code}: {mlflow_reason(reply)}). Fix: set the login and password (or the extra "
+            f"'token') of the {settings.source}.",
+            http_status=reply.status_code,
+        )
+
+    def unreachable(self, exc: BaseException, attempts: int) -> Exception:
+        settings = self.hook.settings
+        return RayTrainMlflowError(
+            f"cannot reach the MLflow tracking server at {settings.tracking_uri} ({type(exc).__name__}: {exc}) "
+            f"after {attempts} attempts. Fix: start the server, or point the {settings.source} at it; or pass "
+            "mlflow_required=False to train untracked when it is down.",
+            unreachable=True,
+        )
 
 
 class MlflowHook(BaseHook):
@@ -197,35 +220,33 @@ class MlflowHook(BaseHook):
     # -- HTTP -----------------------------------------------------------------------------------------------
 
     def _send(self, method: str, endpoint: str, **kwargs: Any) -> httpx.Response:
-        """One call, sent again when the server cannot be reached or is busy; raises ``RayTrainMlflowError``
-        naming the address and the fix when it never answers, or rejects the credentials."""
-        attempt = 0
+        """One call under the project's one retry policy (``CallAttempts``): sent again when the server cannot
+        be reached or is busy, the connection read again once when it rejects the credentials; raises
+        ``RayTrainMlflowError`` naming the address and the fix when it never answers or keeps rejecting them."""
+        attempts = MlflowAttempts(self, endpoint)
         while True:
             try:
-                reply = self.client.request(method, f"{API}/{endpoint}", **kwargs)
+                response = self.client.request(method, f"{API}/{endpoint}", **kwargs)
+                step = attempts.answered(Reply(response.status_code, response.text), ())
             except httpx.TransportError as exc:
-                if attempt >= self.retry_policy.max_retries:
-                    raise RayTrainMlflowError(
-                        f"cannot reach the MLflow tracking server at {self.settings.tracking_uri} "
-                        f"({type(exc).__name__}: {exc}) after {attempt + 1} attempts. Fix: start the server, or "
-                        f"point the {self.settings.source} at it; or pass mlflow_required=False to train "
-                        "untracked when it is down.",
-                        unreachable=True,
-                    ) from exc
-            else:
-                if reply.status_code in (401, 403):
-                    raise RayTrainMlflowAuthError(
-                        f"the MLflow tracking server at {self.settings.tracking_uri} rejected the request to "
-                        f"{endpoint} (HTTP {reply.status_code}: {mlflow_reason(reply)}). Fix: set the login and "
-                        f"password (or the extra 'token') of the {self.settings.source}.",
-                        http_status=reply.status_code,
-                    )
-                if not self.retry_policy.is_retryable(reply.status_code) or attempt >= self.retry_policy.max_retries:
-                    return reply
-            attempt += 1
-            delay = self.retry_policy.backoff * 2 ** (attempt - 1)
-            self.log.warning("MLflow %s not ready (attempt %d), retrying in %.1f s", endpoint, attempt, delay)
-            time.sleep(delay)
+                step = attempts.failed(exc)
+            if step is Step.RETURN:
+                return response
+            if step is Step.GIVE_UP and attempts.error is not None:
+                raise attempts.error
+            if step is Step.RELOAD:
+                self.log.warning("The MLflow tracking server rejected the credentials; reading them again")
+                self.reload_settings()
+                continue
+            self.log.warning(
+                "MLflow %s not ready (attempt %d), retrying in %.1f s", endpoint, attempts.attempt, attempts.delay
+            )
+            time.sleep(attempts.delay)
+
+    def reload_settings(self) -> None:
+        """Forget the connection and the client made from it: the next call reads the connection again."""
+        self.close()
+        self.__dict__.pop("settings", None)
 
     def call(self, method: str, endpoint: str, *, allow: tuple[str, ...] = (), **kwargs: Any) -> dict[str, Any]:
         """The JSON answer of ``endpoint``; an error whose ``error_code`` is in ``allow`` returns ``{}``, any

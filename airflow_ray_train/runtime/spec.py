@@ -80,6 +80,12 @@ _TERMINAL = frozenset(status.value for status in JobStatus if status.is_terminal
 
 
 JOB_STATUSES = tuple(status.value for status in JobStatus if status.is_terminal)
+#: The MLflow run status each way a job ends gives its run (both sides end runs with it).
+MLFLOW_RUN_STATUS = {
+    JobStatus.SUCCEEDED.value: "FINISHED",
+    JobStatus.FAILED.value: "FAILED",
+    JobStatus.STOPPED.value: "KILLED",
+}
 
 _TRAIN_FUNC_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]*$")
