@@ -23,8 +23,8 @@ def uri_for(filesystem: Any, path: str | None) -> str | None:
 
 
 class Storage:
-    """Writes small files into the run's storage. The filesystem is opened on the first write, so a storage
-    that cannot be reached fails that write, not the run's bookkeeping."""
+    """Reads and writes small files in the run's storage. The filesystem is opened on first use, so a storage
+    that cannot be reached fails that read or write, not the run's bookkeeping."""
 
     def __init__(self, root: str) -> None:
         self.root = root
@@ -38,13 +38,31 @@ class Storage:
     def write_text(self, relative: str, text: str) -> str:
         return self.write_bytes(relative, text.encode())
 
-    def write_bytes(self, relative: str, data: bytes) -> str:
-        """Write then rename, so a reader never sees half a file. Returns the file's path or URI."""
+    def _target(self, relative: str) -> str:
         if self.is_uri and self._fs is None:
             import pyarrow.fs
 
             self._fs, self._fs_root = pyarrow.fs.FileSystem.from_uri(self.root)
-        target = "/".join([self._fs_root.rstrip("/"), relative])
+        return "/".join([self._fs_root.rstrip("/"), relative])
+
+    def read_text(self, relative: str) -> str | None:
+        """The file's text, or None when there is no such file."""
+        target = self._target(relative)
+        if self._fs is None:
+            try:
+                with open(target, encoding="utf-8") as handle:
+                    return handle.read()
+            except FileNotFoundError:
+                return None
+        try:
+            with self._fs.open_input_stream(target) as stream:
+                return bytes(stream.read()).decode()
+        except FileNotFoundError:
+            return None
+
+    def write_bytes(self, relative: str, data: bytes) -> str:
+        """Write then rename, so a reader never sees half a file. Returns the file's path or URI."""
+        target = self._target(relative)
         tmp = f"{target}.tmp-{os.getpid()}"
         if self._fs is None:
             os.makedirs(os.path.dirname(target), exist_ok=True)

@@ -27,7 +27,13 @@ from typing import Any
 
 from airflow_ray_train.runtime.frameworks import require
 from airflow_ray_train.runtime.reports import json_safe
-from airflow_ray_train.runtime.spec import ResultManifest, TrackingSpec, TrainSpec, find_shipped
+from airflow_ray_train.runtime.spec import (
+    MLFLOW_RUN_STATUS,
+    ResultManifest,
+    TrackingSpec,
+    TrainSpec,
+    find_shipped,
+)
 
 #: The MLflow client's credential variables the Airflow side may ship.
 CREDENTIAL_VARIABLES = (
@@ -40,10 +46,18 @@ CREDENTIAL_VARIABLES = (
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 #: Consecutive failed reports after which the callback stops trying for the rest of the job.
 GIVE_UP_AFTER = 3
-#: The run's end status for each manifest status.
-RUN_STATUS = {"SUCCEEDED": "FINISHED", "FAILED": "FAILED", "STOPPED": "KILLED"}
-#: The artifact path of a registered model's files in the run.
+#: The name of a registered model's LoggedModel in the run.
 MODEL_ARTIFACT = "model"
+#: The tag, on a run and on each model version, naming the checkpoint it holds: how a retry finds its version.
+CHECKPOINT_TAG = "airflow_ray_train.checkpoint_path"
+#: The run tag naming report steps that could not be sent to the run.
+MISSING_STEPS_TAG = "airflow_ray_train.missing_report_steps"
+#: The LoggedModel type of a checkpoint registered as its files (a loop the user wrote).
+CHECKPOINT_MODEL_TYPE = "ray-train-checkpoint"
+#: The ``error.type`` of a manifest whose training succeeded and whose model could not be registered.
+REGISTRATION_ERROR = "ModelRegistrationError"
+#: Metric values per ``log_batch`` (MLflow's limit is 1000).
+_METRICS_PER_BATCH = 1000
 _PURPOSE = "MLflow tracking (the task's MLflow connection or register_model)"
 _BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
 _MAX_KEY = 250
@@ -285,15 +299,19 @@ class RunTracker:
         except Exception as exc:  # noqa: BLE001 - the Airflow side ends it when this cannot
             _warn(f"could not end run {self.tracking.run_id} as KILLED: {exc!r}")
 
-    def finish(self, manifest: ResultManifest, artifacts: dict[str, bytes]) -> ResultManifest:
-        """Log the artifacts and the checkpoint location, register the model when asked, and end the run.
-        Returns the manifest with the model version, or FAILED with the reason when registering failed."""
+    def finish(
+        self, manifest: ResultManifest, artifacts: dict[str, bytes], reports: list[dict[str, Any]]
+    ) -> ResultManifest:
+        """Send the reports the run missed, log the artifacts and the checkpoint location, register the model
+        when asked, and end the run. Returns the manifest with the model version, or FAILED with
+        ``REGISTRATION_ERROR`` when registering failed (the training's result stays in storage for a retry)."""
         if not self.active:
             return manifest
         run_id = self.tracking.run_id
+        self.send_missed_reports(reports)
         try:
             self._log_artifacts(artifacts)
-            tags = {"airflow_ray_train.checkpoint_path": manifest.checkpoint_path or ""}
+            tags = {CHECKPOINT_TAG: manifest.checkpoint_path or ""}
             if manifest.best_checkpoint_path:
                 tags["airflow_ray_train.best_checkpoint_path"] = manifest.best_checkpoint_path
             for key, value in tags.items():
@@ -308,9 +326,10 @@ class RunTracker:
                     manifest,
                     status="FAILED",
                     error={
-                        "type": type(exc).__name__,
+                        "type": REGISTRATION_ERROR,
                         "message": f"training succeeded, but registering the model "
-                        f"{self.tracking.register_model!r} in MLflow failed: {str(exc)[:1500]}",
+                        f"{self.tracking.register_model!r} in MLflow failed ({type(exc).__name__}: "
+                        f"{str(exc)[:1500]}). The checkpoint is kept: a retry registers it without training again.",
                         "traceback": traceback.format_exc()[-4000:],
                     },
                 )
@@ -318,10 +337,41 @@ class RunTracker:
                 manifest = dataclasses.replace(manifest, model_version=version)
                 print(f"{_TAG} registered {self.tracking.register_model!r} version {version}", flush=True)
         try:
-            self.client.set_terminated(run_id, RUN_STATUS[manifest.status])
+            self.client.set_terminated(run_id, MLFLOW_RUN_STATUS[manifest.status])
         except Exception as exc:  # noqa: BLE001 - the Airflow side ends it when this cannot
             _warn(f"could not end run {run_id}: {exc!r}")
         return manifest
+
+    def send_missed_reports(self, reports: list[dict[str, Any]]) -> None:
+        """Log what the metrics callback could not (the server was down while those reports came): every
+        report of the job is compared, key by key, with the run's history and the missing values are sent
+        with their own step and time. Steps that still cannot be sent are named in ``MISSING_STEPS_TAG``."""
+        from mlflow.entities import Metric
+
+        wanted = [
+            Metric(key, value, int(report["time"] * 1000), report_step(report["metrics"], self.first_step + index))
+            for index, report in enumerate(reports)
+            for key, value in metric_values(report["metrics"]).items()
+        ]
+        if not wanted:
+            return
+        missing = wanted
+        try:
+            keys = sorted({metric.key for metric in wanted})
+            logged = {key: {m.step for m in self.client.get_metric_history(self.tracking.run_id, key)} for key in keys}
+            missing = [metric for metric in wanted if metric.step not in logged[metric.key]]
+            for start in range(0, len(missing), _METRICS_PER_BATCH):
+                batch = missing[start : start + _METRICS_PER_BATCH]
+                self.client.log_batch(self.tracking.run_id, metrics=batch, synchronous=True)
+        except Exception as exc:  # noqa: BLE001 - the run's result stands without its curves
+            steps = sorted({metric.step for metric in missing})
+            _warn(f"could not send the reports of steps {steps} to run {self.tracking.run_id}: {exc!r}")
+            with contextlib.suppress(Exception):
+                self.client.set_tag(self.tracking.run_id, MISSING_STEPS_TAG, json.dumps(steps)[:5000])
+            return
+        if missing:
+            steps = sorted({metric.step for metric in missing})
+            print(f"{_TAG} sent the reports of steps {steps} that the tracking server missed", flush=True)
 
     def _log_artifacts(self, artifacts: dict[str, bytes]) -> None:
         with tempfile.TemporaryDirectory(prefix="airflow_ray_train_mlflow_") as folder:
@@ -332,26 +382,37 @@ class RunTracker:
                 self.client.log_artifact(self.tracking.run_id, path)
 
     def register(self, manifest: ResultManifest) -> str:
-        """Log the best checkpoint as a model in the run (the framework's MLflow flavour where there is one)
-        and register it as a new version, tagged with the metrics reported with it; returns the version."""
+        """The model version of the best checkpoint: the one this run registered before (a retry after a
+        failure half way), else the checkpoint logged as a model in the run and registered as a new version,
+        tagged with the metrics reported with it."""
         mlflow = import_mlflow()
         source = manifest.best_checkpoint_path or manifest.checkpoint_path
         if not source:
             raise ValueError("the run reported no checkpoint to register. Fix: pass checkpoint= to ray.train.report")
         name = str(self.tracking.register_model)
+        registered = self.registered_version(name, source)
+        if registered is not None:
+            print(f"{_TAG} {name!r} version {registered} already holds checkpoint {source}: not registered again")
+            return registered
         # The model is logged in the run; leaving the block ends it FINISHED, and ``finish`` sets its real end.
         with mlflow.start_run(run_id=self.tracking.run_id), local_checkpoint(source) as directory:
-            model_uri = self._log_model(directory)
+            model_uri = self._log_model(directory, source)
         metrics = next((r.metrics for r in manifest.best_checkpoints if r.path == source), manifest.metrics)
         tags = {f"metric.{key}": str(value) for key, value in metric_values(metrics).items()}
-        tags["airflow_ray_train.checkpoint_path"] = source
+        tags[CHECKPOINT_TAG] = source
         version = mlflow.register_model(model_uri, name, tags=tags)
         return str(version.version)
 
-    def _log_model(self, directory: str) -> str:
+    def registered_version(self, name: str, source: str) -> str | None:
+        """The version of ``name`` that this run registered from checkpoint ``source``, if there is one."""
+        versions = self.client.search_model_versions(f"run_id = '{self.tracking.run_id}'")
+        found = [int(v.version) for v in versions if v.name == name and (v.tags or {}).get(CHECKPOINT_TAG) == source]
+        return str(min(found)) if found else None
+
+    def _log_model(self, directory: str, source: str) -> str:
         """The model's URI in MLflow once logged in the run: the declarative Lightning loop's module with
         ``mlflow.pytorch``, the declarative Transformers loop's model and tokenizer with ``mlflow.transformers``,
-        else the checkpoint directory's files as they are."""
+        else (every loop a user writes) a LoggedModel that holds the checkpoint's files as they are."""
         import mlflow
 
         framework = framework_of(self.spec.train_func)
@@ -381,5 +442,23 @@ class RunTracker:
                 pip_requirements=requirements(framework),
             )
             return str(info.model_uri)
-        mlflow.log_artifacts(directory, MODEL_ARTIFACT)
-        return f"runs:/{self.tracking.run_id}/{MODEL_ARTIFACT}"
+        return self._log_checkpoint_model(directory, source)
+
+    def _log_checkpoint_model(self, directory: str, source: str) -> str:
+        """A LoggedModel of the run whose artifacts are the checkpoint directory's files: MLflow 3 registers a
+        model only from a LoggedModel, and a user's loop saves whatever its framework saves (a state_dict,
+        Lightning's ``.ckpt``, a ``save_pretrained`` folder), which its own code loads back."""
+        model = self.client.create_logged_model(
+            self.tracking.experiment_id,
+            name=MODEL_ARTIFACT,
+            source_run_id=self.tracking.run_id,
+            tags={CHECKPOINT_TAG: source},
+            model_type=CHECKPOINT_MODEL_TYPE,
+        )
+        try:
+            self.client.log_model_artifacts(model.model_id, directory)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.client.finalize_logged_model(model.model_id, "FAILED")
+            raise
+        return str(self.client.finalize_logged_model(model.model_id, "READY").model_uri)

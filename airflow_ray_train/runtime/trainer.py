@@ -41,6 +41,8 @@ DEFAULT_CONTROLLER_FAILURE_LIMIT = 2
 REPORTS_TIMEOUT_S = 30.0
 REPORTS_TIMEOUT_STOPPING_S = 1.0
 HISTORY_FILE = "metrics_history.csv"
+#: In the run's ``MANIFEST_DIR``: the run's training finished (see ``TrainedRun``).
+TRAINED_FILE = "trained.json"
 CURVE_FILE = "learning_curve.png"
 
 
@@ -277,15 +279,82 @@ def write_artifacts(artifacts: dict[str, bytes], paths: RunPaths) -> tuple[str |
     return written.get(HISTORY_FILE), written.get(CURVE_FILE)
 
 
+@dataclass(frozen=True)
+class TrainedRun:
+    """A Train run whose training finished: the manifest of the job that trained it and that job's reports,
+    kept at ``TRAINED_FILE`` in the run's folder. A later job of the run (a retry after the registration, the
+    result's collection or the head failed) takes its result from here instead of training again."""
+
+    manifest: ResultManifest
+    reports: list[dict[str, Any]]
+    first_step: int = 0
+
+    @classmethod
+    def read(cls, paths: RunPaths) -> TrainedRun | None:
+        text = paths.storage.read_text(f"{paths.run_name}/{MANIFEST_DIR}/{TRAINED_FILE}")
+        if text is None:
+            return None
+        data = json.loads(text)
+        return cls(ResultManifest.from_dict(data["manifest"]), list(data["reports"]), int(data["first_step"]))
+
+    def write(self, paths: RunPaths) -> None:
+        document = {"manifest": self.manifest.to_dict(), "reports": self.reports, "first_step": self.first_step}
+        try:
+            paths.storage.write_text(f"{paths.run_name}/{MANIFEST_DIR}/{TRAINED_FILE}", json.dumps(document))
+        except Exception as exc:  # noqa: BLE001 - a retry then trains again, as without this file
+            print(f"[airflow-ray-train] could not record the finished training: {exc!r}", file=sys.stderr)
+
+
+def collect_trained(
+    spec: TrainSpec, paths: RunPaths, tracker: RunTracker | None, trained: TrainedRun, started: float
+) -> ResultManifest:
+    """The result of a run that an earlier job already trained to the end, under this job's id: its
+    checkpoints and metrics, registered (once: the registration finds a version made before) when asked."""
+    earlier = trained.manifest
+    print(
+        f"[airflow-ray-train] run {paths.run_name!r} finished training in job {earlier.submission_id}: "
+        "not training it again; collecting its result",
+        flush=True,
+    )
+    manifest = dataclasses.replace(
+        earlier,
+        submission_id=spec.submission_id,
+        manifest_path=paths.storage.join(paths.file("manifest.json")),
+        started_at=started,
+        finished_at=time.time(),
+        mlflow_run_id=spec.tracking.run_id if spec.tracking else None,
+        mlflow_run_url=spec.tracking.run_url if spec.tracking else None,
+        model_version=None,
+    )
+    if tracker is not None:
+        try:
+            tracker.start()
+        except Exception as exc:  # noqa: BLE001 - a required server that cannot be reached fails the job
+            manifest = dataclasses.replace(manifest, status="FAILED", error=_error_dict(exc))
+        tracker.first_step = trained.first_step
+    publish(manifest, paths)
+    if tracker is None or not manifest.succeeded:
+        return manifest
+    final = tracker.finish(manifest, {}, trained.reports)
+    if final != manifest:
+        publish(final, paths)
+    return final
+
+
 def run(spec: TrainSpec) -> ResultManifest:
     """Fit the trainer the spec describes, print and write its manifest, then its artifacts (skipped when the
-    job is being stopped). Never raises for a training failure."""
+    job is being stopped). A run that an earlier job trained to the end is collected, not trained again.
+    Never raises for a training failure."""
     import ray
     from ray.train.constants import DEFAULT_STORAGE_PATH
 
     started = time.time()
     paths = RunPaths.of(spec, DEFAULT_STORAGE_PATH)
     tracker = RunTracker.of(spec)
+    # Only a run named by the provider is one series' own: a name the user chose is shared by every series.
+    trained = None if spec.run_config.get("name") else TrainedRun.read(paths)
+    if trained is not None:
+        return collect_trained(spec, paths, tracker, trained, started)
     with StopSignal() as stop:
         outcome = fit(spec, paths, stop, tracker)
         stop.raising = False
@@ -325,8 +394,10 @@ def run(spec: TrainSpec) -> ResultManifest:
         artifacts = render_artifacts(reports, paths.run_name)
         history, curve = write_artifacts(artifacts, paths)
         final = dataclasses.replace(manifest, metrics_history_path=history, learning_curve_path=curve)
+        if final.succeeded:
+            TrainedRun(final, reports, tracker.first_step if tracker else 0).write(paths)
         if tracker is not None:
-            final = tracker.finish(final, artifacts)
+            final = tracker.finish(final, artifacts, reports)
         if final != manifest and not stop.requested:
             manifest = final
             publish(manifest, paths)

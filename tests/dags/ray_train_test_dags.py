@@ -1,4 +1,5 @@
-"""DAGs the test suite runs through dag.test(): a train function that fails after its first checkpoint."""
+"""DAGs the test suite runs through dag.test(): a train function that fails after its first checkpoint, and a
+deferred plain PyTorch training that registers its model in MLflow."""
 
 from __future__ import annotations
 
@@ -38,4 +39,24 @@ with DAG(dag_id="test_ray_train_failing", schedule=None, start_date=datetime(202
         scaling_config={"num_wokers": 2},
         retries=0,
         on_failure_callback=record_failure,
+    )
+
+
+with DAG(dag_id="test_ray_train_register_deferred", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
+    RayTrainOperator(
+        task_id="train_and_register",
+        train_func="ray_train_examples.pytorch_classifier:train_func",
+        train_loop_config={"epochs": 2, "train_size": 500},
+        scaling_config={"num_workers": 2},
+        run_config={
+            "checkpoint_config": {
+                "num_to_keep": 1,
+                "checkpoint_score_attribute": "val_accuracy",
+                "checkpoint_score_order": "max",
+            }
+        },
+        register_model="torch-deferred",
+        deferrable=True,
+        poll_interval=1.0,
+        retries=0,
     )
