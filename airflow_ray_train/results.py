@@ -24,7 +24,8 @@ ASSET_EXTRA_KEYS = (
     "mlflow_run_url",
     "model_version",
 )
-#: The manifest's paths and MLflow names, None in XCom when there is no manifest (or the run is untracked).
+#: The manifest's paths and MLflow names (and why it trained untracked), None in XCom when there is no manifest
+#: (or the run is untracked).
 _PATH_KEYS = (
     "checkpoint_path",
     "best_checkpoint_path",
@@ -35,6 +36,7 @@ _PATH_KEYS = (
     "mlflow_run_id",
     "mlflow_run_url",
     "model_version",
+    "mlflow_warning",
 )
 #: Ray job ``error_type``s a retry cannot fix: the job's runtime_env is wrong.
 SETUP_ERROR_TYPES = frozenset({"RUNTIME_ENV_SETUP_FAILURE", "JOB_SUPERVISOR_ACTOR_START_FAILURE"})

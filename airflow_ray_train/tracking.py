@@ -21,6 +21,8 @@ from airflow_ray_train.runtime.spec import MLFLOW_RUN_STATUS, TrackingSpec, Trai
 
 #: The run tag holding the Train run name: how a retry finds its series' MLflow run again.
 TRAIN_RUN_TAG = "airflow_ray_train.train_run"
+#: The XCom key (and the result's key) saying why a task with ``mlflow_required=False`` trained untracked.
+MLFLOW_WARNING_KEY = "mlflow_warning"
 
 
 def run_tags(identity: TryIdentity, spec: TrainSpec, dashboard_url: str) -> dict[str, str]:
@@ -52,17 +54,11 @@ def start_run(
     register_model: str | None,
     required: bool,
     dashboard_url: str,
-) -> TrackingSpec | None:
+) -> TrackingSpec:
     """The run this try's job logs to: its series' run set RUNNING again, or a new one. Checks the server and
-    the ``register_model`` name first. None (with a warning) when the server cannot be reached and tracking is
-    not ``required``; else that raises ``RayTrainMlflowError`` naming the address and the fix."""
-    try:
-        experiment_id = hook.experiment_id(experiment)
-    except RayTrainMlflowError as exc:
-        if required or not exc.unreachable:
-            raise
-        hook.log.warning("%s Training untracked (mlflow_required=False).", exc)
-        return None
+    the ``register_model`` name first; raises ``RayTrainMlflowError`` naming the address and the fix when the
+    server cannot be reached (see ``untracked_warning`` for a task that may train untracked)."""
+    experiment_id = hook.experiment_id(experiment)
     if register_model:
         hook.create_registered_model(register_model)
     tags = run_tags(identity, spec, dashboard_url)
@@ -83,6 +79,13 @@ def start_run(
         register_model=register_model or None,
         required=required,
     )
+
+
+def untracked_warning(exc: RayTrainMlflowError, register_model: str | None) -> str:
+    """What a task with ``mlflow_required=False`` says when the server cannot be reached: it trains untracked,
+    and registers no model version."""
+    lost = f" No version of {register_model!r} is registered: XCom model_version is None." if register_model else ""
+    return f"Training untracked (mlflow_required=False): {exc}{lost}"
 
 
 def find_run_url(hook: MlflowHook, experiment: str, spec: TrainSpec) -> tuple[str, str] | None:

@@ -19,6 +19,7 @@ from airflow_ray_train.exceptions import (
     RayTrainClusterError,
     RayTrainConfigError,
     RayTrainJobExistsError,
+    RayTrainMlflowError,
     RayTrainWatchError,
 )
 from airflow_ray_train.hooks.log_follower import LogFollower, as_record
@@ -38,7 +39,14 @@ from airflow_ray_train.packaging import (
 from airflow_ray_train.results import ASSET_EXTRA_KEYS, XCOM_KEYS, job_failure, manifest_to_xcom, read_manifest
 from airflow_ray_train.runtime.spec import ResultManifest, SpecError, TrackingSpec, TrainSpec
 from airflow_ray_train.runtime_env import check_runtime_env, with_py_modules
-from airflow_ray_train.tracking import end_if_running, experiment_name, find_run_url, start_run
+from airflow_ray_train.tracking import (
+    MLFLOW_WARNING_KEY,
+    end_if_running,
+    experiment_name,
+    find_run_url,
+    start_run,
+    untracked_warning,
+)
 from airflow_ray_train.triggers.ray_train import LOG_TAIL_LINES, RayTrainJobTrigger
 from airflow_ray_train.try_plan import plan_try
 
@@ -301,7 +309,7 @@ class RayTrainOperator(BaseOperator):
         else:
             if self.check_cluster_resources:
                 self._check_cluster_resources(hook, spec)
-            spec = dataclasses.replace(spec, tracking=self._start_tracking(hook, identity, spec))
+            spec = dataclasses.replace(spec, tracking=self._start_tracking(hook, identity, spec, context))
             try:
                 hook.upload_packages(packages)
                 metadata = identity.job_metadata(digest, spec.effective_run_name)
@@ -496,8 +504,11 @@ class RayTrainOperator(BaseOperator):
 
     # -- MLflow ---------------------------------------------------------------------------------------------
 
-    def _start_tracking(self, hook: RayTrainHook, identity: TryIdentity, spec: TrainSpec) -> TrackingSpec | None:
-        """The MLflow run this try's job logs to (see ``tracking``), or None when the task is untracked."""
+    def _start_tracking(
+        self, hook: RayTrainHook, identity: TryIdentity, spec: TrainSpec, context: Context
+    ) -> TrackingSpec | None:
+        """The MLflow run this try's job logs to (see ``tracking``), or None when the task is untracked; a
+        server that cannot be reached, with ``mlflow_required=False``, is said in the log and in XCom."""
         if self.mlflow is None:
             if self.register_model:
                 self.log.warning(
@@ -506,15 +517,23 @@ class RayTrainOperator(BaseOperator):
                     self.register_model,
                 )
             return None
-        return start_run(
-            self.mlflow,
-            identity,
-            spec,
-            experiment=experiment_name(self.mlflow, self.mlflow_experiment, identity.dag_id),
-            register_model=self.register_model,
-            required=self.mlflow_required,
-            dashboard_url=hook.dashboard_url(spec.submission_id),
-        )
+        try:
+            return start_run(
+                self.mlflow,
+                identity,
+                spec,
+                experiment=experiment_name(self.mlflow, self.mlflow_experiment, identity.dag_id),
+                register_model=self.register_model,
+                required=self.mlflow_required,
+                dashboard_url=hook.dashboard_url(spec.submission_id),
+            )
+        except RayTrainMlflowError as exc:
+            if self.mlflow_required or not exc.unreachable:
+                raise
+            warning = untracked_warning(exc, self.register_model)
+            self.log.warning("%s", warning)
+            context["ti"].xcom_push(key=MLFLOW_WARNING_KEY, value=warning)
+            return None
 
     def _remember_mlflow_run(self, run_id: str, run_url: str | None, context: Context) -> None:
         """Push the run's id and URL (the "MLflow Run" link) at once, like the Ray job's."""
@@ -584,6 +603,9 @@ class RayTrainOperator(BaseOperator):
         if status != "SUCCEEDED" or manifest is None or not manifest.succeeded:
             raise job_failure(job_id, info, manifest, log_tail, hook.dashboard_url(job_id))
         ti = context["ti"]
+        result["mlflow_warning"] = result["mlflow_warning"] or ti.xcom_pull(task_ids=ti.task_id, key=MLFLOW_WARNING_KEY)
+        if result["mlflow_warning"]:
+            self.log.warning("MLflow: %s", result["mlflow_warning"])
         for key in XCOM_KEYS:
             ti.xcom_push(key=key, value=result[key])
         if result["mlflow_run_id"]:

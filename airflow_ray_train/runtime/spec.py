@@ -433,7 +433,8 @@ class ResultManifest:
     ``status`` is ``SUCCEEDED``, ``FAILED`` or ``STOPPED``. Paths are plain on local and shared
     filesystems and keep their scheme (``s3://...``) on remote storage. ``error`` is ``None`` on success,
     else ``{"type", "message", "traceback"}`` (the traceback's tail). A tracked run names its MLflow run and,
-    when one was registered, the model version (MLflow's version number, a string).
+    when one was registered, the model version (MLflow's version number, a string); ``mlflow_warning`` says
+    why a run with ``mlflow_required=False`` trained untracked (the cluster could not reach the server).
     """
 
     status: str
@@ -455,6 +456,7 @@ class ResultManifest:
     mlflow_run_id: str | None = None
     mlflow_run_url: str | None = None
     model_version: str | None = None
+    mlflow_warning: str | None = None
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:

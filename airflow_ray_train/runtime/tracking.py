@@ -242,6 +242,8 @@ class RunTracker:
         self.active = False
         self.first_step = 0
         self.client: Any = None
+        #: Why the run trains untracked (the server could not be reached and tracking is not required).
+        self.warning: str | None = None
 
     @classmethod
     def of(cls, spec: TrainSpec) -> RunTracker | None:
@@ -266,7 +268,13 @@ class RunTracker:
                     f"{problem}. Fix: let the Ray nodes reach that address (the connection's host is used on both "
                     "sides), or pass mlflow_required=False to train untracked."
                 ) from exc
-            _warn(f"{problem}; training untracked (mlflow_required=False)")
+            lost = (
+                f"; no version of {self.tracking.register_model!r} is registered"
+                if self.tracking.register_model
+                else ""
+            )
+            self.warning = f"{problem}; training untracked (mlflow_required=False){lost}"
+            _warn(self.warning)
             return
         self.active = True
         if not run.data.params:

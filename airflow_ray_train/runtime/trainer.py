@@ -332,6 +332,7 @@ def collect_trained(
         except Exception as exc:  # noqa: BLE001 - a required server that cannot be reached fails the job
             manifest = dataclasses.replace(manifest, status="FAILED", error=_error_dict(exc))
         tracker.first_step = trained.first_step
+        manifest = dataclasses.replace(manifest, mlflow_warning=tracker.warning)
     publish(manifest, paths)
     if tracker is None or not manifest.succeeded:
         return manifest
@@ -385,6 +386,7 @@ def run(spec: TrainSpec) -> ResultManifest:
             ray_version=ray.__version__,
             mlflow_run_id=spec.tracking.run_id if spec.tracking else None,
             mlflow_run_url=spec.tracking.run_url if spec.tracking else None,
+            mlflow_warning=tracker.warning if tracker else None,
         )
         publish(manifest, paths)
         if stopping:
