@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint unit integration clean
+.PHONY: install demo test lint unit integration e2e clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,16 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy airflow_ray_train
 
+# The test tiers, one folder each (docs/development.md): unit needs nothing running; integration starts a real
+# Ray head and MLflow server and uses a real Airflow metadata DB; e2e runs `airflow standalone` beside them.
 unit: install
 	$(PY) -m pytest tests/unit -q
+
+integration: install
+	$(PY) -m pytest tests/integration -q -rs
+
+e2e: install
+	$(PY) -m pytest tests/e2e -q -rs
 
 .PHONY: bench
 # Benchmarks: writes bench/REPORT.md, bench/results.json and PNG plots. BENCH_RUNS=5 rounds by default.

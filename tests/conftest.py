@@ -60,6 +60,17 @@ for key in (
 sys.path.insert(0, str(DAGS_FOLDER))
 sys.path.insert(1, str(REPO / "scripts"))
 
+#: Each folder of tests/ is a tier, and its name is the tier's marker (registered in pyproject.toml).
+TIERS = ("unit", "integration", "e2e", "compose")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with its folder's tier, so ``-m`` selects exactly what the folders hold."""
+    for item in items:
+        folder = item.path.relative_to(REPO / "tests").parts[0]
+        if folder in TIERS:
+            item.add_marker(folder)
+
 
 @pytest.fixture(scope="session")
 def ray_head():

@@ -34,10 +34,6 @@ UP_TIMEOUT = 900
 HEALTHY_TIMEOUT = 900
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "docker: needs a running Docker engine and Docker Compose v2")
-
-
 @pytest.fixture(scope="module")
 def docker_available() -> None:
     """Skip (fail under CI) where the stack cannot run."""

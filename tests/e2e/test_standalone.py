@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from airflow_standalone import AirflowStandalone, wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 # The integration tests' helpers (finding a job's Train workers, waiting for them to exit).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
