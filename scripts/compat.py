@@ -156,6 +156,7 @@ AIRFLOW_TESTS = (
     "tests/integration/test_job_identity.py::test_a_deleted_and_recreated_dag_run_trains_anew",
     "tests/unit/test_compat.py",
     "tests/unit/test_provider.py",
+    "tests/integration/test_provider_cli.py",
     "tests/unit/test_trigger.py",
 )
 #: What a cluster cell adds: the Jobs API replies the hooks parse, and the Lightning loop.
