@@ -7,8 +7,10 @@ from __future__ import annotations
 import pytest
 from ray_train_helpers import run_dag, states, xcom
 
+from airflow_ray_train.function_shipping import function_package
 from airflow_ray_train.hooks.ray_train import RayTrainHook
 from airflow_ray_train.links.ray_train import RayJobLink
+from airflow_ray_train.packaging import code_package
 
 pytestmark = [pytest.mark.integration]
 
@@ -30,11 +32,15 @@ def test_decorated_function_sweeps_on_ray_and_the_best_is_picked(ray_conn, airfl
     best = xcom(dag_run, "pick_best")
     assert best == {"lr": 0.1, "loss": fast["metrics"]["loss"], "checkpoint_path": fast["checkpoint_path"]}
 
-    # What ran on the cluster was the generated module, not the DAG file.
-    info = RayTrainHook().get_job_info(fast["job_id"])
-    assert "_airflow_ray_train_fn_" in str(info["runtime_env"]) or any(
-        "_ray_pkg_" in uri for uri in info["runtime_env"]["py_modules"]
-    )
+    # What ran on the cluster was the generated module, not the DAG file: packages are named by their content,
+    # so the function's package built again here has the URI the job shipped, and the DAG file's has not.
+    from example_ray_train_taskflow import fit_line
+
+    function_module, _, _ = function_package(fit_line.function)
+    dag_file = code_package("example_ray_train_taskflow")
+    assert dag_file is not None
+    py_modules = RayTrainHook().get_job_info(fast["job_id"])["runtime_env"]["py_modules"]
+    assert function_module.uri in py_modules and dag_file.uri not in py_modules, py_modules
 
 
 def test_a_task_inside_a_dag_function_trains_with_its_closure_on_ray(ray_conn, airflow_db):
