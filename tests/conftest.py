@@ -140,6 +140,18 @@ def mlflow_conn(mlflow_server, monkeypatch):
 
 
 @pytest.fixture
+def mlflow_client(mlflow_conn, monkeypatch):
+    """MLflow's own client (and ``mlflow``'s module-level API), logged in to the session's server as its admin."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", mlflow_conn.username)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", mlflow_conn.password)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_conn.url)
+    mlflow.set_tracking_uri(mlflow_conn.url)
+    return mlflow.MlflowClient(mlflow_conn.url)
+
+
+@pytest.fixture
 def direct_deployment(monkeypatch):
     """A deployment id for tasks run outside a task runner (which cannot keep one in a Variable)."""
     monkeypatch.setenv("AIRFLOW__RAY_TRAIN__DEPLOYMENT_ID", "tests-direct")

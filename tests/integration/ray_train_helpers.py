@@ -87,6 +87,13 @@ def mlflow_artifacts(mlflow: Any, run_id: str) -> set[str]:
     return {item["path"] for item in reply.get("files") or []}
 
 
+def same_weights(left: dict[str, Any], right: dict[str, Any]) -> bool:
+    """Whether two ``state_dict``s hold the same tensors under the same names."""
+    import torch
+
+    return left.keys() == right.keys() and all(torch.equal(left[key], right[key]) for key in left)
+
+
 def task_instances(dag_run: Any) -> dict[str, Any]:
     from airflow.utils.session import create_session
 

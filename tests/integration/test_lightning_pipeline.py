@@ -11,7 +11,16 @@ import json
 from pathlib import Path
 
 import pytest
-from ray_train_helpers import all_xcoms, get_dag, mlflow_artifacts, mlflow_history, mlflow_tags, states, xcom
+from ray_train_helpers import (
+    all_xcoms,
+    get_dag,
+    mlflow_artifacts,
+    mlflow_history,
+    mlflow_tags,
+    same_weights,
+    states,
+    xcom,
+)
 
 from airflow_ray_train.hooks.mlflow import MlflowHook
 from airflow_ray_train.hooks.ray_train import RayTrainHook
@@ -22,7 +31,9 @@ DAG_ID = "example_ray_train_lightning"
 MODEL = "digits-lightning"
 
 
-def test_lightning_pipeline_learns_evaluates_and_promotes_only_a_better_model(ray_conn, airflow_db, mlflow_conn, capfd):
+def test_lightning_pipeline_learns_evaluates_and_promotes_only_a_better_model(
+    ray_conn, airflow_db, mlflow_conn, mlflow_client, capfd
+):
     dag = get_dag(DAG_ID, module=DAG_ID)
 
     first = dag.test()
@@ -91,6 +102,14 @@ def test_lightning_pipeline_learns_evaluates_and_promotes_only_a_better_model(ra
     promoted = xcom(first, "promote")
     assert promoted["moved"] and (promoted["version"], promoted["previous_version"]) == ("1", None)
     assert promoted["value"] == evaluation["test_accuracy"]
+    # MLflow's own client loads the champion: the module trained into the best checkpoint.
+    from mlflow import pytorch as mlflow_pytorch
+    from ray_train_examples.lightning_digits import DigitsClassifier
+
+    from airflow_ray_train.runtime.lightning import load_module
+
+    served = mlflow_pytorch.load_model(f"models:/{MODEL}@champion")
+    assert same_weights(served.state_dict(), load_module(DigitsClassifier, best["path"]).state_dict())
 
     # A deliberately worse model (one epoch at a tiny learning rate) is evaluated and kept out.
     second = dag.test(run_conf={"max_epochs": 1, "lr": 1e-5})

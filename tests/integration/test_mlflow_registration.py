@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ray_train_helpers import FakeTaskInstance, get_dag, mlflow_history, xcom
+from ray_train_helpers import FakeTaskInstance, get_dag, mlflow_history, same_weights, xcom
 from ray_train_user_loops import GO_FILE, REACHED_FILE
 
 from airflow_ray_train.exceptions import RayTrainJobError
@@ -36,18 +36,6 @@ BEST_BY_VAL_ACCURACY = {
         "checkpoint_score_order": "max",
     }
 }
-
-
-@pytest.fixture
-def mlflow_client(mlflow_conn, monkeypatch):
-    """MLflow's own client, logged in to the session's server as its admin."""
-    import mlflow
-
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", mlflow_conn.username)
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", mlflow_conn.password)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_conn.url)
-    mlflow.set_tracking_uri(mlflow_conn.url)
-    return mlflow.MlflowClient(mlflow_conn.url)
 
 
 def _train(task_id: str, train_func: str, config: dict[str, Any], model: str, **kwargs: Any) -> dict[str, Any]:
@@ -81,12 +69,6 @@ def _check_version(client: Any, model: str, result: dict[str, Any]) -> Any:
     return version
 
 
-def _same_state_dicts(left: dict[str, Any], right: dict[str, Any]) -> bool:
-    import torch
-
-    return left.keys() == right.keys() and all(torch.equal(left[key], right[key]) for key in left)
-
-
 def test_a_plain_pytorch_loop_registers_its_best_checkpoint_which_mlflow_loads_as_the_champion(
     ray_conn, mlflow_conn, mlflow_client, direct_deployment, tmp_path
 ):
@@ -109,12 +91,12 @@ def test_a_plain_pytorch_loop_registers_its_best_checkpoint_which_mlflow_loads_a
     assert sorted(os.listdir(champion)) == sorted(os.listdir(result["best_checkpoint_path"]))
     weights = torch.load(champion / MODEL_FILE, map_location="cpu")
     trained = torch.load(Path(result["best_checkpoint_path"]) / MODEL_FILE, map_location="cpu")
-    assert _same_state_dicts(weights, trained)
+    assert same_weights(weights, trained)
     score = evaluate_checkpoint(str(champion))["test_accuracy"]
     assert score == evaluate_checkpoint(result["best_checkpoint_path"])["test_accuracy"]
     assert score >= 0.7  # chance is 0.25
     by_number = _download(f"models:/{model}/1", tmp_path)
-    assert _same_state_dicts(torch.load(by_number / MODEL_FILE, map_location="cpu"), trained)
+    assert same_weights(torch.load(by_number / MODEL_FILE, map_location="cpu"), trained)
 
 
 def test_a_deferred_plain_pytorch_loop_registers_too(ray_conn, airflow_db, mlflow_conn, mlflow_client, tmp_path):
@@ -128,7 +110,7 @@ def test_a_deferred_plain_pytorch_loop_registers_too(ray_conn, airflow_db, mlflo
     version = _check_version(mlflow_client, "torch-deferred", result)
     files = _download(f"models:/torch-deferred/{version.version}", tmp_path)
     trained = torch.load(Path(result["best_checkpoint_path"]) / MODEL_FILE, map_location="cpu")
-    assert _same_state_dicts(torch.load(files / MODEL_FILE, map_location="cpu"), trained)
+    assert same_weights(torch.load(files / MODEL_FILE, map_location="cpu"), trained)
 
 
 def test_a_user_written_lightning_loop_registers_its_ckpt(
@@ -153,7 +135,7 @@ def test_a_user_written_lightning_loop_registers_its_ckpt(
     assert (files / "checkpoint.ckpt").is_file()
     loaded = load_module(DigitsClassifier, str(files))
     trained = load_module(DigitsClassifier, result["best_checkpoint_path"])
-    assert _same_state_dicts(loaded.state_dict(), trained.state_dict())
+    assert same_weights(loaded.state_dict(), trained.state_dict())
     untrained = DigitsClassifier().state_dict()
     assert not all(torch.equal(value, untrained[key]) for key, value in loaded.state_dict().items())
     assert evaluate_checkpoint(str(files), data_path)["test_accuracy"] >= 0.8
@@ -186,7 +168,7 @@ def test_a_user_written_transformers_loop_registers_its_save_pretrained_folder(
     files = _download("models:/text-user-transformers/1", tmp_path)
     loaded = AutoModelForSequenceClassification.from_pretrained(files / "checkpoint")
     trained = AutoModelForSequenceClassification.from_pretrained(Path(result["best_checkpoint_path"]) / "checkpoint")
-    assert _same_state_dicts(loaded.state_dict(), trained.state_dict())
+    assert same_weights(loaded.state_dict(), trained.state_dict())
     score = evaluate_checkpoint(str(files), splits["test"])["test_accuracy"]
     assert score == evaluate_checkpoint(result["best_checkpoint_path"], splits["test"])["test_accuracy"]
     assert score >= 0.8  # chance is 0.5

@@ -13,7 +13,7 @@ import csv
 from pathlib import Path
 
 import pytest
-from ray_train_helpers import get_dag, mlflow_artifacts, mlflow_history, mlflow_tags, states, xcom
+from ray_train_helpers import get_dag, mlflow_artifacts, mlflow_history, mlflow_tags, same_weights, states, xcom
 
 from airflow_ray_train.hooks.mlflow import MlflowHook
 
@@ -52,7 +52,7 @@ def _conf(model: str, **overrides: object) -> dict[str, object]:
 
 
 def test_transformers_pipeline_learns_evaluates_and_promotes_only_a_better_model(
-    ray_conn, airflow_db, mlflow_conn, tiny_bert, capfd
+    ray_conn, airflow_db, mlflow_conn, mlflow_client, tiny_bert, capfd
 ):
     dag = get_dag(DAG_ID, module=DAG_ID)
     # The DAG's own defaults name the hub model and dataset of Ray's guide; the test swaps them in params.
@@ -111,6 +111,14 @@ def test_transformers_pipeline_learns_evaluates_and_promotes_only_a_better_model
     assert float({t["key"]: t["value"] for t in champion["tags"]}["test_accuracy"]) == evaluation["test_accuracy"]
     promoted = xcom(first, "promote")
     assert promoted["moved"] and (promoted["version"], promoted["previous_version"]) == ("1", None)
+    # MLflow's own client loads the champion: the model fine-tuned into the best checkpoint.
+    from mlflow import transformers as mlflow_transformers
+
+    from airflow_ray_train.runtime.transformers import load_for_sequence_classification
+
+    served = mlflow_transformers.load_model(f"models:/{MODEL}@champion", return_type="components")["model"]
+    trained, _ = load_for_sequence_classification(result["best_checkpoint_path"])
+    assert same_weights(served.state_dict(), trained.state_dict())
 
     # A deliberately worse model (one epoch at a tiny learning rate) is evaluated and kept out.
     second = dag.test(run_conf=_conf(tiny_bert, num_train_epochs=1, learning_rate=1e-7))
