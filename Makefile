@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint unit integration e2e clean
+.PHONY: install demo test lint docs unit integration e2e clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy airflow_ray_train
+
+# The docs site (mkdocs.yml, docs/): strict, so a broken link or a page missing from the nav fails.
+docs: install
+	$(VENV)/bin/mkdocs build --strict -d build/site
 
 # The test tiers, one folder each (docs/development.md): unit needs nothing running; integration starts a real
 # Ray head and MLflow server and uses a real Airflow metadata DB; e2e runs `airflow standalone` beside them.
@@ -55,7 +59,7 @@ bench: install
 	BENCH_PEERS=$(BENCH_PEERS) BENCH_SCALE_MAX_JOBS=$(BENCH_SCALE_MAX_JOBS) BENCH_BEFORE_SRC=$(if $(BENCH_BEFORE_REF),$(CURDIR)/.bench_before,) $(PY) bench/run.py
 
 .PHONY: gpu-kit gpu-dryrun
-# The GPU check (gpu/, see the README): `gpu-kit` fetches the wheels the GPU machine lacks into .whl/
+# The GPU check (gpu/, see docs/gpu.md): `gpu-kit` fetches the wheels the GPU machine lacks into .whl/
 # (git-ignored) and checks they fit in one call; `gpu-dryrun` runs the check on the CPU with this venv.
 gpu-kit: install
 	$(PY) gpu/kit.py
@@ -64,7 +68,7 @@ gpu-dryrun: install
 	$(PY) gpu/check.py --out build/gpu-dryrun --run-timeout 400 --deadline 1200
 
 .PHONY: compat compat-ci
-# The version matrix (scripts/compat.py, README "Supported versions"): each older Airflow and each Ray cluster
+# The version matrix (scripts/compat.py, docs/versions.md): each older Airflow and each Ray cluster
 # in a venv of its own, made once and cached under ~/.cache/airflow-ray-train/compat, a real head from each Ray,
 # the same tests. Results in build/compat/. COMPAT_CELLS="airflow-3.1 ray-2.52" runs some cells only.
 COMPAT_CELLS ?=
@@ -75,7 +79,7 @@ compat: install
 compat-ci: install
 	$(PY) scripts/compat.py run --ci
 
-test: lint
+test: lint docs
 	$(PY) -m pytest tests -q -rs
 	$(PY) scripts/compat.py run --ci
 
