@@ -1,6 +1,5 @@
 """What older Airflow 3 releases lack, in one place. Each name here is the provider's way to a feature that
-moved or arrived in a later release, with the fallback for the releases before it (README: supported
-versions):
+moved or arrived in a later release, with the fallback for the releases before it (docs/versions.md):
 
 - ``airflow.sdk`` re-exports ``BaseHook`` since 3.1, ``conf`` and the exceptions since 3.2; before, they live
   in ``airflow.hooks.base``, ``airflow.configuration`` and ``airflow.exceptions``.
@@ -35,6 +34,7 @@ try:
         AirflowException,
         AirflowFailException,
         AirflowNotFoundException,
+        AirflowSkipException,
         AirflowTaskTimeout,
         TaskDeferred,
     )
@@ -43,6 +43,7 @@ except ImportError:  # Airflow < 3.2
         AirflowException,
         AirflowFailException,
         AirflowNotFoundException,
+        AirflowSkipException,
         AirflowTaskTimeout,
         TaskDeferred,
     )
@@ -109,6 +110,7 @@ __all__ = [
     "AirflowException",
     "AirflowFailException",
     "AirflowNotFoundException",
+    "AirflowSkipException",
     "AirflowTaskTimeout",
     "BaseHook",
     "TaskDeferred",

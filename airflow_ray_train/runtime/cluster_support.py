@@ -3,8 +3,8 @@ cannot run on, the job fails at once with a message that names the cluster's Ray
 supported, never half way through a fit.
 
 The runtime builds on Ray Train V2 (``ray.train.UserCallback``, ``FailureConfig(controller_failure_limit=)``,
-``RunConfig(worker_runtime_env=)``), Ray's default since 2.51; ``make compat`` runs it on the Ray releases the
-README lists.
+``RunConfig(worker_runtime_env=)``), Ray's default since 2.51; ``make compat`` runs it on the Ray releases
+docs/versions.md lists.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 import platform
 import re
 
-#: The oldest Ray release the runtime is tested on (README: supported versions).
+#: The oldest Ray release the runtime is tested on (docs/versions.md).
 MIN_RAY_VERSION = (2, 52)
 #: Ray's switch between Train V1 and V2 (V2 unless it is set to 0).
 TRAIN_V2_ENV = "RAY_TRAIN_V2_ENABLED"

@@ -1,5 +1,5 @@
 """Training loops written the way Ray's guides write them, with none of the provider's declarative helpers:
-plain PyTorch (the README's loop, ``ray_train_examples.pytorch_classifier:train_func``, with a pause before its
+plain PyTorch (the example's loop, ``ray_train_examples.pytorch_classifier:train_func``, with a pause before its
 last report for outage tests), Lightning with Ray's strategy, environment, ``RayTrainReportCallback`` and
 ``prepare_trainer``, and a HuggingFace ``Trainer`` with Ray's ``RayTrainReportCallback`` and ``prepare_trainer``.
 Each saves what its framework saves: a ``state_dict``, Lightning's ``checkpoint.ckpt``, a ``save_pretrained``
@@ -17,7 +17,7 @@ GO_FILE = "go"
 
 
 def paused_torch_loop(config: dict[str, Any]) -> None:
-    """The README's plain PyTorch loop; before the last epoch's training, rank 0 writes ``REACHED_FILE`` in
+    """The example's plain PyTorch loop; before the last epoch's training, rank 0 writes ``REACHED_FILE`` in
     ``config["pause_dir"]`` and waits (up to two minutes) for ``GO_FILE`` there: a test takes the tracking
     server down in between."""
     import ray.train

@@ -1,6 +1,6 @@
 """Bad input through dag.test() against a real local Ray head: each fails with a message that names the field
 and the fix, before anything is submitted where that is possible, and without a retry where a retry cannot
-help. Run with ``-s`` to print the table of messages the README shows."""
+help. Run with ``-s`` to print the table of messages docs/errors.md shows."""
 
 from __future__ import annotations
 

@@ -107,7 +107,7 @@ def test_two_deployments_with_the_same_dag_and_logical_date_each_get_their_own_m
 @pytest.mark.skipif(
     AIRFLOW_VERSION < Version("3.3"),
     reason="needs the task state store (Airflow 3.3); before, the DAG run's start instant tells runs apart, and "
-    "dag.test() with a fixed logical date repeats it (README: supported versions)",
+    "dag.test() with a fixed logical date repeats it (docs/versions.md)",
 )
 def test_a_deleted_and_recreated_dag_run_trains_anew(hook, airflow_db):
     from airflow.models.dagrun import DagRun

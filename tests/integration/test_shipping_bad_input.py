@@ -1,6 +1,6 @@
 """Code that cannot ship, through dag.test() against a real local Ray head: each fails with a message that
 names the culprit and the fix, before anything is submitted where that is possible, and without a retry.
-Run with ``-s`` to print the rows the README's bad-input table shows."""
+Run with ``-s`` to print the rows docs/errors.md's bad-input table shows."""
 
 from __future__ import annotations
 
