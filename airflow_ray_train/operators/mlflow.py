@@ -13,13 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from airflow_ray_train.compat import AirflowSkipException
 from airflow_ray_train.exceptions import RayTrainConfigError, RayTrainMlflowError
 from airflow_ray_train.hooks.mlflow import MlflowHook, mlflow_hook
-
-try:
-    from airflow.sdk.exceptions import AirflowSkipException
-except ImportError:  # Airflow < 3.2
-    from airflow.exceptions import AirflowSkipException  # type: ignore[no-redef]
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
