@@ -8,12 +8,17 @@ from __future__ import annotations
 import enum
 import json
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from airflow_ray_train.exceptions import RayTrainAuthError, RayTrainClusterError
 from airflow_ray_train.hooks.settings import ClusterSettings
+
+#: What a sent call gives its caller (the reply itself, or the client's response object).
+Answer = TypeVar("Answer")
 
 VERSION = "/api/version"
 JOBS = "/api/jobs/"
@@ -159,6 +164,36 @@ class CallAttempts:
     def unreachable(self, exc: BaseException, attempts: int) -> Exception:
         """The error of a server that never answered."""
         raise NotImplementedError
+
+
+def send_with_retries(
+    attempts: CallAttempts,
+    send: Callable[[], tuple[Reply, Answer]],
+    *,
+    ok: tuple[int, ...],
+    transport_errors: tuple[type[BaseException], ...],
+    reload: Callable[[], None],
+    log: Any,
+    what: str,
+) -> Answer:
+    """Carry out ``attempts`` for a blocking client: ``send()`` the call (its reply, and what the caller gets
+    back), then retry after the delay, ``reload()`` the connection, give up or return, as they decide."""
+    while True:
+        try:
+            reply, answer = send()
+            step = attempts.answered(reply, ok)
+        except transport_errors as exc:
+            step = attempts.failed(exc)
+        if step is Step.RETURN:
+            return answer
+        if step is Step.GIVE_UP and attempts.error is not None:
+            raise attempts.error
+        if step is Step.RELOAD:
+            log.warning("%s rejected the credentials; reading the connection again", what)
+            reload()
+            continue
+        log.warning("%s not ready (attempt %d), retrying in %.1f s", what, attempts.attempt, attempts.delay)
+        time.sleep(attempts.delay)
 
 
 class Attempts(CallAttempts):

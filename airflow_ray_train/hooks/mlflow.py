@@ -22,7 +22,7 @@ from airflow.sdk import Connection
 from airflow_ray_train.compat import AirflowNotFoundException, BaseHook, conf, mask_secret
 from airflow_ray_train.connection_form import MLFLOW_UI_FIELD_BEHAVIOUR
 from airflow_ray_train.exceptions import RayTrainConfigError, RayTrainMlflowAuthError, RayTrainMlflowError
-from airflow_ray_train.hooks.jobs_api import CallAttempts, Reply, RetryPolicy, Step
+from airflow_ray_train.hooks.jobs_api import CallAttempts, Reply, RetryPolicy, send_with_retries
 from airflow_ray_train.hooks.settings import as_bool
 
 DEFAULT_CONN_ID = "mlflow_default"
@@ -223,25 +223,20 @@ class MlflowHook(BaseHook):
         """One call under the project's one retry policy (``CallAttempts``): sent again when the server cannot
         be reached or is busy, the connection read again once when it rejects the credentials; raises
         ``RayTrainMlflowError`` naming the address and the fix when it never answers or keeps rejecting them."""
-        attempts = MlflowAttempts(self, endpoint)
-        while True:
-            try:
-                response = self.client.request(method, f"{API}/{endpoint}", **kwargs)
-                step = attempts.answered(Reply(response.status_code, response.text), ())
-            except httpx.TransportError as exc:
-                step = attempts.failed(exc)
-            if step is Step.RETURN:
-                return response
-            if step is Step.GIVE_UP and attempts.error is not None:
-                raise attempts.error
-            if step is Step.RELOAD:
-                self.log.warning("The MLflow tracking server rejected the credentials; reading them again")
-                self.reload_settings()
-                continue
-            self.log.warning(
-                "MLflow %s not ready (attempt %d), retrying in %.1f s", endpoint, attempts.attempt, attempts.delay
-            )
-            time.sleep(attempts.delay)
+
+        def send() -> tuple[Reply, httpx.Response]:
+            response = self.client.request(method, f"{API}/{endpoint}", **kwargs)
+            return Reply(response.status_code, response.text), response
+
+        return send_with_retries(
+            MlflowAttempts(self, endpoint),
+            send,
+            ok=(),
+            transport_errors=(httpx.TransportError,),
+            reload=self.reload_settings,
+            log=self.log,
+            what=f"The MLflow tracking server ({endpoint})",
+        )
 
     def reload_settings(self) -> None:
         """Forget the connection and the client made from it: the next call reads the connection again."""

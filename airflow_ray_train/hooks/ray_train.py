@@ -35,7 +35,7 @@ from airflow_ray_train.compat import (
 from airflow_ray_train.connection_form import UI_FIELD_BEHAVIOUR
 from airflow_ray_train.exceptions import RayTrainAuthError, RayTrainClusterError, RayTrainJobExistsError
 from airflow_ray_train.hooks import jobs_api
-from airflow_ray_train.hooks.jobs_api import Attempts, Reply, RetryPolicy, Step
+from airflow_ray_train.hooks.jobs_api import Attempts, Reply, RetryPolicy, Step, send_with_retries
 from airflow_ray_train.hooks.log_follower import HEARTBEAT_S, MAX_MESSAGE_BYTES, STREAM_CLOSE_TIMEOUT_S, LogFollower
 from airflow_ray_train.hooks.settings import DEFAULT_CONN_ID, ClusterSettings, settings_from_connection
 from airflow_ray_train.packaging import Package, runtime_package
@@ -134,26 +134,25 @@ class RayTrainHook(BaseHook):
 
     def _request(self, method: str, path: str, *, ok: tuple[int, ...] = (200,), **kwargs: Any) -> Reply:
         attempts = Attempts(self.retry_policy, self.settings, self.ray_conn_id, path)
-        while True:
-            try:
-                response = self.client.request(method, path, **kwargs)
-                reply = Reply(response.status_code, response.text)
-                step = attempts.answered(reply, ok)
-            except httpx.TransportError as exc:
-                step = attempts.failed(exc)
-            if step is Step.RETURN:
-                return reply
-            if step is Step.GIVE_UP and attempts.error is not None:
-                raise attempts.error
-            if step is Step.RELOAD:
-                self.log.warning("The Ray cluster rejected the token; reading connection %r again", self.ray_conn_id)
-                self.reload_settings()
-                attempts.settings = self.settings
-                continue
-            self.log.warning(
-                "Ray cluster %s not ready (attempt %d), retrying in %.1f s", path, attempts.attempt, attempts.delay
-            )
-            time.sleep(attempts.delay)
+
+        def send() -> tuple[Reply, Reply]:
+            response = self.client.request(method, path, **kwargs)
+            reply = Reply(response.status_code, response.text)
+            return reply, reply
+
+        def reload() -> None:
+            self.reload_settings()
+            attempts.settings = self.settings
+
+        return send_with_retries(
+            attempts,
+            send,
+            ok=ok,
+            transport_errors=(httpx.TransportError,),
+            reload=reload,
+            log=self.log,
+            what=f"The Ray cluster ({path}, connection {self.ray_conn_id!r})",
+        )
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         reply = self._request(method, path, **kwargs)
