@@ -291,11 +291,16 @@ class TrainedRun:
 
     @classmethod
     def read(cls, paths: RunPaths) -> TrainedRun | None:
-        text = paths.storage.read_text(f"{paths.run_name}/{MANIFEST_DIR}/{TRAINED_FILE}")
-        if text is None:
+        """The run's finished training, or None (none, or a record that cannot be read: the job then trains)."""
+        try:
+            text = paths.storage.read_text(f"{paths.run_name}/{MANIFEST_DIR}/{TRAINED_FILE}")
+            if text is None:
+                return None
+            data = json.loads(text)
+            return cls(ResultManifest.from_dict(data["manifest"]), list(data["reports"]), int(data["first_step"]))
+        except Exception as exc:  # noqa: BLE001 - an unreadable record must not cost the run its manifest
+            print(f"[airflow-ray-train] could not read the finished training's record: {exc!r}", file=sys.stderr)
             return None
-        data = json.loads(text)
-        return cls(ResultManifest.from_dict(data["manifest"]), list(data["reports"]), int(data["first_step"]))
 
     def write(self, paths: RunPaths) -> None:
         document = {"manifest": self.manifest.to_dict(), "reports": self.reports, "first_step": self.first_step}

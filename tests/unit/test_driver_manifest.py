@@ -4,6 +4,7 @@ nothing), and a SIGTERM (Ray stopping the job) stops the fit but never the manif
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 
@@ -12,7 +13,15 @@ import pytest
 from airflow_ray_train.exceptions import RayTrainClusterError
 from airflow_ray_train.hooks.ray_train import AsyncRayTrainHook, RayTrainHook
 from airflow_ray_train.runtime.spec import ResultManifest, TrainSpec, manifest_from_log
-from airflow_ray_train.runtime.trainer import JobStopped, RunPaths, StopSignal, publish
+from airflow_ray_train.runtime.trainer import (
+    MANIFEST_DIR,
+    TRAINED_FILE,
+    JobStopped,
+    RunPaths,
+    StopSignal,
+    TrainedRun,
+    publish,
+)
 
 
 def _manifest(paths: RunPaths) -> ResultManifest:
@@ -102,3 +111,19 @@ def test_a_failed_workers_own_exception_is_the_error_also_where_ray_wraps_it():
         assert error["type"] == "RuntimeError"
         assert error["message"] == "WorkerGroupError: the loss is NaN at step 3"
     assert _error_dict(wrapped)["traceback"].startswith("Traceback ...")
+
+
+def test_a_finished_training_is_recorded_for_later_jobs_and_an_unreadable_record_means_training_again(tmp_path, capsys):
+    spec = TrainSpec(
+        train_func="m:f", run_name="run", submission_id="job-1", run_config={"storage_path": str(tmp_path)}
+    )
+    paths = RunPaths.of(spec, "/unused")
+    assert TrainedRun.read(paths) is None
+    manifest = dataclasses.replace(_manifest(paths), status="SUCCEEDED", error=None, metrics={"loss": 0.5})
+    reports = [{"metrics": {"loss": 0.5, "epoch": 0}, "time": 1.0, "checkpoint_path": manifest.checkpoint_path}]
+    TrainedRun(manifest, reports, first_step=3).write(paths)
+    assert TrainedRun.read(paths) == TrainedRun(manifest, reports, first_step=3)
+
+    (tmp_path / "run" / MANIFEST_DIR / TRAINED_FILE).write_text('{"manifest": {"status": "SUCC')
+    assert TrainedRun.read(paths) is None
+    assert "could not read the finished training's record" in capsys.readouterr().err
