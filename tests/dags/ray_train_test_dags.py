@@ -42,7 +42,9 @@ with DAG(dag_id="test_ray_train_failing", schedule=None, start_date=datetime(202
     )
 
 
-with DAG(dag_id="test_ray_train_register_deferred", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
+with DAG(
+    dag_id="test_ray_train_register_deferred", schedule=None, start_date=datetime(2026, 1, 1), catchup=False
+) as register_deferred_dag:
     RayTrainOperator(
         task_id="train_and_register",
         train_func="ray_train_examples.pytorch_classifier:train_func",
