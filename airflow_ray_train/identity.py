@@ -7,7 +7,10 @@ and a DAG run can be deleted and made again with the same run id. A try is there
 
 - the deployment: ``[ray_train] deployment_id``, or else a random id made on first use and kept in the
   metadata database as the Airflow Variable ``ray_train_deployment_id`` (every worker of one deployment
-  reads the same one; a reset database makes a new one);
+  reads the same one; a reset database makes a new one). Airflow's task API only overwrites a Variable, it
+  cannot create one only if it is missing: first uses on one machine take turns under a file lock, and a
+  first use reads the Variable back after ``DEPLOYMENT_ID_SETTLE_S``, by when a first use racing it on another
+  machine has written too, so both go on with the last id written;
 - the DAG run *instance*: its run id and a random token the first try keeps in the task's
   ``task_state_store`` (Airflow 3.3; the store belongs to the DAG run's row, so a run deleted and made again
   with the same run id, or a reset database, starts with an empty one). Where there is no store, the instant
@@ -26,15 +29,24 @@ part, and a job is used only when all of them match.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import re
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 DEPLOYMENT_VARIABLE = "ray_train_deployment_id"
+#: Seconds a first use waits before it reads the deployment id back: a first use on another machine that read
+#: no id while this one wrote its own has written by then, and both read the same (last) one.
+DEPLOYMENT_ID_SETTLE_S = 2.0
+#: The lock first uses on one machine take turns under, in ``AIRFLOW_HOME``.
+DEPLOYMENT_LOCK_FILE = ".ray_train_deployment_id.lock"
 #: The ``task_state_store`` key of the DAG run instance's token.
 RUN_INSTANCE_KEY = "airflow_ray_train.run_instance"
 _SLUG_RE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -82,14 +94,31 @@ def deployment_id() -> str:
     found = Variable.get(DEPLOYMENT_VARIABLE, default=None)
     if found:
         return str(found)
-    made = uuid.uuid4().hex
-    Variable.set(
-        DEPLOYMENT_VARIABLE,
-        made,
-        description="airflow-ray-train: tells this deployment's Ray jobs from those of others sharing a cluster",
-    )
-    # Two tasks may make one at the same moment: use whichever was stored last.
-    return str(Variable.get(DEPLOYMENT_VARIABLE, default=made))
+    with _machine_lock():
+        found = Variable.get(DEPLOYMENT_VARIABLE, default=None)
+        if found:
+            return str(found)
+        made = uuid.uuid4().hex
+        Variable.set(
+            DEPLOYMENT_VARIABLE,
+            made,
+            description="airflow-ray-train: tells this deployment's Ray jobs from those of others sharing a cluster",
+        )
+        time.sleep(DEPLOYMENT_ID_SETTLE_S)
+        return str(Variable.get(DEPLOYMENT_VARIABLE, default=made))
+
+
+@contextlib.contextmanager
+def _machine_lock() -> Iterator[None]:
+    """Held while a first use makes the deployment id: the others on this machine wait, then read it."""
+    home = os.path.expanduser(os.environ.get("AIRFLOW_HOME") or "~/airflow")
+    os.makedirs(home, exist_ok=True)
+    with open(os.path.join(home, DEPLOYMENT_LOCK_FILE), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def run_instance(context: Mapping[str, Any]) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 from airflow_ray_train.exceptions import RayTrainJobError, RayTrainJobSetupError
 from airflow_ray_train.hooks.jobs_api import last_exception_line
-from airflow_ray_train.runtime.spec import ResultManifest, SpecError, manifest_from_log
+from airflow_ray_train.runtime.spec import JobStatus, ResultManifest, SpecError, manifest_from_log
 
 #: Keys pushed to XCom on their own besides ``return_value``.
 XCOM_KEYS = ("checkpoint_path", "metrics", "best_checkpoint_path")
@@ -44,14 +44,23 @@ SETUP_ERROR_TYPES = frozenset({"RUNTIME_ENV_SETUP_FAILURE", "JOB_SUPERVISOR_ACTO
 NOT_RETRIED_TRAIN_ERRORS = frozenset({"TrainFuncImportError", "UnsupportedClusterError"})
 
 
-def read_manifest(line: str | None) -> tuple[ResultManifest | None, str | None]:
-    """The manifest in the driver's log line (or a whole log), and why it could not be read (else None)."""
+def read_manifest(line: str | None, job_id: str | None = None) -> tuple[ResultManifest | None, str | None]:
+    """The manifest in the driver's log line (or a whole log), and why it could not be read (else None).
+
+    ``job_id``: the Ray job whose log it is. A manifest that names another job (a line its data printed, a
+    manifest copied from another run) is refused: the result comes only from the job's own manifest."""
     if not line:
         return None, None
     try:
-        return manifest_from_log(line), None
+        manifest = manifest_from_log(line)
     except SpecError as exc:
         return None, str(exc)
+    if manifest is not None and job_id is not None and manifest.submission_id != job_id:
+        return None, (
+            f"its submission_id is {manifest.submission_id!r}, not this job's ({job_id!r}): a manifest is read only "
+            "from the job that wrote it"
+        )
+    return manifest, None
 
 
 def manifest_to_xcom(
@@ -98,7 +107,7 @@ def job_failure(
                 "become free in time. Fix: lower scaling_config.num_workers or resources_per_worker, free "
                 "the cluster, or raise run_config.failure_config.controller_failure_limit to wait longer."
             )
-    elif status == "SUCCEEDED":
+    elif status == JobStatus.SUCCEEDED:
         parts.append("The job succeeded but printed no readable manifest; was it run by this provider's runtime?")
     if info.get("message"):
         ray_message = str(info["message"]).strip()

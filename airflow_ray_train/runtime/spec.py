@@ -66,20 +66,15 @@ class JobStatus(StrEnum):
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
 
-    @property
-    def is_terminal(self) -> bool:
-        return self in (JobStatus.STOPPED, JobStatus.SUCCEEDED, JobStatus.FAILED)
-
     @classmethod
     def ended(cls, status: object) -> bool:
-        """Whether a status the Jobs API reported is terminal; one this code does not know is not."""
-        return status in _TERMINAL
+        """The one terminal predicate: whether a status (a member, or the Jobs API's string) is one a job ends
+        in. One this code does not know is not."""
+        return status in TERMINAL_STATUSES
 
 
-_TERMINAL = frozenset(status.value for status in JobStatus if status.is_terminal)
-
-
-JOB_STATUSES = tuple(status.value for status in JobStatus if status.is_terminal)
+#: The statuses a job ends in; a manifest's status is one of them.
+TERMINAL_STATUSES = (JobStatus.STOPPED, JobStatus.SUCCEEDED, JobStatus.FAILED)
 #: The MLflow run status each way a job ends gives its run (both sides end runs with it).
 MLFLOW_RUN_STATUS = {
     JobStatus.SUCCEEDED.value: "FINISHED",
@@ -94,8 +89,16 @@ _B64_PREFIX = "b64:"
 #: The driver's argument for a spec shipped as a file in the job's ``py_modules`` (found on ``sys.path``).
 _SHIPPED_PREFIX = "shipped:"
 #: The job driver prints its manifest on one log line behind this marker, so the Airflow side gets it
-#: through the Jobs API even where it cannot read the cluster's storage.
+#: through the Jobs API even where it cannot read the cluster's storage. Only a line that starts with it is a
+#: manifest line; nothing else the driver prints starts with it (``quote_log_line``).
 MANIFEST_MARKER = "AIRFLOW_RAY_TRAIN_MANIFEST="
+#: What the driver puts before a line of its output that a log reader could take for a manifest line.
+QUOTE_PREFIX = "| "
+#: Control characters (newlines, carriage returns, escapes, Unicode line separators): a value holding one could
+#: start a line of its own in the job log, or cut a path in two.
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+#: The most characters a user's ``run_config.name`` may have: it is combined with the provider's run name.
+USER_RUN_NAME_LIMIT = 100
 
 
 class SpecError(ValueError):
@@ -205,12 +208,21 @@ class TrackingSpec:
             )
         for name in ("experiment_id", "run_id"):
             value = getattr(self, name)
-            if not isinstance(value, str) or not _MLFLOW_ID_RE.match(value):
+            if not isinstance(value, str) or not _MLFLOW_ID_RE.fullmatch(value):
                 raise SpecError(doc, f"tracking.{name}", f"is {value!r}", "use the id MLflow gave it")
         if self.register_model is not None and (not isinstance(self.register_model, str) or not self.register_model):
             raise SpecError(
                 doc, "tracking.register_model", f"is {self.register_model!r}", "name a model, or leave None"
             )
+        for name in ("tracking_uri", "run_url", "register_model"):
+            value = getattr(self, name)
+            if isinstance(value, str) and _CONTROL_RE.search(value):
+                raise SpecError(
+                    doc,
+                    f"tracking.{name}",
+                    f"is {value!r}, which holds a control character (a newline, a tab, an escape)",
+                    "remove it: check the template or the run conf it comes from",
+                )
         if not isinstance(self.required, bool):
             raise SpecError(doc, "tracking.required", f"is {self.required!r}", "use true or false")
 
@@ -246,7 +258,7 @@ class TrainSpec:
                 f"is {self.schema_version!r}, this runtime reads {SCHEMA_VERSION}",
                 "use the same airflow-ray-train version on both sides (the hook ships the runtime itself)",
             )
-        if not isinstance(self.train_func, str) or not _TRAIN_FUNC_RE.match(self.train_func):
+        if not isinstance(self.train_func, str) or not _TRAIN_FUNC_RE.fullmatch(self.train_func):
             raise SpecError(
                 doc,
                 "train_func",
@@ -254,7 +266,7 @@ class TrainSpec:
                 "give an import path 'package.module:function', e.g. 'my_models.digits:train_func'",
             )
         for name, value in (("run_name", self.run_name), ("submission_id", self.submission_id)):
-            if not isinstance(value, str) or not _RUN_NAME_RE.match(value) or len(value) > 200:
+            if not isinstance(value, str) or not _RUN_NAME_RE.fullmatch(value) or len(value) > 200:
                 raise SpecError(
                     doc,
                     name,
@@ -299,6 +311,14 @@ class TrainSpec:
         check_keys(doc, "run_config.", rc, RUN_CONFIG_FIELDS, "ray.train.RunConfig")
         _check_types(doc, "run_config.", rc, RUN_CONFIG_FIELDS)
         storage = rc.get("storage_path")
+        if storage is not None and _CONTROL_RE.search(storage):
+            raise SpecError(
+                doc,
+                "run_config.storage_path",
+                f"is {storage!r}, which holds a control character (a newline, a tab, an escape)",
+                "remove it: a storage path is one line of printable characters (check the template or the "
+                "run conf it comes from)",
+            )
         if storage is not None and not (_is_uri(storage) or storage.startswith(("/", "~"))):
             raise SpecError(
                 doc,
@@ -307,8 +327,14 @@ class TrainSpec:
                 "use an absolute path every node sees (e.g. '/shared/ray_results') or a URI like 's3://bucket/runs'",
             )
         name = rc.get("name")
-        if name is not None and (not _RUN_NAME_RE.match(name) or len(name) > 200):
-            raise SpecError(doc, "run_config.name", f"is {name!r}", "use letters, digits, '_', '.', '=' and '-'")
+        if name is not None and (not _RUN_NAME_RE.fullmatch(name) or len(name) > USER_RUN_NAME_LIMIT):
+            raise SpecError(
+                doc,
+                "run_config.name",
+                f"is {name!r}",
+                f"use 1-{USER_RUN_NAME_LIMIT} characters from letters, digits, '_', '.', '=' and '-' (no spaces, "
+                "newlines or other control characters), starting with a letter or digit",
+            )
         checkpoint = rc.get("checkpoint_config") or {}
         check_keys(
             doc, "run_config.checkpoint_config.", checkpoint, CHECKPOINT_CONFIG_FIELDS, "ray.train.CheckpointConfig"
@@ -338,8 +364,12 @@ class TrainSpec:
 
     @property
     def effective_run_name(self) -> str:
-        """The Ray Train run name: ``run_config.name`` if the user set one, else ``run_name``."""
-        return str(self.run_config.get("name") or self.run_name)
+        """The Ray Train run name (and the MLflow run's key): ``run_name``, the name of this task instance's
+        series of tries, behind the user's ``run_config.name`` when one is set. A user's name alone would be
+        shared by every DAG run, mapped task and deployment that uses it: a nightly run would resume last
+        night's finished run."""
+        name = self.run_config.get("name")
+        return f"{name}.{self.run_name}" if name else self.run_name
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -468,9 +498,11 @@ class ResultManifest:
                 f"is {self.schema_version!r}, this reader knows {SCHEMA_VERSION}",
                 "use the same airflow-ray-train version on both sides",
             )
-        if self.status not in JOB_STATUSES:
-            raise SpecError(doc, "status", f"is {self.status!r}", f"use one of {JOB_STATUSES}")
-        if self.status == "SUCCEEDED" and self.error is not None:
+        if not JobStatus.ended(self.status):
+            raise SpecError(
+                doc, "status", f"is {self.status!r}", f"use one of {[str(status) for status in TERMINAL_STATUSES]}"
+            )
+        if self.status == JobStatus.SUCCEEDED and self.error is not None:
             raise SpecError(doc, "error", "is set on a SUCCEEDED manifest", "leave error None when the run succeeded")
         if self.error is not None:
             check_keys(doc, "error.", self.error, {"type": 0, "message": 0, "traceback": 0}, "error")
@@ -482,7 +514,7 @@ class ResultManifest:
 
     @property
     def succeeded(self) -> bool:
-        return self.status == "SUCCEEDED"
+        return self.status == JobStatus.SUCCEEDED
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -537,9 +569,16 @@ def _document_kwargs(document: str, cls: type, data: Any) -> dict[str, Any]:
 
 
 def manifest_from_log(log_text: str) -> ResultManifest | None:
-    """The last manifest the driver printed in its job log, or None if it printed none."""
-    for line in reversed(log_text.splitlines()):
-        index = line.find(MANIFEST_MARKER)
-        if index != -1:
-            return ResultManifest.from_json(line[index + len(MANIFEST_MARKER) :])
+    """The last manifest the driver printed in its job log (a line that starts with ``MANIFEST_MARKER``; lines
+    end at ``\\n`` only, as the log follower reads them), or None if it printed none."""
+    for line in reversed(log_text.split("\n")):
+        if line.startswith(MANIFEST_MARKER):
+            return ResultManifest.from_json(line[len(MANIFEST_MARKER) :].rstrip("\r"))
     return None
+
+
+def quote_log_line(line: str) -> str:
+    """``line`` as the driver prints it after its manifest: behind ``QUOTE_PREFIX`` when a log reader could take
+    it for a manifest line (it starts with the marker's first letter, or with an escape sequence, which a reader
+    strips before it looks). What a worker's exception or a path says can then never pass for the manifest."""
+    return QUOTE_PREFIX + line if line.startswith((MANIFEST_MARKER[0], "\x1b")) else line

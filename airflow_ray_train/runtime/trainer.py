@@ -9,6 +9,7 @@ tracking server that fails must not cost Airflow the result.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -16,16 +17,24 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
 from airflow_ray_train.runtime.checkpoints import resolve_checkpoints
 from airflow_ray_train.runtime.cluster_support import check_cluster
 from airflow_ray_train.runtime.frameworks import import_function
 from airflow_ray_train.runtime.learning_curve import learning_curve_png
 from airflow_ray_train.runtime.reports import history_csv, make_recorder, make_report_callback, read_reports
-from airflow_ray_train.runtime.spec import MANIFEST_MARKER, ResultManifest, SpecError, TrainSpec, shipped_dir
+from airflow_ray_train.runtime.spec import (
+    MANIFEST_MARKER,
+    JobStatus,
+    ResultManifest,
+    SpecError,
+    TrainSpec,
+    quote_log_line,
+    shipped_dir,
+)
 from airflow_ray_train.runtime.storage import Storage
 from airflow_ray_train.runtime.tracking import RunTracker
 
@@ -124,7 +133,7 @@ class RunPaths:
 class FitOutcome:
     """What ``fit()`` left: Ray's ``Result`` (None when it raised), the report recorder, the status, the error."""
 
-    status: str = "SUCCEEDED"
+    status: str = JobStatus.SUCCEEDED
     error: dict[str, str] | None = None
     result: Any = None
     recorder: Any = None
@@ -233,21 +242,69 @@ def fit(spec: TrainSpec, paths: RunPaths, stop: StopSignal, tracker: RunTracker 
         )
         outcome.result = trainer.fit()
         if getattr(outcome.result, "error", None) is not None:
-            outcome.status, outcome.error = "FAILED", _error_dict(outcome.result.error)
+            outcome.status, outcome.error = JobStatus.FAILED, _error_dict(outcome.result.error)
     except JobStopped as exc:
-        outcome.status, outcome.error = "STOPPED", _error_dict(exc)
+        outcome.status, outcome.error = JobStatus.STOPPED, _error_dict(exc)
     except BaseException as exc:  # noqa: BLE001 - every failure must still leave a manifest
-        outcome.status, outcome.error = "FAILED", _error_dict(exc)
+        outcome.status, outcome.error = JobStatus.FAILED, _error_dict(exc)
     return outcome
+
+
+class QuotedStream:
+    """A text stream that hands what is written to ``unquoted``, every line through ``quote_log_line``."""
+
+    def __init__(self, unquoted: TextIO) -> None:
+        self.unquoted = unquoted
+        self._line_start = True
+
+    def write(self, text: str) -> int:
+        parts = text.split("\n")
+        out = []
+        for index, part in enumerate(parts):
+            if part:
+                out.append(quote_log_line(part) if self._line_start else part)
+                self._line_start = False
+            if index < len(parts) - 1:
+                out.append("\n")
+                self._line_start = True
+        self.unquoted.write("".join(out))
+        return len(text)
+
+    def flush(self) -> None:
+        self.unquoted.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.unquoted, name)
+
+
+@contextlib.contextmanager
+def quoted_output() -> Iterator[None]:
+    """While in it, nothing printed in this process (the driver's error and traceback, the paths it names, the
+    tracker's messages, a worker's forwarded log) starts a line the way a manifest does: Airflow reads the last
+    manifest line of the log, and what comes after the real one must never take its place."""
+    if isinstance(sys.stdout, QuotedStream) and isinstance(sys.stderr, QuotedStream):
+        yield
+        return
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = QuotedStream(out), QuotedStream(err)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = out, err
 
 
 def publish(manifest: ResultManifest, paths: RunPaths) -> None:
     """Print the manifest in the job log (Airflow reads the last one printed), then write it to storage."""
-    print(MANIFEST_MARKER + manifest.to_json(), flush=True)
-    try:
-        paths.storage.write_text(paths.file("manifest.json"), manifest.to_json())
-    except Exception as exc:  # noqa: BLE001 - the printed manifest still reaches Airflow
-        print(f"[airflow-ray-train] could not write the manifest to {manifest.manifest_path}: {exc!r}", file=sys.stderr)
+    stdout = sys.stdout.unquoted if isinstance(sys.stdout, QuotedStream) else sys.stdout
+    print(MANIFEST_MARKER + manifest.to_json(), file=stdout, flush=True)
+    with quoted_output():
+        try:
+            paths.storage.write_text(paths.file("manifest.json"), manifest.to_json())
+        except Exception as exc:  # noqa: BLE001 - the printed manifest still reaches Airflow
+            print(
+                f"[airflow-ray-train] could not write the manifest to {manifest.manifest_path}: {exc!r}",
+                file=sys.stderr,
+            )
 
 
 def render_artifacts(reports: list[dict[str, Any]], run_name: str) -> dict[str, bytes]:
@@ -335,15 +392,16 @@ def collect_trained(
         try:
             tracker.start()
         except Exception as exc:  # noqa: BLE001 - a required server that cannot be reached fails the job
-            manifest = dataclasses.replace(manifest, status="FAILED", error=_error_dict(exc))
+            manifest = dataclasses.replace(manifest, status=JobStatus.FAILED, error=_error_dict(exc))
         tracker.first_step = trained.first_step
         manifest = dataclasses.replace(manifest, mlflow_warning=tracker.warning)
     publish(manifest, paths)
     if tracker is None or not manifest.succeeded:
         return manifest
-    final = tracker.finish(manifest, {}, trained.reports)
-    if final != manifest:
-        publish(final, paths)
+    with quoted_output():
+        final = tracker.finish(manifest, {}, trained.reports)
+        if final != manifest:
+            publish(final, paths)
     return final
 
 
@@ -357,17 +415,19 @@ def run(spec: TrainSpec) -> ResultManifest:
     started = time.time()
     paths = RunPaths.of(spec, DEFAULT_STORAGE_PATH)
     tracker = RunTracker.of(spec)
-    # Only a run named by the provider is one series' own: a name the user chose is shared by every series.
-    trained = None if spec.run_config.get("name") else TrainedRun.read(paths)
+    trained = TrainedRun.read(paths)
     if trained is not None:
         return collect_trained(spec, paths, tracker, trained, started)
     with StopSignal() as stop:
         outcome = fit(spec, paths, stop, tracker)
         stop.raising = False
-        if stop.requested and outcome.status == "FAILED":
+        if stop.requested and outcome.status == JobStatus.FAILED:
             # Ray's blocking calls may turn the handler's exception into one of their own: still a stop.
-            outcome.status, outcome.error = "STOPPED", _error_dict(JobStopped("the Ray job was stopped (SIGTERM)"))
-        stopping = stop.requested or outcome.status == "STOPPED"
+            outcome.status, outcome.error = (
+                JobStatus.STOPPED,
+                _error_dict(JobStopped("the Ray job was stopped (SIGTERM)")),
+            )
+        stopping = stop.requested or outcome.status == JobStatus.STOPPED
         reports = (
             read_reports(outcome.recorder, REPORTS_TIMEOUT_STOPPING_S if stopping else REPORTS_TIMEOUT_S)
             if outcome.recorder is not None
@@ -394,20 +454,34 @@ def run(spec: TrainSpec) -> ResultManifest:
             mlflow_warning=tracker.warning if tracker else None,
         )
         publish(manifest, paths)
-        if stopping:
-            if tracker is not None:
-                tracker.end_stopped()
-            return manifest
-        artifacts = render_artifacts(reports, paths.run_name)
-        history, curve = write_artifacts(artifacts, paths)
-        final = dataclasses.replace(manifest, metrics_history_path=history, learning_curve_path=curve)
-        if final.succeeded:
-            TrainedRun(final, reports, tracker.first_step if tracker else 0).write(paths)
+        with quoted_output():
+            return _after_the_manifest(manifest, paths, tracker, reports, stop, stopping)
+
+
+def _after_the_manifest(
+    manifest: ResultManifest,
+    paths: RunPaths,
+    tracker: RunTracker | None,
+    reports: list[dict[str, Any]],
+    stop: StopSignal,
+    stopping: bool,
+) -> ResultManifest:
+    """The slow part after the manifest is out (skipped when stopping): the history and the curve, the record
+    of a finished training, the MLflow run's end; the manifest again if they changed it."""
+    if stopping:
         if tracker is not None:
-            final = tracker.finish(final, artifacts, reports)
-        if final != manifest and not stop.requested:
-            manifest = final
-            publish(manifest, paths)
+            tracker.end_stopped()
+        return manifest
+    artifacts = render_artifacts(reports, paths.run_name)
+    history, curve = write_artifacts(artifacts, paths)
+    final = dataclasses.replace(manifest, metrics_history_path=history, learning_curve_path=curve)
+    if final.succeeded:
+        TrainedRun(final, reports, tracker.first_step if tracker else 0).write(paths)
+    if tracker is not None:
+        final = tracker.finish(final, artifacts, reports)
+    if final != manifest and not stop.requested:
+        manifest = final
+        publish(manifest, paths)
     return manifest
 
 
@@ -424,8 +498,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[airflow-ray-train] {exc}", file=sys.stderr)
         return 2
     manifest = run(spec)
-    if manifest.error:
-        print(f"[airflow-ray-train] {manifest.status}: {manifest.error['message']}", file=sys.stderr)
-        print(manifest.error["traceback"], file=sys.stderr)
-    print(f"[airflow-ray-train] {manifest.status}; manifest at {manifest.manifest_path}", flush=True)
+    print_outcome(manifest)
     return 0 if manifest.succeeded else 1
+
+
+def print_outcome(manifest: ResultManifest) -> None:
+    """The driver's last lines: how the run ended, its error and traceback, where the manifest is."""
+    with quoted_output():
+        if manifest.error:
+            print(f"[airflow-ray-train] {manifest.status}: {manifest.error['message']}", file=sys.stderr)
+            print(manifest.error["traceback"], file=sys.stderr, flush=True)
+        print(f"[airflow-ray-train] {manifest.status}; manifest at {manifest.manifest_path}", flush=True)

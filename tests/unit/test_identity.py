@@ -11,6 +11,7 @@ import pytest
 
 from airflow_ray_train.identity import SPEC_DIGEST_KEY, TryIdentity, other_spec, spec_digest
 from airflow_ray_train.runtime.spec import TrainSpec
+from airflow_ray_train.hooks.jobs_api import JobInfo
 from airflow_ray_train.try_plan import plan_try
 
 STARTED = datetime(2026, 3, 2, 0, 0, 1, 123456, tzinfo=UTC)
@@ -30,10 +31,10 @@ def identity(**changes: object) -> TryIdentity:
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
-def job(ident: TryIdentity, digest: str, status: str, try_number: int | None = None, suffix: str = "") -> dict:
+def job(ident: TryIdentity, digest: str, status: str, try_number: int | None = None, suffix: str = "") -> JobInfo:
     number = ident.try_number if try_number is None else try_number
     metadata = dataclasses.replace(ident, try_number=number).job_metadata(digest, ident.run_name(digest))
-    return {"submission_id": ident.submission_id(number) + suffix, "status": status, "metadata": metadata}
+    return JobInfo.from_api({"submission_id": ident.submission_id(number) + suffix, "status": status, "metadata": metadata})
 
 
 class _Store:
@@ -154,3 +155,28 @@ def test_this_tries_own_earlier_submit_is_attached_and_a_resubmit_is_found_newes
     resubmitted = [job(ours, "abc", "RUNNING", suffix="-2"), job(ours, "abc", "FAILED")]
     plan = plan_try(ours, "abc", resubmitted)
     assert plan.action == "attach" and plan.job is not None and plan.job["submission_id"].endswith("-try2-2")
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"run_id": "scheduled__2026-03-03T00:00:00+00:00"},  # the next night
+        {"map_index": 1},  # a mapped task's other instance
+        {"deployment_id": "staging"},
+        {"first_try_number": 3},  # the task cleared: a new series
+    ],
+)
+def test_a_users_run_name_is_combined_with_the_identity_never_used_alone(other):
+    def train_run(ident: TryIdentity) -> str:
+        return TrainSpec(
+            train_func="m:f",
+            run_name=ident.run_name("abc"),
+            submission_id=ident.submission_id(),
+            run_config={"name": "clf"},
+        ).effective_run_name
+
+    ours, theirs = train_run(identity()), train_run(identity(**other))
+    assert ours != theirs
+    assert ours.startswith("clf.") and theirs.startswith("clf.")  # still the user's name, recognisably
+    assert train_run(identity(try_number=2)) == ours  # a retry still resumes its own run
+    TrainSpec(train_func="m:f", run_name=ours, submission_id="s")  # a valid Train run name

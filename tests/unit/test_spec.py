@@ -71,9 +71,9 @@ def test_train_spec_from_a_file(tmp_path):
     assert TrainSpec.from_arg(str(path)) == _spec()
 
 
-def test_effective_run_name_prefers_the_users_run_config_name():
+def test_effective_run_name_puts_the_users_run_config_name_before_the_series_name():
     assert _spec().effective_run_name == "dag.train.run-1-abc"
-    assert _spec(run_config={"name": "nightly"}).effective_run_name == "nightly"
+    assert _spec(run_config={"name": "nightly"}).effective_run_name == "nightly.dag.train.run-1-abc"
 
 
 @pytest.mark.parametrize(
