@@ -3,14 +3,20 @@
 Used when no ``ray_train`` connection is configured, or its host is ``local``. Needs ``ray[default]``
 installed next to Airflow (``pip install 'airflow-ray-train[local]'``); nothing else on the Airflow side does.
 The head runs ``ray start --head --block`` in its own process group with token auth on and a token of its
-own, every port on 127.0.0.1, and none of Airflow's environment (its secrets would reach every job). It is
-stopped by that group's id, never by name, and only after checking that the process is still that head.
+own (in a private file, not in the environment jobs inherit), every port on 127.0.0.1, and only the part of
+Airflow's environment that Python, Ray and pip need (``HEAD_ENV_NAMES``, ``HEAD_ENV_PREFIXES``, and what
+``AIRFLOW_RAY_TRAIN_LOCAL_ENV`` adds): every job inherits the head's environment, and Airflow's holds its
+connections, keys and cloud credentials. It is stopped by that group's id, never by name, only after checking
+that the process is still that head, and only when it is really gone: its process died, it rejects its own
+token, or it left its Jobs API unanswered for ``HEAD_ANSWER_WINDOW_S`` (a dashboard busy with jobs that end
+together leaves a request waiting for seconds; replacing the head then would kill every job on it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import fnmatch
 import json
 import logging
 import os
@@ -32,8 +38,64 @@ import psutil
 log = logging.getLogger(__name__)
 
 DEFAULT_DASHBOARD_PORT = 8265
-_AIRFLOW_ENV_PREFIXES = ("AIRFLOW", "_AIRFLOW")
 STATE_DIR_ENV = "AIRFLOW_RAY_TRAIN_LOCAL_DIR"
+#: Names (or shell patterns such as ``AWS_*``), comma-separated, of more variables of the Airflow process's
+#: environment for the embedded head and its jobs, beside those it gets by default.
+PASS_ENV_ENV = "AIRFLOW_RAY_TRAIN_LOCAL_ENV"
+#: The variables of the Airflow process's environment the embedded head (and every job on it) gets: what finds
+#: the interpreter, its libraries and the GPUs, the locale, temporary folders, the proxy and CA bundle that pip
+#: and downloads need. Credentials never: pass them in ``PASS_ENV_ENV`` or the job's own ``runtime_env``.
+HEAD_ENV_NAMES = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "SHELL",
+        "TERM",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "TEMP",
+        "TMP",
+        "VIRTUAL_ENV",
+        "CONDA_PREFIX",
+        "CONDA_DEFAULT_ENV",
+        "LD_LIBRARY_PATH",
+        "CUDA_HOME",
+        "CUDA_PATH",
+        "CUDA_VISIBLE_DEVICES",
+        "NVIDIA_VISIBLE_DEVICES",
+        "HIP_VISIBLE_DEVICES",
+        "ROCR_VISIBLE_DEVICES",
+        "OMP_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "PIP_CERT",
+    }
+)
+#: Prefixes of the variables it gets too: the locale's, Python's, Ray's own settings, the desktop folders.
+HEAD_ENV_PREFIXES = ("LC_", "PYTHON", "RAY_", "XDG_")
+#: Ray's variables that are not settings of the head but an address or a token of another cluster.
+_NOT_PASSED = frozenset({"RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"})
+#: How long a running head may leave its Jobs API unanswered before ``ensure()`` takes it for hung and replaces it.
+HEAD_ANSWER_WINDOW_S = 60.0
+#: Each health check's timeout, and the pause between two checks of a head that did not answer.
+HEALTH_TIMEOUT_S = 3.0
+HEALTH_RETRY_S = 2.0
+#: The head's token, in its temp dir (mode 0600): jobs find it through ``RAY_AUTH_TOKEN_PATH``.
+TOKEN_FILE = "auth_token"
 # Port flags of `ray start` that default to fixed numbers: each gets a free port so two local clusters
 # (a user's and a test's) never collide.
 _PORT_FLAGS = (
@@ -76,15 +138,44 @@ class RayHead:
             return
         stop_group(self.pid, timeout)
 
-    def healthy(self) -> bool:
-        """Whether the head's Jobs API answers with its token."""
+    def health(self) -> str:
+        """One check of the head's Jobs API with its token: ``"ok"``, ``"rejected"`` (it answered, refusing the
+        token: not the head that was recorded), or ``"silent"`` (no answer in time, or an error)."""
         try:
             response = httpx.get(
-                f"{self.dashboard_url}/api/version", headers={"Authorization": f"Bearer {self.token}"}, timeout=3
+                f"{self.dashboard_url}/api/version",
+                headers={"Authorization": f"Bearer {self.token}"},
+                timeout=HEALTH_TIMEOUT_S,
             )
         except httpx.HTTPError:
-            return False
-        return response.status_code == 200
+            return "silent"
+        if response.status_code == 200:
+            return "ok"
+        return "rejected" if response.status_code in (401, 403) else "silent"
+
+    def healthy(self) -> bool:
+        """Whether the head's Jobs API answers one check with its token."""
+        return self.health() == "ok"
+
+    def answers_within(self, window: float) -> bool:
+        """Whether the running head answers within ``window`` seconds: checked again while it is silent (logging
+        as it waits), given up at once when it rejects its token or its process ends."""
+        deadline = time.monotonic() + window
+        while True:
+            health = self.health()
+            if health == "ok":
+                return True
+            left = deadline - time.monotonic()
+            if health == "rejected" or left <= 0 or not self.is_running():
+                return False
+            log.warning(
+                "The embedded Ray head (pid %s, %s) does not answer; its process runs, so it is given up to %.0f s "
+                "more before it is replaced",
+                self.pid,
+                self.dashboard_url,
+                left,
+            )
+            time.sleep(min(HEALTH_RETRY_S, left))
 
 
 def stop_group(pgid: int, timeout: float) -> None:
@@ -147,6 +238,19 @@ def ray_executable() -> str:
     return found
 
 
+def head_environment(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
+    """The part of ``environ`` the head and its jobs get (see ``HEAD_ENV_NAMES``), with the variables
+    ``AIRFLOW_RAY_TRAIN_LOCAL_ENV`` names."""
+    extra = [name.strip() for name in environ.get(PASS_ENV_ENV, "").split(",") if name.strip()]
+
+    def passed(key: str) -> bool:
+        if any(fnmatch.fnmatchcase(key, pattern) for pattern in extra):
+            return True
+        return key not in _NOT_PASSED and (key in HEAD_ENV_NAMES or key.startswith(HEAD_ENV_PREFIXES))
+
+    return {key: value for key, value in environ.items() if passed(key)}
+
+
 def start_ray_head(
     *,
     temp_dir: str,
@@ -185,13 +289,14 @@ def start_ray_head(
         cmd.append(f"--num-cpus={num_cpus}")
     if num_gpus is not None:
         cmd.append(f"--num-gpus={num_gpus}")
-    # Jobs inherit the head's environment: none of Airflow's (connections, keys, secrets) goes to them.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_AIRFLOW_ENV_PREFIXES)}
-    for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
-        env.pop(key, None)
+    env = head_environment(os.environ)
     # Jobs run `python ...`, resolved through the raylet's PATH: put the head's interpreter first.
     env["PATH"] = f"{python_dir}{os.pathsep}{env.get('PATH', '')}"
-    env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, **(extra_env or {})})
+    token_path = os.path.join(temp_dir, TOKEN_FILE)
+    fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token)
+    env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": token_path, **(extra_env or {})})
     # A one-machine cluster: Ray then takes 127.0.0.1 as the node's address, so its servers listen on
     # loopback only (`ray start --node-ip-address=127.0.0.1` is turned into the machine's address).
     env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
@@ -244,9 +349,10 @@ class LocalRayCluster:
             return None
 
     def running(self) -> RayHead | None:
-        """The head recorded in the state file, if it still answers."""
+        """The head recorded in the state file, if its process runs and it does not reject its token (one that is
+        slow to answer right now is still the running head)."""
         head = self._recorded()
-        return head if head is not None and head.is_running() and head.healthy() else None
+        return head if head is not None and head.is_running() and head.health() != "rejected" else None
 
     def _record(self, head: RayHead) -> None:
         """Write the state file private from its first byte (it holds the head's token), then move it in."""
@@ -257,19 +363,25 @@ class LocalRayCluster:
         os.replace(tmp, self.state_file)
 
     def ensure(self, num_cpus: int | None = None) -> RayHead:
-        """Reuse the running embedded head, or start one and record it. A recorded head that no longer
-        answers is stopped first (if it is still that head), not left behind."""
+        """Reuse the running embedded head, or start one and record it. The recorded head is replaced only when
+        it is really gone: its process ended, it rejects its token, or it left every check unanswered for
+        ``HEAD_ANSWER_WINDOW_S``; a hung one is stopped first, not left behind."""
         with self._locked():
-            running = self.running()
-            if running is not None:
-                return running
-            stale = self._recorded()
-            if stale is not None:
+            recorded = self._recorded()
+            if recorded is not None and recorded.is_running():
+                if recorded.answers_within(HEAD_ANSWER_WINDOW_S):
+                    return recorded
                 log.warning(
-                    "The embedded Ray head (pid %s) does not answer; stopping it and starting another", stale.pid
+                    "The embedded Ray head (pid %s) rejects its token or left its Jobs API unanswered for %.0f s; "
+                    "stopping it and starting another",
+                    recorded.pid,
+                    HEAD_ANSWER_WINDOW_S,
                 )
-                stale.stop()
-                shutil.rmtree(stale.temp_dir, ignore_errors=True)
+                recorded.stop()
+            elif recorded is not None:
+                log.warning("The embedded Ray head (pid %s) is not running any more; starting another", recorded.pid)
+            if recorded is not None:
+                shutil.rmtree(recorded.temp_dir, ignore_errors=True)
             # Short: Ray's unix socket paths under the temp dir must stay under ~107 characters.
             temp_dir = tempfile.mkdtemp(prefix="art_ray_")
             head = start_ray_head(

@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 
-from airflow_ray_train.local_cluster import LocalRayCluster, RayHead, free_ports
+from airflow_ray_train.local_cluster import PASS_ENV_ENV, LocalRayCluster, RayHead, free_ports, head_environment
 
 
 def test_the_token_never_shows_in_a_repr():
@@ -38,3 +38,42 @@ def test_the_ports_a_head_gets_are_all_different():
     for _ in range(20):
         ports = free_ports(8, besides=8265)
         assert len(set(ports)) == 8 and 8265 not in ports
+
+
+def test_the_head_gets_only_the_environment_jobs_need_and_what_the_user_adds():
+    airflow_process = {
+        "PATH": "/venv/bin:/usr/bin",
+        "HOME": "/home/airflow",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "PYTHONPATH": "/dags",
+        "RAY_DEDUP_LOGS": "0",
+        "CUDA_VISIBLE_DEVICES": "0",
+        "HTTPS_PROXY": "http://proxy:3128",
+        "TMPDIR": "/scratch",
+        "AIRFLOW__CORE__FERNET_KEY": "fernet",
+        "AIRFLOW_CONN_PROD_DB": "postgresql://u:p@db/prod",
+        "AWS_SECRET_ACCESS_KEY": "aws",
+        "GOOGLE_APPLICATION_CREDENTIALS": "/keys/gcp-sa.json",
+        "HF_TOKEN": "hf",
+        "WANDB_API_KEY": "wandb",
+        "MLFLOW_TRACKING_PASSWORD": "mlflow",
+        "DATABASE_URL": "postgresql://u:p@db/prod",
+        "RAY_ADDRESS": "http://another-cluster:8265",
+        "RAY_AUTH_TOKEN": "another-clusters-token",
+        "AWS_REGION": "eu-west-1",
+    }
+    env = head_environment(airflow_process)
+    assert set(env) == {
+        "PATH",
+        "HOME",
+        "LANG",
+        "LC_ALL",
+        "PYTHONPATH",
+        "RAY_DEDUP_LOGS",
+        "CUDA_VISIBLE_DEVICES",
+        "HTTPS_PROXY",
+        "TMPDIR",
+    }
+    added = head_environment({**airflow_process, PASS_ENV_ENV: "AWS_REGION, HF_*"})
+    assert added["AWS_REGION"] == "eu-west-1" and added["HF_TOKEN"] == "hf" and "AWS_SECRET_ACCESS_KEY" not in added
