@@ -7,8 +7,10 @@ temporary file, and uploaded from it in pieces.
 
 What ships from a package folder follows the conventions of Ray's own ``working_dir``: ``.gitignore`` and
 ``.rayignore`` files (gitignore syntax, in the folder and below) are honoured on top of ``DEFAULT_EXCLUDES``
-(a ``!pattern`` in them ships a file the defaults leave out), a symlink that leaves the folder is skipped,
-and a package over ``MAX_PACKAGE_BYTES`` is refused naming its biggest files.
+(a line in them leaves out more; a ``!pattern`` ships a file the defaults leave out), a symlink that leaves
+the folder is skipped, and a package over ``MAX_PACKAGE_BYTES`` is refused naming its biggest files. The
+defaults start with ``SECRET_EXCLUDES``: files that likely hold credentials never leave the Airflow machine
+unless an ignore file names them with ``!``.
 """
 
 from __future__ import annotations
@@ -44,21 +46,72 @@ _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 _CHUNK = 1024 * 1024
 RUNTIME_PACKAGE = "airflow_ray_train"
 IGNORE_FILES = (".gitignore", ".rayignore")
-#: Left out of every package folder unless an ignore file re-includes them (``!name``): hidden files and
-#: folders, bytecode, keys and certificates, checkpoints and weights, data files and training outputs.
-DEFAULT_EXCLUDES = (
-    ".*",
-    "__pycache__/",
-    "*.py[cod]",
+#: Files that likely hold credentials (gitignore syntax, at any depth): environment files, private keys and
+#: keystores, cloud service-account and credentials files, secrets files, tokens, Terraform state and
+#: variables, kubeconfigs and Airflow's own configuration. Not ``*token*``: it would leave out tokenizers.
+SECRET_EXCLUDES = (
+    ".*",  # .env, .env.*, .netrc, .pgpass, .git-credentials, .pypirc, .aws/, .kube/, .ssh/, ...
+    "*.env",
     "*.pem",
     "*.key",
     "*.p12",
     "*.pfx",
     "*.jks",
     "*.keystore",
+    "*.ppk",
+    "*.keytab",
+    "*.kdbx",
+    "*.gpg",
     "id_rsa*",
+    "id_dsa*",
     "id_ecdsa*",
     "id_ed25519*",
+    "_netrc",
+    "htpasswd",
+    "sa.json",
+    "*-sa.json",
+    "*_sa.json",
+    "*service-account*.json",
+    "*service_account*.json",
+    "*serviceaccount*.json",
+    "application_default_credentials.json",
+    "client_secret*.json",
+    "credentials",
+    "credentials.*",
+    "*credentials*.json",
+    "*.credentials",
+    "secret",
+    "secrets",
+    "secret.*",
+    "secrets.*",
+    "*.secret",
+    "*.secrets",
+    "*secret*.json",
+    "*secret*.yaml",
+    "*secret*.yml",
+    "*secret*.toml",
+    "token",
+    "token.txt",
+    "token.json",
+    "*token.txt",
+    "*token.json",
+    "*.token",
+    "*.tfstate",
+    "*.tfstate.*",
+    "*.tfvars",
+    "*.tfvars.json",
+    "kubeconfig",
+    "kubeconfig.*",
+    "*.kubeconfig",
+    "airflow.cfg",
+    "webserver_config.py",
+)
+#: Left out of every package folder unless an ignore file re-includes them (``!name``): ``SECRET_EXCLUDES``,
+#: bytecode, checkpoints and weights, data files and training outputs.
+DEFAULT_EXCLUDES = (
+    *SECRET_EXCLUDES,
+    "__pycache__/",
+    "*.py[cod]",
     "*.ckpt",
     "*.pt",
     "*.pth",

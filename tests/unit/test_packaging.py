@@ -180,3 +180,74 @@ def test_train_func_bound_anywhere_at_the_top_level_is_found(tmp_path, monkeypat
 def test_a_standard_library_function_is_refused_as_train_func():
     with pytest.raises(CodeLookupError, match=r"'subprocess:run' is in Python's standard library.*Fix:"):
         check_train_func_defined("subprocess:run")
+
+
+#: Files that likely hold credentials, each with the name a user gives it (the issue's examples first).
+SECRET_FILES = [
+    "prod.env",
+    "gcp-sa.json",
+    "secrets.yaml",
+    "terraform.tfstate",
+    "kubeconfig",
+    "airflow.cfg",
+    "token.txt",
+    ".env",
+    ".env.production",
+    "staging.env",
+    "terraform.tfstate.backup",
+    "prod.tfvars",
+    "my-project-service-account.json",
+    "application_default_credentials.json",
+    "client_secret_123.json",
+    "credentials",
+    "credentials.json",
+    "aws_credentials.json",
+    "secrets.toml",
+    "db_secret.yaml",
+    "hf_token.txt",
+    "token.json",
+    "api.token",
+    "server.pem",
+    "tls.key",
+    "id_rsa",
+    "id_ed25519.pub",
+    ".netrc",
+    ".pgpass",
+    ".git-credentials",
+    "config/kubeconfig",
+    "deploy/prod.env",
+    ".aws/credentials",
+]
+
+
+def test_likely_secret_files_are_left_out_by_default_and_a_rayignore_line_adds_to_the_list(user_code):
+    for name in SECRET_FILES:
+        path = user_code / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("s3cr3t")
+    # What must still ship: code and files whose names only look alike.
+    for name in ("tokenizer.py", "tokenizer.json", "special_tokens_map.json", "env.py", "secret_sharing.py"):
+        (user_code / name).write_text("")
+    (user_code / "config").mkdir(exist_ok=True)
+    (user_code / "config" / "settings.py").write_text("")
+    (user_code / "vault.txt").write_text("s3cr3t")
+    (user_code / ".rayignore").write_text("vault.txt\n")  # the user's own addition to the list
+    names = _names(code_package("my_models"))
+    assert [name for name in names if "s3cr3t" in (user_code.parent / name).read_text()] == []
+    assert names == [
+        "my_models/__init__.py",
+        "my_models/config/settings.py",
+        "my_models/digits.py",
+        "my_models/env.py",
+        "my_models/secret_sharing.py",
+        "my_models/special_tokens_map.json",
+        "my_models/tokenizer.json",
+        "my_models/tokenizer.py",
+    ]
+
+
+def test_a_rayignore_line_ships_a_file_the_secret_defaults_leave_out(user_code):
+    (user_code / "secrets.py").write_text("NAME = 'not a secret'\n")
+    assert "my_models/secrets.py" not in _names(code_package("my_models"))
+    (user_code / ".rayignore").write_text("!secrets.py\n")
+    assert "my_models/secrets.py" in _names(code_package("my_models"))
