@@ -25,6 +25,7 @@ from compose_support import (
     docker_unavailable_reason,
     in_ci,
 )
+from cryptography.fernet import Fernet
 
 #: A cold stand-in build (debootstrap, Airflow, Ray, torch) takes about 5 minutes here.
 STANDIN_BUILD_TIMEOUT = 1800
@@ -73,6 +74,7 @@ def compose_project(standin_images: dict[str, str]) -> ComposeProject:
         "RAY_AUTH_TOKEN": secrets.token_hex(32),
         "AIRFLOW_ADMIN_USER": "admin",
         "AIRFLOW_ADMIN_PASSWORD": secrets.token_urlsafe(16),
+        "AIRFLOW_FERNET_KEY": Fernet.generate_key().decode(),
         "AIRFLOW_JWT_SECRET": secrets.token_urlsafe(32),
         "AIRFLOW_API_SECRET_KEY": secrets.token_urlsafe(32),
         # Not the default user name either: the connection must follow the variable, not happen to say "admin".

@@ -11,6 +11,7 @@ The stack itself runs in test_stack.py.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -43,17 +44,31 @@ AIRFLOW_DOCKERFILE = REPO / "docker" / "airflow" / "Dockerfile"
 RAY_DOCKERFILE = REPO / "docker" / "ray" / "Dockerfile"
 FRAMEWORKS_FILE = REPO / "docker" / "requirements-frameworks.txt"
 ENV_EXAMPLE = REPO / ".env.example"
+MAKE_ENV = REPO / "docker" / "make_env.py"
 EXAMPLE_DAG = "example_ray_train_pytorch"
 
 _VAR = re.compile(r"\$\$|\$\{(?P<name>\w+)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}|\$(?P<bare>\w+)")
+
+
+def _make_env() -> Any:
+    spec = importlib.util.spec_from_file_location("make_env", MAKE_ENV)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+#: One stack's generated secrets (docker/make_env.py), for the variables the compose file requires.
+GENERATED_SECRETS = {name: make() for name, make in _make_env().GENERATED.items()}
 
 
 # -- helpers --------------------------------------------------------------------------------------------------
 
 
 def interpolate(value: str, env: dict[str, str] | None = None) -> str:
-    """Compose's variable interpolation, with ``env`` (default: nothing set, so every default applies)."""
-    env = env or {}
+    """Compose's variable interpolation, with ``env`` (default: nothing set, so every default applies) over the
+    secrets docker/make_env.py generates (a required variable with no value fails, as Compose does)."""
+    env = {**GENERATED_SECRETS, **(env or {})}
 
     def sub(match: re.Match[str]) -> str:
         if match.group(0) == "$$":
@@ -63,8 +78,8 @@ def interpolate(value: str, env: dict[str, str] | None = None) -> str:
         current = env.get(name)
         if op in (":-", "-"):
             return current if (current if op == ":-" else current is not None) else arg
-        if current is None:
-            raise AssertionError(f"${{{name}}} has no default and is not set")
+        if current is None or (op == ":?" and not current):
+            raise AssertionError(f"${{{name}}} has no default and is not set" + (f": {arg}" if arg else ""))
         return current
 
     return _VAR.sub(sub, value)
@@ -494,14 +509,34 @@ def test_published_ports_listen_on_localhost_unless_the_user_exposes_them(varian
 def test_env_example_and_the_compose_defaults_agree():
     text = COMPOSE_FILE.read_text()
     defaults: dict[str, set[str]] = {}
+    required: set[str] = set()
     for match in _VAR.finditer(text):
-        if match.group("name"):
-            assert match.group("op") in (":-", "-"), f"${{{match.group('name')}}} needs a default"
-            defaults.setdefault(match.group("name"), set()).add(match.group("arg"))
+        name = match.group("name")
+        if name in GENERATED_SECRETS:  # no default anyone could read: required, and the message names the fix
+            assert match.group("op") == ":?" and "docker/make_env.py" in match.group("arg"), name
+            required.add(name)
+        elif name:
+            assert match.group("op") in (":-", "-"), f"${{{name}}} needs a default"
+            defaults.setdefault(name, set()).add(match.group("arg"))
     example = env_example()
-    assert set(example) == set(defaults), "every variable of docker-compose.yml belongs in .env.example"
+    assert required == set(GENERATED_SECRETS), "the Fernet key, the JWT secret and the API secret key are required"
+    assert set(example) == set(defaults) | required, "every variable of docker-compose.yml belongs in .env.example"
+    assert all(example[name] == "" for name in required), ".env.example leaves the generated secrets empty"
     for name, values in defaults.items():
         assert values == {example[name]}, f"{name}: compose defaults {values} vs .env.example {example[name]!r}"
+
+
+def test_airflow_gets_the_generated_fernet_key_jwt_secret_and_api_secret_key(services):
+    env = env_of(services["airflow-scheduler"])
+    assert env["AIRFLOW__CORE__FERNET_KEY"] == GENERATED_SECRETS["AIRFLOW_FERNET_KEY"]
+    assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == GENERATED_SECRETS["AIRFLOW_JWT_SECRET"]
+    assert env["AIRFLOW__API__SECRET_KEY"] == GENERATED_SECRETS["AIRFLOW_API_SECRET_KEY"]
+    with pytest.raises(
+        AssertionError, match=re.escape("docker/make_env.py")
+    ):  # no .env: Compose stops and names the fix
+        interpolate(
+            str(services["airflow-scheduler"]["environment"]["AIRFLOW__CORE__FERNET_KEY"]), {"AIRFLOW_FERNET_KEY": ""}
+        )
 
 
 def test_the_gpu_override_puts_the_worker_on_the_ray_gpu_image_with_nvidia_gpus(services, gpu_services):
