@@ -224,3 +224,22 @@ def test_a_rejected_token_while_watching_is_retryable_and_says_the_job_runs_on(h
     job_id = ti.xcoms["job_id"]
     assert hook.get_job_status(job_id) in ("PENDING", "RUNNING")  # it could not be stopped, and the task says so
     hook.stop_job_and_wait(job_id)
+
+
+def test_a_users_run_name_never_resumes_another_dag_runs_or_mapped_tasks_train_run(hook, direct_deployment):
+    """A nightly DAG with ``run_config={"name": "clf"}``: each night, and each mapped instance, trains a Train run of
+    its own, named after the user's name and the task instance's series."""
+
+    def train(ti: FakeTaskInstance) -> dict:
+        return _counter("named_run", epochs=2, run_config={"name": "clf"}).execute(ti.context())
+
+    last_night = FakeTaskInstance("named_run")
+    tonight = [FakeTaskInstance("named_run", run_id=f"scheduled__{uuid.uuid4().hex[:8]}") for _ in range(2)]
+    tonight[1].run_id = tonight[0].run_id
+    for index, ti in enumerate(tonight):
+        ti.map_index = index
+    results = [train(ti) for ti in (last_night, *tonight)]
+    for result in results:  # each trained from its first epoch: none resumed (or collected) another's run
+        assert result["metrics"] == {"epoch": 1, "start_epoch": 0, "total": 1}, result
+        assert Path(result["run_path"]).name.startswith("clf."), result["run_path"]
+    assert len({result["run_path"] for result in results}) == 3
