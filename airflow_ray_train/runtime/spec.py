@@ -97,6 +97,8 @@ QUOTE_PREFIX = "| "
 #: Control characters (newlines, carriage returns, escapes, Unicode line separators): a value holding one could
 #: start a line of its own in the job log, or cut a path in two.
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+#: Colour codes at the start of a line, which log readers strip before they look for the marker.
+_LEADING_COLOURS = re.compile(r"^(?:\x1b\[[0-9;]*[A-Za-z])+")
 #: The most characters a user's ``run_config.name`` may have: it is combined with the provider's run name.
 USER_RUN_NAME_LIMIT = 100
 
@@ -579,6 +581,10 @@ def manifest_from_log(log_text: str) -> ResultManifest | None:
 
 def quote_log_line(line: str) -> str:
     """``line`` as the driver prints it after its manifest: behind ``QUOTE_PREFIX`` when a log reader could take
-    it for a manifest line (it starts with the marker's first letter, or with an escape sequence, which a reader
-    strips before it looks). What a worker's exception or a path says can then never pass for the manifest."""
-    return QUOTE_PREFIX + line if line.startswith((MANIFEST_MARKER[0], "\x1b")) else line
+    it for a manifest line: it starts with the marker's first letter once the colour codes a reader strips are
+    gone (a line of nothing but colour codes, or with another escape, counts too). What a worker's exception or
+    a path says can then never pass for the manifest; Ray's coloured ``(RayTrainWorker pid=...)`` lines stay as
+    they are."""
+    bare = _LEADING_COLOURS.sub("", line)
+    risky = bare.startswith((MANIFEST_MARKER[0], "\x1b")) or bool(line and not bare)
+    return QUOTE_PREFIX + line if risky else line

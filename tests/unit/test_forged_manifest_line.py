@@ -68,8 +68,11 @@ def test_a_quoted_stream_quotes_a_marker_split_over_writes_and_leaves_other_line
     stream.write("epoch 1\nAIRFLOW_RAY")
     stream.write("_TRAIN_MANIFEST={}\n  File x\n\x1b[1mAIRFLOW_RAY_TRAIN_MANIFEST={}")
     stream.write("\nAIRFLOW_RAY_TRAIN_MANIFEST={}")
+    stream.write("\n\x1b[36m(RayTrainWorker pid=7)\x1b[0m epoch 2\n\x1b[0m")
+    stream.write("AIRFLOW_RAY_TRAIN_MANIFEST={}\n")
     assert _manifest_lines(target.getvalue()) == []
     assert target.getvalue().split("\n")[:3] == ["epoch 1", "| AIRFLOW_RAY_TRAIN_MANIFEST={}", "  File x"]
+    assert "\n\x1b[36m(RayTrainWorker pid=7)\x1b[0m epoch 2\n" in target.getvalue()  # Ray's own lines as they are
 
 
 def test_the_manifest_itself_is_printed_unquoted_inside_quoted_output(tmp_path, capsys):
