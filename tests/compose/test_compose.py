@@ -672,15 +672,16 @@ def test_docker_compose_config_accepts_the_files(files):
             pytest.fail(f"{message}; CI installs it with scripts/docker-engine.sh")
         pytest.skip(message)
     args = [arg for path in files for arg in ("-f", str(path))]
-    # The stand-in override names images the tests build; any name parses.
-    env = {**os.environ, **dict.fromkeys(STANDIN_VARIABLES, "standin:parse-only")}
-    result = subprocess.run(
-        [*command, *args, "config", "--quiet"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    # The stand-in override names images the tests build; any name parses. The secrets: as make_env.py writes them
+    # (and no developer's own .env is read).
+    env = {**os.environ, **dict.fromkeys(STANDIN_VARIABLES, "standin:parse-only"), **GENERATED_SECRETS}
+
+    def config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        command_line = [*command, *args, "--env-file", os.devnull, "config", "--quiet"]
+        return subprocess.run(command_line, cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+    result = config(env)
     assert result.returncode == 0, result.stderr
+    # Without them (no .env written yet) Compose refuses to start the stack and names the fix.
+    refused = config({key: value for key, value in env.items() if key not in GENERATED_SECRETS})
+    assert refused.returncode != 0 and "docker/make_env.py" in refused.stderr, refused.stderr
