@@ -251,23 +251,16 @@ def fit(spec: TrainSpec, paths: RunPaths, stop: StopSignal, tracker: RunTracker 
 
 
 class QuotedStream:
-    """A text stream that hands what is written to ``unquoted``, every line through ``quote_log_line``."""
+    """A text stream that hands what is written to ``unquoted``, every line through ``quote_log_line``. The start of
+    each write counts as a line's start too: stdout and stderr land in one job log, buffered apart, so what one of
+    them wrote last says nothing of where the other's next write lands."""
 
     def __init__(self, unquoted: TextIO) -> None:
         self.unquoted = unquoted
-        self._line_start = True
 
     def write(self, text: str) -> int:
-        parts = text.split("\n")
-        out = []
-        for index, part in enumerate(parts):
-            if part:
-                out.append(quote_log_line(part) if self._line_start else part)
-                self._line_start = False
-            if index < len(parts) - 1:
-                out.append("\n")
-                self._line_start = True
-        self.unquoted.write("".join(out))
+        lines = text.split("\n")
+        self.unquoted.write("\n".join(quote_log_line(line) for line in lines))
         return len(text)
 
     def flush(self) -> None:

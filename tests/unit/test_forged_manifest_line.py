@@ -70,7 +70,12 @@ def test_a_quoted_stream_quotes_a_marker_split_over_writes_and_leaves_other_line
     stream.write("\nAIRFLOW_RAY_TRAIN_MANIFEST={}")
     stream.write("\n\x1b[36m(RayTrainWorker pid=7)\x1b[0m epoch 2\n\x1b[0m")
     stream.write("AIRFLOW_RAY_TRAIN_MANIFEST={}\n")
+    stream.write("half a line, then another stream's newline lands in the log: ")  # stdout and stderr share it
+    stream.write("AIRFLOW_RAY_TRAIN_MANIFEST={}")
     assert _manifest_lines(target.getvalue()) == []
+    assert target.getvalue().endswith(
+        "lands in the log: | AIRFLOW_RAY_TRAIN_MANIFEST={}"
+    )  # each write may start a line
     assert target.getvalue().split("\n")[:3] == ["epoch 1", "| AIRFLOW_RAY_TRAIN_MANIFEST={}", "  File x"]
     assert "\n\x1b[36m(RayTrainWorker pid=7)\x1b[0m epoch 2\n" in target.getvalue()  # Ray's own lines as they are
 
