@@ -110,10 +110,16 @@ def deployment_id() -> str:
 
 @contextlib.contextmanager
 def _machine_lock() -> Iterator[None]:
-    """Held while a first use makes the deployment id: the others on this machine wait, then read it."""
+    """Held while a first use makes the deployment id: the others on this machine wait, then read it. Where the
+    lock file cannot be made (a read-only ``AIRFLOW_HOME``), the read-back after the settle still applies."""
     home = os.path.expanduser(os.environ.get("AIRFLOW_HOME") or "~/airflow")
-    os.makedirs(home, exist_ok=True)
-    with open(os.path.join(home, DEPLOYMENT_LOCK_FILE), "a") as lock:
+    try:
+        os.makedirs(home, exist_ok=True)
+        lock = open(os.path.join(home, DEPLOYMENT_LOCK_FILE), "a")
+    except OSError:
+        yield
+        return
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield

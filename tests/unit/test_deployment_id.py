@@ -124,3 +124,14 @@ def test_first_uses_racing_in_processes_of_one_machine_make_one_id(tmp_path):
         assert [process.exitcode for process in processes] == [0] * RACERS
         assert len(set(results.values())) == 1 and len(results) == RACERS
         assert results[0] == values[DEPLOYMENT_VARIABLE]
+
+
+def test_an_airflow_home_where_no_lock_can_be_made_still_gets_an_id(monkeypatch, tmp_path):
+    not_a_folder = tmp_path / "home"
+    not_a_folder.write_text("")  # the lock's folder cannot be made here
+    monkeypatch.setenv("AIRFLOW_HOME", str(not_a_folder))
+    monkeypatch.setattr(identity, "DEPLOYMENT_ID_SETTLE_S", 0.0)
+    store = _SlowVariables({}, lambda: 0)
+    _use(monkeypatch, store)
+    made = deployment_id()
+    assert made == store.values[DEPLOYMENT_VARIABLE] and deployment_id() == made
