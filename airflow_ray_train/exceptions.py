@@ -6,9 +6,12 @@ Airflow fails the task at once instead of spending its retries.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow_ray_train.compat import AirflowException, AirflowFailException
+
+if TYPE_CHECKING:
+    from airflow_ray_train.hooks.jobs_api import JobInfo
 
 
 class RayTrainError(AirflowException):
@@ -38,7 +41,7 @@ class RayTrainAuthError(RayTrainClusterError, AirflowFailException):
 class RayTrainJobExistsError(RayTrainClusterError):
     """A job with the submission id already exists on the cluster; ``job`` holds its details."""
 
-    def __init__(self, message: str, job: dict[str, Any]) -> None:
+    def __init__(self, message: str, job: JobInfo) -> None:
         super().__init__(message)
         self.job = job
 

@@ -3,6 +3,7 @@ task fails with (its class decides whether Airflow retries)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -129,3 +130,71 @@ def job_failure(
         manifest=manifest.to_dict() if manifest else None,
         manifest_path=manifest.manifest_path if manifest else None,
     )
+
+
+#: The most a task's result may take in XCom (JSON bytes); the metadata DB holds it. Beyond it the result is cut
+#: (``capped``): the full history and every checkpoint are in storage (``metrics_history_path``, ``run_path``).
+XCOM_MAX_BYTES = 64 * 2**10
+#: Best checkpoints kept in a capped result.
+CAPPED_BEST_CHECKPOINTS = 10
+
+
+def _size(value: Any) -> int:
+    return len(json.dumps(value, default=str))
+
+
+def _scalars(metrics: Mapping[str, Any], limit: int = 200) -> dict[str, Any]:
+    """The metrics that are numbers, booleans or short strings (a loop may report whole arrays)."""
+    kept = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool | int | float) or (isinstance(value, str) and len(value) <= limit):
+            kept[key] = value
+    return kept
+
+
+def capped(result: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """``result`` within ``XCOM_MAX_BYTES``, and what was cut (None when nothing was): first the best
+    checkpoints beyond ``CAPPED_BEST_CHECKPOINTS``, then every metric that is not a number or a short string."""
+    if _size(result) <= XCOM_MAX_BYTES:
+        return result, None
+    cut = dict(result)
+    best = list(cut.get("best_checkpoints") or [])
+    cut["best_checkpoints"] = [
+        {**entry, "metrics": _scalars(entry.get("metrics") or {})} for entry in best[:CAPPED_BEST_CHECKPOINTS]
+    ]
+    cut["metrics"] = _scalars(cut.get("metrics") or {})
+    if _size(cut) > XCOM_MAX_BYTES:
+        cut["best_checkpoints"] = cut["best_checkpoints"][:1]
+        cut["metrics"] = dict(list(cut["metrics"].items())[:50])
+    note = (
+        f"The result was {_size(result)} bytes, over the {XCOM_MAX_BYTES} an XCom may take: kept "
+        f"{len(cut['best_checkpoints'])} of {len(best)} best checkpoints and {len(cut['metrics'])} of "
+        f"{len(result.get('metrics') or {})} metrics. Every report is in {result.get('metrics_history_path')}."
+    )
+    return cut, note
+
+
+def push_job(ti: Any, job_id: str, dashboard_url: str) -> None:
+    """The job's id and dashboard URL, pushed before waiting (the "Ray Job" link works while the job runs:
+    Airflow 3 fills link XComs only when a task ends)."""
+    from airflow_ray_train.links.ray_train import RayJobLink
+
+    ti.xcom_push(key="job_id", value=job_id)
+    ti.xcom_push(key="submission_id", value=job_id)
+    ti.xcom_push(key="dashboard_url", value=dashboard_url)
+    ti.xcom_push(key=RayJobLink().xcom_key, value=dashboard_url)
+
+
+def push_mlflow_run(ti: Any, run_id: str, run_url: str | None) -> None:
+    """The MLflow run's id and URL (the "MLflow Run" link), pushed at once, like the Ray job's."""
+    from airflow_ray_train.links.mlflow import MLFLOW_RUN_URL_KEY, MlflowRunLink
+
+    ti.xcom_push(key="mlflow_run_id", value=run_id)
+    ti.xcom_push(key=MLFLOW_RUN_URL_KEY, value=run_url)
+    ti.xcom_push(key=MlflowRunLink().xcom_key, value=run_url)
+
+
+def push_result(ti: Any, result: Mapping[str, Any]) -> None:
+    """The keys of the result that are pushed on their own besides ``return_value``."""
+    for key in XCOM_KEYS:
+        ti.xcom_push(key=key, value=result[key])

@@ -109,3 +109,68 @@ def end_if_running(hook: MlflowHook, run_id: str, job_status: str) -> None:
             hook.log.info("Ended MLflow run %s as %s: the Ray job %s before it could", run_id, status, job_status)
     except Exception as exc:  # noqa: BLE001 - the job's outcome matters more than the run's status
         hook.log.warning("Could not end MLflow run %s as %s: %s", run_id, status, exc)
+
+
+class TaskTracking:
+    """A task's MLflow side, as the operator's try uses it: start (or continue) the run before submitting, link
+    the run of a job the try attaches to, and end a run the job left RUNNING. Its XCom pushes are ``results``'.
+
+    :param hook: the MLflow the task tracks to, or None (untracked).
+    :param experiment: the task's ``mlflow_experiment``.
+    :param register_model: the task's ``register_model``.
+    :param required: the task's ``mlflow_required``.
+    :param log: the task's logger.
+    """
+
+    def __init__(
+        self, hook: MlflowHook | None, experiment: str | None, register_model: str | None, required: bool, log: Any
+    ) -> None:
+        self.hook = hook
+        self.experiment = experiment
+        self.register_model = register_model
+        self.required = required
+        self.log = log
+
+    def start(self, identity: TryIdentity, spec: TrainSpec, dashboard_url: str, ti: Any) -> TrackingSpec | None:
+        """The MLflow run this try's job logs to (see ``start_run``), or None when the task is untracked; a
+        server that cannot be reached, with ``mlflow_required=False``, is said in the log and in XCom."""
+        if self.hook is None:
+            if self.register_model:
+                self.log.warning(
+                    "register_model=%r is set but the task is not tracked in MLflow (no mlflow_conn_id, no "
+                    "[ray_train] mlflow_conn_id or mlflow_tracking_uri): the checkpoint is not registered",
+                    self.register_model,
+                )
+            return None
+        try:
+            return start_run(
+                self.hook,
+                identity,
+                spec,
+                experiment=experiment_name(self.hook, self.experiment, identity.dag_id),
+                register_model=self.register_model,
+                required=self.required,
+                dashboard_url=dashboard_url,
+            )
+        except RayTrainMlflowError as exc:
+            if self.required or not exc.unreachable:
+                raise
+            warning = untracked_warning(exc, self.register_model)
+            self.log.warning("%s", warning)
+            ti.xcom_push(key=MLFLOW_WARNING_KEY, value=warning)
+            return None
+
+    def attached(self, spec: TrainSpec, ti: Any) -> tuple[str, str] | None:
+        """The id and URL of the MLflow run of the job a try attached to, or None (never fails the task)."""
+        if self.hook is None:
+            return None
+        try:
+            return find_run_url(self.hook, experiment_name(self.hook, self.experiment, ti.dag_id), spec)
+        except Exception as exc:  # noqa: BLE001 - the job is what the try waits for; the link is a convenience
+            self.log.warning("Could not look up the MLflow run of the attached job: %s", exc)
+            return None
+
+    def end(self, run_id: str | None, job_status: str) -> None:
+        """End the try's MLflow run if the job left it RUNNING (it died before the runtime could end it)."""
+        if self.hook is not None and run_id:
+            end_if_running(self.hook, run_id, job_status)

@@ -6,14 +6,21 @@ Pure decisions over job details, so each rule has a unit test; the operator fetc
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
 
+from airflow_ray_train.hooks.jobs_api import JobInfo
 from airflow_ray_train.identity import TryIdentity, other_spec
 from airflow_ray_train.runtime.spec import JobStatus
 
-Action = Literal["collect", "attach", "submit"]
+
+class Action(enum.StrEnum):
+    """What the try does."""
+
+    COLLECT = "collect"  # an earlier try's job succeeded: take its result
+    ATTACH = "attach"  # an earlier try's job still runs: watch it
+    SUBMIT = "submit"  # submit a new job (it resumes the Train run from its latest checkpoint)
 
 
 @dataclass(frozen=True)
@@ -23,7 +30,7 @@ class TryPlan:
 
     action: Action
     submission_id: str
-    job: Mapping[str, Any] | None = None
+    job: JobInfo | None = None
     notes: list[str] = field(default_factory=list)
     stop: list[str] = field(default_factory=list)
 
@@ -40,20 +47,19 @@ def free_submission_id(identity: TryIdentity, taken: Sequence[str]) -> str:
     return f"{base}-{number}"
 
 
-def plan_try(identity: TryIdentity, digest: str, found: Sequence[Mapping[str, Any]]) -> TryPlan:
+def plan_try(identity: TryIdentity, digest: str, found: Sequence[JobInfo]) -> TryPlan:
     """Decide from ``found``: the details of the jobs under this series' submission ids (this try's and the
     earlier tries', resubmits included), newest first."""
     notes: list[str] = []
     stop: list[str] = []
-    taken = [str(job["submission_id"]) for job in found]
+    taken = [job.submission_id for job in found]
     for job in found:
-        job_id, status = str(job["submission_id"]), str(job["status"])
-        ended = JobStatus.ended(status)
-        foreign = identity.not_ours(job.get("metadata"))
+        job_id, status, ended = job.submission_id, job.status, job.ended
+        foreign = identity.not_ours(job.metadata)
         if foreign is not None:
             notes.append(f"Found Ray job {job_id} ({status}) but it is not this task's: {foreign}. Leaving it alone.")
             continue
-        changed = other_spec(job.get("metadata"), digest)
+        changed = other_spec(job.metadata, digest)
         if changed is not None:
             if ended:
                 notes.append(f"Earlier Ray job {job_id} ({status}) is not used: {changed}.")
@@ -62,11 +68,11 @@ def plan_try(identity: TryIdentity, digest: str, found: Sequence[Mapping[str, An
                 stop.append(job_id)
             continue
         if status == JobStatus.SUCCEEDED:
-            return TryPlan("collect", job_id, job, notes, stop)
+            return TryPlan(Action.COLLECT, job_id, job, notes, stop)
         if not ended:
-            return TryPlan("attach", job_id, job, notes, stop)
+            return TryPlan(Action.ATTACH, job_id, job, notes, stop)
         notes.append(
             f"Earlier Ray job {job_id} ended {status}; a new job resumes its Train run from the latest checkpoint."
         )
         break
-    return TryPlan("submit", free_submission_id(identity, taken), None, notes, stop)
+    return TryPlan(Action.SUBMIT, free_submission_id(identity, taken), None, notes, stop)

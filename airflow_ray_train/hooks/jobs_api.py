@@ -9,13 +9,14 @@ import enum
 import json
 import re
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from airflow_ray_train.exceptions import RayTrainAuthError, RayTrainClusterError
 from airflow_ray_train.hooks.settings import ClusterSettings
+from airflow_ray_train.runtime.spec import JobStatus
 
 #: What a sent call gives its caller (the reply itself, or the client's response object).
 Answer = TypeVar("Answer")
@@ -218,9 +219,41 @@ def submit_body(entrypoint: str, submission_id: str, **optional: Any) -> dict[st
     return {"entrypoint": entrypoint, "submission_id": submission_id, **given}
 
 
-def job_details(data: Any) -> dict[str, Any]:
-    """A job's details, ``metadata`` always a dict (Ray gives None for a job without)."""
-    return {**data, "metadata": data.get("metadata") or {}}
+@dataclass(frozen=True)
+class JobInfo:
+    """A Ray job's record, as the Jobs API reports it (Ray's own SDK calls it ``JobDetails``): the status as a
+    ``JobStatus`` (a status this code does not know stays the string Ray sent), and ``metadata`` always a dict."""
+
+    submission_id: str
+    status: JobStatus | str
+    message: str = ""
+    error_type: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    start_time: int | None = None  # milliseconds since the epoch
+    end_time: int | None = None
+    driver_exit_code: int | None = None
+    entrypoint: str = ""
+    runtime_env: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_api(cls, data: Mapping[str, Any]) -> JobInfo:
+        status = str(data.get("status") or "")
+        return cls(
+            submission_id=str(data.get("submission_id") or data.get("job_id") or ""),
+            status=JobStatus(status) if status in JobStatus.__members__ else status,
+            message=str(data.get("message") or ""),
+            error_type=data.get("error_type"),
+            metadata=dict(data.get("metadata") or {}),
+            start_time=data.get("start_time"),
+            end_time=data.get("end_time"),
+            driver_exit_code=data.get("driver_exit_code"),
+            entrypoint=str(data.get("entrypoint") or ""),
+            runtime_env=dict(data.get("runtime_env") or {}),
+        )
+
+    @property
+    def ended(self) -> bool:
+        return JobStatus.ended(self.status)
 
 
 def alive_nodes(data: Any) -> list[dict[str, Any]] | None:

@@ -19,7 +19,8 @@ from typing import Any
 import httpx
 from airflow.sdk import Connection
 
-from airflow_ray_train.compat import AirflowNotFoundException, BaseHook, conf, mask_secret
+from airflow_ray_train.compat import AirflowNotFoundException, BaseHook, mask_secret
+from airflow_ray_train.config import ray_train_setting
 from airflow_ray_train.connection_form import MLFLOW_UI_FIELD_BEHAVIOUR
 from airflow_ray_train.exceptions import RayTrainConfigError, RayTrainMlflowAuthError, RayTrainMlflowError
 from airflow_ray_train.hooks.jobs_api import CallAttempts, Reply, RetryPolicy, send_with_retries
@@ -404,8 +405,8 @@ def mlflow_hook(mlflow_conn_id: str | None = None) -> MlflowHook | None:
     mlflow_conn_id``, else ``[ray_train] mlflow_tracking_uri``; None when none is set (untracked)."""
     if mlflow_conn_id is not None:
         return MlflowHook(mlflow_conn_id) if mlflow_conn_id else None
-    configured = (conf.get("ray_train", "mlflow_conn_id", fallback="") or "").strip()
+    configured = ray_train_setting("mlflow_conn_id")
     if configured:
         return MlflowHook(configured)
-    uri = (conf.get("ray_train", "mlflow_tracking_uri", fallback="") or "").strip()
+    uri = ray_train_setting("mlflow_tracking_uri")
     return MlflowHook(None, tracking_uri=uri) if uri else None

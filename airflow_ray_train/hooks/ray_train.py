@@ -1,82 +1,56 @@
-"""``RayTrainHook`` and ``AsyncRayTrainHook``: the Ray Jobs REST API, sync (httpx, websockets) for the worker
-and async (aiohttp) for the triggerer. No ``ray`` import: Airflow does not need Ray installed.
+"""``RayTrainHook``: the Ray Jobs REST API for a worker (httpx, and websockets for the log stream). No ``ray``
+import: Airflow does not need Ray installed.
 
-Both are thin: where the cluster is comes from ``settings``, the API's paths, replies, retry policy and errors
-from ``jobs_api``, following a job's log from ``log_follower``. Waiting for a job (``wait_for_job`` on both)
-follows the job's log over the Jobs API's websocket (``/api/jobs/{id}/logs/tail``): new lines arrive as Ray
-writes them, and the job's last line, the result manifest, or the stream closing says the job is ending, so
-the status is then polled every ``FINISHING_POLL_INTERVAL``. While the stream is open the status poll is only a
-backstop (at least ``STREAM_POLL_INTERVAL`` apart); where the stream cannot be opened (a proxy without
-websockets), the whole log is fetched with every status poll, every ``poll_interval``.
+Thin: where the cluster is comes from ``settings``; the API's paths, replies, job records, retry policy and
+errors from ``jobs_api``; what to do while a job is watched from ``watch.Watch`` (``wait_for_job`` only carries
+its steps out, as ``AsyncRayTrainHook`` does in the triggerer); shipping code from ``shipping.CodeShipping``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import shlex
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import httpx
-from airflow.sdk import Connection
 
-from airflow_ray_train.compat import (
-    AirflowNotFoundException,
-    BaseHook,
-    aextra_dejson,
-    aget_connection,
-    amask_secret,
-    mask_secret,
-)
+from airflow_ray_train.compat import AirflowNotFoundException, mask_secret
 from airflow_ray_train.connection_form import UI_FIELD_BEHAVIOUR
 from airflow_ray_train.exceptions import RayTrainAuthError, RayTrainClusterError, RayTrainJobExistsError
 from airflow_ray_train.hooks import jobs_api
-from airflow_ray_train.hooks.jobs_api import Attempts, Reply, RetryPolicy, Step, send_with_retries
-from airflow_ray_train.hooks.log_follower import HEARTBEAT_S, MAX_MESSAGE_BYTES, STREAM_CLOSE_TIMEOUT_S, LogFollower
+from airflow_ray_train.hooks.base import JobsApiHook
+from airflow_ray_train.hooks.jobs_api import Attempts, JobInfo, Reply, send_with_retries
+from airflow_ray_train.hooks.log_follower import READ_CHUNK_BYTES, LogFollower, LogReader
 from airflow_ray_train.hooks.settings import DEFAULT_CONN_ID, ClusterSettings, settings_from_connection
-from airflow_ray_train.packaging import Package, runtime_package
-from airflow_ray_train.runtime.spec import JobStatus
-from airflow_ray_train.runtime_env import merge_runtime_env, with_py_modules
+from airflow_ray_train.hooks.shipping import CodeShipping
+from airflow_ray_train.hooks.watch import (
+    HEARTBEAT_S,
+    MAX_MESSAGE_BYTES,
+    STREAM_CLOSE_TIMEOUT_S,
+    Do,
+    OnLines,
+    Stopping,
+    Watch,
+    contact_window,
+)
 
 if TYPE_CHECKING:
     from websockets.sync.client import ClientConnection as LogStream
 
-#: Called with each batch of new whole log lines while a job is watched.
-OnLines = Callable[[list[str]], None]
-#: The websocket close code of a message over the size cap.
-MESSAGE_TOO_BIG = 1009
+#: A stop after a rejected token: tries, each after reading the connection again, this many seconds apart.
+REJECTED_STOP_TRIES = 4
+REJECTED_STOP_PAUSE_S = 10.0
 
 
-class RayTrainHook(BaseHook):
-    """Submit, watch, read and stop Ray jobs through the Ray Jobs REST API.
+class RayTrainHook(CodeShipping, JobsApiHook):
+    """Submit, watch, read and stop Ray jobs through the Ray Jobs REST API (the parameters: ``JobsApiHook``)."""
 
-    :param ray_conn_id: the ``ray_train`` connection; missing (or host ``local``) means the embedded head.
-    :param timeout: seconds per HTTP request.
-    :param max_retries: retries, with exponential backoff, when the cluster cannot be reached.
-    :param retry_backoff: seconds before the first retry; doubles each time.
-    """
-
-    conn_name_attr = "ray_conn_id"
-    default_conn_name = DEFAULT_CONN_ID
-    conn_type = "ray_train"
     hook_name = "Ray Train"
 
-    def __init__(
-        self,
-        ray_conn_id: str = default_conn_name,
-        *,
-        timeout: float = 30.0,
-        max_retries: int = 3,
-        retry_backoff: float = 1.0,
-    ) -> None:
-        super().__init__()
-        self.ray_conn_id = ray_conn_id
-        self.timeout = timeout
-        self.retry_policy = RetryPolicy(max_retries=max_retries, backoff=retry_backoff)
+    def __init__(self, ray_conn_id: str = DEFAULT_CONN_ID, **kwargs: Any) -> None:
+        super().__init__(ray_conn_id, **kwargs)
         self.bytes_uploaded = 0
 
     @classmethod
@@ -187,27 +161,27 @@ class RayTrainHook(BaseHook):
             if existing is None:
                 raise
             raise RayTrainJobExistsError(
-                f"Ray job {submission_id} already exists ({existing.get('status')})", job=existing
+                f"Ray job {submission_id} already exists ({existing.status})", job=existing
             ) from exc
 
-    def get_job_info(self, job_id: str) -> dict[str, Any]:
-        return jobs_api.job_details(self._json("GET", jobs_api.job_path(job_id)))
+    def get_job_info(self, job_id: str) -> JobInfo:
+        return JobInfo.from_api(self._json("GET", jobs_api.job_path(job_id)))
 
-    def find_job(self, job_id: str) -> dict[str, Any] | None:
+    def find_job(self, job_id: str) -> JobInfo | None:
         """The job's details, or None if the cluster has no such job."""
         reply = self._request("GET", jobs_api.job_path(job_id), ok=(200, 404))
         if reply.status_code == 404:
             return None
         if reply.status_code != 200:
             raise jobs_api.http_error(self.settings, "GET", jobs_api.job_path(job_id), reply)
-        return jobs_api.job_details(reply.json())
+        return JobInfo.from_api(reply.json())
 
-    def find_jobs(self, submission_ids: Sequence[str]) -> list[dict[str, Any]]:
+    def find_jobs(self, submission_ids: Sequence[str]) -> list[JobInfo]:
         """The details of the jobs the cluster has under ``submission_ids`` and their resubmits (``<id>-2``,
         ``<id>-3`` ...), newest first within each id, in the order of ``submission_ids``."""
-        found: list[dict[str, Any]] = []
+        found: list[JobInfo] = []
         for submission_id in submission_ids:
-            chain: list[dict[str, Any]] = []
+            chain: list[JobInfo] = []
             candidate = submission_id
             while (info := self.find_job(candidate)) is not None:
                 chain.append(info)
@@ -216,7 +190,7 @@ class RayTrainHook(BaseHook):
         return found
 
     def get_job_status(self, job_id: str) -> str:
-        return str(self.get_job_info(job_id)["status"])
+        return str(self.get_job_info(job_id).status)
 
     def get_job_logs(self, job_id: str) -> str:
         return str(self._json("GET", jobs_api.job_path(job_id, "logs")).get("logs") or "")
@@ -228,16 +202,42 @@ class RayTrainHook(BaseHook):
     def stop_job_and_wait(self, job_id: str, timeout: float = jobs_api.STOP_TIMEOUT_S) -> str:
         """Stop the job and wait until Ray reports it terminal (or ``timeout`` passes); returns its status."""
         self.stop_job(job_id)
-        deadline = time.monotonic() + timeout
-        status = self.get_job_status(job_id)
-        while not JobStatus.ended(status) and time.monotonic() < deadline:
-            time.sleep(jobs_api.STOP_POLL_S)
-            status = self.get_job_status(job_id)
+        stopping = Stopping(timeout)
+        while (pause := stopping.pause(status := self.get_job_status(job_id))) is not None:
+            time.sleep(pause)
         return status
 
-    def list_jobs(self) -> list[dict[str, Any]]:
+    def stop_after_rejection(self, job_id: str, tries: int = REJECTED_STOP_TRIES) -> str:
+        """Stop a job after the cluster rejected the token: read the connection again before each try (a token
+        rotated on the cluster is often stored in Airflow a moment later), ``REJECTED_STOP_PAUSE_S`` apart."""
+        for attempt in range(1, tries + 1):
+            self.reload_settings()
+            try:
+                return self.stop_job_and_wait(job_id)
+            except RayTrainAuthError:
+                if attempt == tries:
+                    raise
+                self.log.warning(
+                    "The Ray cluster still rejects connection %r's token; reading it again in %.0f s (%d/%d)",
+                    self.ray_conn_id,
+                    REJECTED_STOP_PAUSE_S,
+                    attempt,
+                    tries,
+                )
+                time.sleep(REJECTED_STOP_PAUSE_S)
+        raise AssertionError("unreachable")
+
+    def how_to_stop(self, job_id: str) -> str:
+        """What runs on, unwatched, and how to stop it, in one sentence for the task log."""
+        return (
+            f"Ray job {job_id} may still be running on {self.settings.address}, with nobody watching it: stop it "
+            f"from its dashboard page ({self.dashboard_url(job_id)}) or with `ray job stop {job_id} --address "
+            f"{self.settings.address}` (with RAY_AUTH_TOKEN set to the cluster's token where it has one)."
+        )
+
+    def list_jobs(self) -> list[JobInfo]:
         """Every job the cluster knows."""
-        return [jobs_api.job_details(job) for job in self._json("GET", jobs_api.JOBS)]
+        return [JobInfo.from_api(job) for job in self._json("GET", jobs_api.JOBS)]
 
     def get_cluster_nodes(self) -> list[dict[str, Any]] | None:
         """Total resources of each alive node, or None where the cluster does not serve the state API."""
@@ -252,11 +252,83 @@ class RayTrainHook(BaseHook):
     def dashboard_url(self, job_id: str) -> str:
         return self.settings.dashboard_url(job_id)
 
-    # -- watching a job -------------------------------------------------------------------------------------
+    # -- watching a job: the sync driver of ``watch.Watch`` ------------------------------------------------
+
+    def wait_for_job(
+        self,
+        job_id: str,
+        *,
+        follower: LogFollower | None = None,
+        on_lines: OnLines = lambda lines: None,
+        poll_interval: float = 5.0,
+        deadline: float | None = None,
+        window: float | None = None,
+    ) -> JobInfo:
+        """Watch the job until it ended, or the Unix time ``deadline`` passed (then its record says it still
+        runs), handing each batch of new log lines to ``on_lines`` (``follower`` keeps the place in the log and
+        sees the manifest). A cluster that does not answer is waited for over ``window`` seconds (default:
+        ``[ray_train] contact_window``), then ``watch.ContactLost`` is raised."""
+        follower = follower or LogFollower()
+        window = contact_window() if window is None else window
+        watch = Watch(
+            job_id, follower, poll_interval=poll_interval, deadline=deadline, contact_window=window, log=self.log
+        )
+        with contextlib.ExitStack() as streams:
+            stream: LogStream | None = None
+            while True:
+                step = watch.next()
+                if step.do is Do.OPEN_STREAM:
+                    stream = self.open_log_stream(job_id, streams)
+                    watch.stream_opened() if stream is not None else watch.stream_refused()
+                elif step.do is Do.READ_STREAM and stream is not None:
+                    stream = self._read_stream(stream, watch, on_lines)
+                elif step.do is Do.POLL:
+                    self._poll(job_id, watch)
+                elif step.do is Do.FETCH_LOG:
+                    self._fetch_log(job_id, watch, on_lines)
+                elif step.do is Do.SLEEP:
+                    time.sleep(step.seconds)
+                elif step.do is Do.GIVE_UP and watch.error is not None:
+                    raise watch.error
+                elif step.do is Do.RETURN and watch.info is not None:
+                    on_lines(follower.flush() if watch.ended() else [])
+                    return watch.info
+
+    def _poll(self, job_id: str, watch: Watch) -> None:
+        try:
+            info = self.get_job_info(job_id)
+        except RayTrainClusterError as exc:
+            watch.poll_failed(exc)
+        else:
+            watch.polled(info)
+
+    def _fetch_log(self, job_id: str, watch: Watch, on_lines: OnLines) -> None:
+        try:
+            reader = self.read_log(job_id, watch.follower, on_lines)
+        except RayTrainClusterError as exc:
+            watch.log_failed(exc)
+        else:
+            watch.log_read(reader)
+
+    def read_log(self, job_id: str, follower: LogFollower, on_lines: OnLines = lambda lines: None) -> LogReader:
+        """Read the job's whole log (``GET /logs``) in bounded pieces, handing the lines not shown yet to
+        ``on_lines``; never holds the whole log."""
+        reader = LogReader(follower)
+        path = jobs_api.job_path(job_id, "logs")
+        try:
+            with self.client.stream("GET", path) as response:
+                if response.status_code != 200:
+                    response.read()
+                    raise jobs_api.http_error(self.settings, "GET", path, Reply(response.status_code, response.text))
+                for data in response.iter_bytes(READ_CHUNK_BYTES):
+                    on_lines(reader.feed(data))
+        except httpx.TransportError as exc:
+            raise jobs_api.unreachable_error(self.settings, self.ray_conn_id, exc, 1) from exc
+        return reader
 
     def open_log_stream(self, job_id: str, streams: contextlib.ExitStack) -> LogStream | None:
         """The websocket following the job's log, closed with ``streams``; None where it cannot be opened
-        (then callers poll)."""
+        (then the watch falls back)."""
         from websockets.sync.client import connect
 
         try:
@@ -273,382 +345,34 @@ class RayTrainHook(BaseHook):
                     ping_timeout=3 * HEARTBEAT_S,  # a busy head answers late; a reconnect follows a timeout anyway
                 )
             )
-        except Exception as exc:  # noqa: BLE001 - polling still works: say so and go on
-            self.log.info("No log stream for Ray job %s (%s); polling its log instead", job_id, exc)
+        except Exception as exc:  # noqa: BLE001 - the watch falls back: say so and go on
+            self.log.info("No log stream for Ray job %s (%s)", job_id, exc)
             return None
         return stream
 
-    def _open(self, job_id: str, follower: LogFollower, streams: contextlib.ExitStack) -> LogStream | None:
-        stream = self.open_log_stream(job_id, streams)
-        if stream is None:
-            follower.failed_to_open()
-        else:
-            follower.opened()
-        return stream
-
-    def wait_for_job(
-        self,
-        job_id: str,
-        *,
-        follower: LogFollower | None = None,
-        on_lines: OnLines = lambda lines: None,
-        poll_interval: float = 5.0,
-        timeout: float | None = None,
-    ) -> dict[str, Any]:
-        """Wait until the job is terminal, handing each batch of new log lines to ``on_lines`` as it comes
-        (``follower`` keeps the place in the log and sees the manifest).
-
-        Follows the log stream between status polls (see the module doc), opening it again when it drops.
-        Returns the final job details. Raises ``TimeoutError`` when ``timeout`` seconds pass first.
-        """
-        follower = follower or LogFollower()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with contextlib.ExitStack() as streams:
-            stream = self._open(job_id, follower, streams)
-            while True:
-                info = self.get_job_info(job_id)
-                if JobStatus.ended(info["status"]):
-                    on_lines(follower.catch_up(self.get_job_logs(job_id)) + follower.flush())
-                    return info
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"job {job_id} still {info['status']} after {timeout} s")
-                wait = follower.next_poll(poll_interval, streaming=stream is not None)
-                if stream is None and follower.reconnect_due(poll_interval):
-                    stream = self._open(job_id, follower, streams)
-                if stream is not None:
-                    stream = self._follow(stream, follower, on_lines, wait)
-                    continue
-                if follower.polling:
-                    on_lines(follower.catch_up(self.get_job_logs(job_id)))
-                time.sleep(wait)
-
-    def _follow(self, stream: LogStream, follower: LogFollower, on_lines: OnLines, wait: float) -> LogStream | None:
-        """Read the stream for up to ``wait`` seconds; back early when the job starts finishing. Returns the
-        stream, or None once it closed."""
+    def _read_stream(self, stream: LogStream, watch: Watch, on_lines: OnLines) -> LogStream | None:
+        """Hand the stream's messages to the watch while it says to read. Returns the stream, or None once it
+        closed."""
         from websockets.exceptions import ConnectionClosed
 
-        was_finishing = follower.finishing
-        until = time.monotonic() + wait
-        while (left := until - time.monotonic()) > 0:
+        while (left := watch.read_left()) > 0:
             try:
                 message = stream.recv(timeout=left)
             except TimeoutError:
                 break
             except ConnectionClosed as exc:
-                frames = (exc.rcvd, exc.sent)
-                follower.closed(too_big=any(f is not None and f.code == MESSAGE_TOO_BIG for f in frames))
+                watch.stream_closed(close_code(exc))
                 return None
-            on_lines(follower.feed(message))
-            if follower.finishing and not was_finishing:
-                break
+            on_lines(watch.feed(message))
         return stream
 
-    # -- shipping code --------------------------------------------------------------------------------------
 
-    def package_exists(self, package: Package) -> bool:
-        reply = self._request("GET", jobs_api.package_path(package.name), ok=(200, 404))
-        if reply.status_code not in (200, 404):
-            raise jobs_api.http_error(self.settings, "GET", jobs_api.package_path(package.name), reply)
-        return reply.status_code == 200
-
-    def upload_package(self, package: Package) -> int:
-        """Upload ``package`` unless the cluster has it already (same bytes, same name). Returns bytes sent."""
-        if self.package_exists(package):
-            return 0
-        path = jobs_api.package_path(package.name)
-        headers = {"Content-Length": str(package.size)}
-        reply = self._request("PUT", path, content=package.chunks(), headers=headers)
-        if reply.status_code != 200:
-            raise jobs_api.http_error(self.settings, "PUT", path, reply)
-        self.bytes_uploaded += package.size
-        self.log.info("Uploaded %s (%d bytes) as %s", package.source, package.size, package.uri)
-        return package.size
-
-    def upload_packages(self, packages: Sequence[Package]) -> int:
-        """Upload each package the cluster does not have yet; returns the bytes sent."""
-        return sum(self.upload_package(package) for package in packages)
-
-    def job_runtime_env(
-        self, runtime_env: dict[str, Any] | None, packages: Sequence[Package] = ()
-    ) -> tuple[dict[str, Any], list[Package]]:
-        """The job's ``runtime_env`` (the task's over the connection's default) with ``py_modules`` holding the
-        runtime package and ``packages``, and the packages to upload for it. Uploads nothing."""
-        shipped = list({p.uri: p for p in (runtime_package(), *packages)}.values())
-        env = merge_runtime_env(self.settings.runtime_env, runtime_env)
-        return with_py_modules(env, [p.uri for p in shipped]), shipped
-
-    def build_runtime_env(
-        self, runtime_env: dict[str, Any] | None, *, packages: Sequence[Package] = ()
-    ) -> dict[str, Any]:
-        """``job_runtime_env``, with its packages uploaded."""
-        env, shipped = self.job_runtime_env(runtime_env, packages)
-        self.upload_packages(shipped)
-        return env
-
-    def runtime_entrypoint(self, spec_arg: str) -> str:
-        """The job's entrypoint: the runtime driver under the cluster's interpreter."""
-        return f"{shlex.quote(self.settings.python)} -m airflow_ray_train.runtime {shlex.quote(spec_arg)}"
+def close_code(exc: Any) -> int | None:
+    """The code of a closed websocket (``ConnectionClosed``): the one received, else the one sent."""
+    frame = exc.rcvd or exc.sent
+    return None if frame is None else int(frame.code)
 
 
-#: Log streams one process (a triggerer) holds open to one Ray cluster at most, unless ``[ray_train]
-#: max_log_streams`` says otherwise. Ray's dashboard proxies each stream through aiohttp sessions with the default
-#: pool of 100 connections (dashboard -> its job module -> the node's agent): with 100 streams open, every other
-#: Jobs API call to that head (status, submit, stop) waits until one closes.
-MAX_LOG_STREAMS = 50
+from airflow_ray_train.hooks.ray_train_async import AsyncRayTrainHook  # noqa: E402 - re-exported
 
-
-class StreamSlots:
-    """How many log streams this process has open, per Ray cluster (its address). Triggers share one event loop,
-    so plain counters do."""
-
-    def __init__(self) -> None:
-        self._open: dict[str, int] = {}
-
-    def take(self, cluster: str, limit: int) -> bool:
-        if self._open.get(cluster, 0) >= limit:
-            return False
-        self._open[cluster] = self._open.get(cluster, 0) + 1
-        return True
-
-    def give(self, cluster: str) -> None:
-        self._open[cluster] = max(0, self._open.get(cluster, 0) - 1)
-
-    def count(self, cluster: str) -> int:
-        return self._open.get(cluster, 0)
-
-
-STREAM_SLOTS = StreamSlots()
-
-
-def max_log_streams() -> int:
-    from airflow.configuration import conf
-
-    return conf.getint("ray_train", "max_log_streams", fallback=MAX_LOG_STREAMS)
-
-
-class AsyncRayTrainHook(BaseHook):
-    """The async twin of ``RayTrainHook``'s watch-and-stop calls, for the triggerer's event loop.
-
-    Every call awaits: the connection comes from ``aget_connection``, HTTP (and the log stream's websocket)
-    from one ``aiohttp.ClientSession``, backoff from ``asyncio.sleep``; only the embedded head's lookup (a
-    file read) runs in a thread. aiohttp, not httpx, because a triggerer polls for many jobs at once: a status
-    poll costs it about a third of the CPU (see bench/REPORT.md, scale).
-
-    :param ray_conn_id: the ``ray_train`` connection; missing (or host ``local``) means the embedded head.
-    :param timeout: seconds per HTTP request.
-    :param max_retries: retries, with exponential backoff, when the cluster cannot be reached.
-    :param retry_backoff: seconds before the first retry; doubles each time.
-    """
-
-    conn_name_attr = "ray_conn_id"
-    default_conn_name = DEFAULT_CONN_ID
-    conn_type = "ray_train"
-    hook_name = "Ray Train (async)"
-
-    def __init__(
-        self,
-        ray_conn_id: str = default_conn_name,
-        *,
-        timeout: float = 30.0,
-        max_retries: int = 3,
-        retry_backoff: float = 1.0,
-    ) -> None:
-        super().__init__()
-        self.ray_conn_id = ray_conn_id
-        self.timeout = timeout
-        self.retry_policy = RetryPolicy(max_retries=max_retries, backoff=retry_backoff)
-        self._settings: ClusterSettings | None = None
-        self._session: aiohttp.ClientSession | None = None
-
-    async def get_settings(self) -> ClusterSettings:
-        if self._settings is None:
-            try:
-                conn: Connection | None = await aget_connection(self, self.ray_conn_id)
-            except AirflowNotFoundException:
-                conn = None
-            extras = await aextra_dejson(conn) if conn is not None else {}
-            settings = await asyncio.to_thread(settings_from_connection, conn, extras or {}, self.ray_conn_id)
-            for value in settings.headers.values():
-                await amask_secret(value)
-            self._settings = settings
-        return self._settings
-
-    async def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            settings = await self.get_settings()
-            self._session = aiohttp.ClientSession(
-                headers=settings.http_headers,
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-                connector=aiohttp.TCPConnector(ssl=settings.ssl_context() or True),
-            )
-        return self._session
-
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    async def _request(self, method: str, path: str, *, ok: tuple[int, ...] = (200,)) -> Reply:
-        attempts = Attempts(self.retry_policy, await self.get_settings(), self.ray_conn_id, path)
-        while True:
-            session = await self.session()
-            try:
-                async with session.request(method, attempts.settings.address + path) as response:
-                    reply = Reply(response.status, await response.text())
-                step = attempts.answered(reply, ok)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                step = attempts.failed(exc)
-            if step is Step.RETURN:
-                return reply
-            if step is Step.GIVE_UP and attempts.error is not None:
-                raise attempts.error
-            if step is Step.RELOAD:
-                self.log.warning("The Ray cluster rejected the token; reading connection %r again", self.ray_conn_id)
-                await self.aclose()
-                self._settings = None
-                attempts.settings = await self.get_settings()
-                continue
-            self.log.warning(
-                "Ray cluster %s not ready (attempt %d), retrying in %.1f s", path, attempts.attempt, attempts.delay
-            )
-            await asyncio.sleep(attempts.delay)
-
-    async def _json(self, method: str, path: str) -> Any:
-        reply = await self._request(method, path)
-        if reply.status_code != 200:
-            raise jobs_api.http_error(await self.get_settings(), method, path, reply)
-        return reply.json()
-
-    async def get_job_info(self, job_id: str) -> dict[str, Any]:
-        return jobs_api.job_details(await self._json("GET", jobs_api.job_path(job_id)))
-
-    async def get_job_status(self, job_id: str) -> str:
-        return str((await self.get_job_info(job_id))["status"])
-
-    async def get_job_logs(self, job_id: str) -> str:
-        return str((await self._json("GET", jobs_api.job_path(job_id, "logs"))).get("logs") or "")
-
-    async def stop_job(self, job_id: str) -> bool:
-        """Ask Ray to stop the job (SIGTERM, then SIGKILL after 3 s). Returns whether it was running."""
-        return bool((await self._json("POST", jobs_api.job_path(job_id, "stop"))).get("stopped"))
-
-    async def stop_job_and_wait(self, job_id: str, timeout: float = jobs_api.STOP_TIMEOUT_S) -> str:
-        """Stop the job and wait until Ray reports it terminal (or ``timeout`` passes); returns its status."""
-        await self.stop_job(job_id)
-        deadline = time.monotonic() + timeout
-        status = await self.get_job_status(job_id)
-        while not JobStatus.ended(status) and time.monotonic() < deadline:
-            await asyncio.sleep(jobs_api.STOP_POLL_S)
-            status = await self.get_job_status(job_id)
-        return status
-
-    async def open_log_stream(self, job_id: str) -> aiohttp.ClientWebSocketResponse | None:
-        """The websocket following the job's log, or None where it cannot be opened (then callers poll)."""
-        session = await self.session()
-        settings = await self.get_settings()
-        try:
-            # No receive timeout: the stream is quiet while the job prints nothing; the heartbeat keeps it up.
-            return await session.ws_connect(
-                jobs_api.log_stream_url(settings.address, job_id),
-                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=STREAM_CLOSE_TIMEOUT_S),
-                max_msg_size=MAX_MESSAGE_BYTES,
-                heartbeat=HEARTBEAT_S,
-            )
-        except Exception as exc:  # noqa: BLE001 - polling still works: say so and go on
-            self.log.info("No log stream for Ray job %s (%s); polling its log instead", job_id, exc)
-            return None
-
-    async def _open(self, job_id: str, follower: LogFollower) -> aiohttp.ClientWebSocketResponse | None:
-        """The job's log stream, if a slot to this cluster is free (``max_log_streams``) and it opens."""
-        cluster = (await self.get_settings()).address
-        limit = max_log_streams()
-        if not STREAM_SLOTS.take(cluster, limit):
-            if not follower.waiting_for_slot:
-                self.log.info(
-                    "%d log streams to this Ray cluster are open here ([ray_train] max_log_streams): following "
-                    "job %s by its status every poll_interval; its log comes when a stream frees or at the end",
-                    STREAM_SLOTS.count(cluster),
-                    job_id,
-                )
-            follower.no_slot()
-            return None
-        try:
-            stream = await self.open_log_stream(job_id)
-        except BaseException:  # cancelled (the task was killed or cleared): the slot is not lost to the triggerer
-            STREAM_SLOTS.give(cluster)
-            raise
-        if stream is None:
-            STREAM_SLOTS.give(cluster)
-            follower.failed_to_open()
-        else:
-            follower.opened()
-        return stream
-
-    async def _close(self, stream: aiohttp.ClientWebSocketResponse) -> None:
-        cluster = (await self.get_settings()).address  # cached since ``_open``: it does not suspend
-        try:
-            await stream.close()
-        finally:
-            STREAM_SLOTS.give(cluster)
-
-    async def wait_for_job(
-        self,
-        job_id: str,
-        *,
-        follower: LogFollower,
-        on_lines: OnLines,
-        poll_interval: float = 5.0,
-        deadline: float | None = None,
-        on_status: Callable[[str], None] | None = None,
-    ) -> dict[str, Any]:
-        """Wait until the job is terminal or the Unix time ``deadline`` passes (then its details say it still
-        runs), handing each batch of new log lines to ``on_lines``; ``on_status`` hears each new status."""
-        stream = await self._open(job_id, follower)
-        status = None
-        try:
-            while True:
-                info = await self.get_job_info(job_id)
-                if info["status"] != status and on_status is not None:
-                    on_status(status := info["status"])
-                if JobStatus.ended(info["status"]):
-                    on_lines(follower.catch_up(await self.get_job_logs(job_id)) + follower.flush())
-                    return info
-                if deadline is not None and time.time() >= deadline:
-                    return info
-                wait = follower.next_poll(poll_interval, streaming=stream is not None)
-                if deadline is not None:
-                    wait = max(0.0, min(wait, deadline - time.time()))
-                if stream is None and (follower.reconnect_due(poll_interval) or follower.waiting_for_slot):
-                    stream = await self._open(job_id, follower)
-                if stream is not None:
-                    stream = await self._follow(stream, follower, on_lines, wait)
-                    continue
-                if follower.polling:
-                    on_lines(follower.catch_up(await self.get_job_logs(job_id)))
-                await asyncio.sleep(wait)
-        finally:
-            if stream is not None:
-                await self._close(stream)
-
-    async def _follow(
-        self, stream: aiohttp.ClientWebSocketResponse, follower: LogFollower, on_lines: OnLines, wait: float
-    ) -> aiohttp.ClientWebSocketResponse | None:
-        """Read the stream for up to ``wait`` seconds; back early when the job starts finishing. Returns the
-        stream, or None once it closed."""
-        was_finishing = follower.finishing
-        until = time.monotonic() + wait
-        while (left := until - time.monotonic()) > 0:
-            try:
-                message = await stream.receive(timeout=left)
-            except TimeoutError:
-                break
-            if message.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                # Ray closes the stream once the job ended; a proxy or the network may drop it before.
-                too_big = stream.close_code == MESSAGE_TOO_BIG
-                await self._close(stream)
-                follower.closed(too_big=too_big)
-                return None
-            on_lines(follower.feed(message.data))
-            if follower.finishing and not was_finishing:
-                break
-        return stream
+__all__ = ["AsyncRayTrainHook", "RayTrainHook"]

@@ -14,20 +14,21 @@ from airflow.sdk import Asset, BaseOperator
 from airflow.sdk.bases.operator import TRIGGER_FAIL_REPR, TriggerFailureReason
 
 from airflow_ray_train.compat import AirflowTaskTimeout, conf
+from airflow_ray_train.config import ray_train_setting
 from airflow_ray_train.exceptions import (
     RayTrainAuthError,
     RayTrainClusterError,
     RayTrainConfigError,
     RayTrainJobExistsError,
-    RayTrainMlflowError,
     RayTrainWatchError,
 )
+from airflow_ray_train.hooks.jobs_api import JobInfo
 from airflow_ray_train.hooks.log_follower import LogFollower, as_record
 from airflow_ray_train.hooks.mlflow import MlflowHook, mlflow_hook
 from airflow_ray_train.hooks.ray_train import RayTrainHook
 from airflow_ray_train.hooks.resources import cluster_shortfall
-from airflow_ray_train.identity import TRY_KEY, TryIdentity, deployment_id, other_spec, spec_digest
-from airflow_ray_train.links.mlflow import MLFLOW_RUN_URL_KEY, MlflowRunLink
+from airflow_ray_train.identity import RUN_NAME_KEY, TRY_KEY, TryIdentity, deployment_id, other_spec, spec_digest
+from airflow_ray_train.links.mlflow import MlflowRunLink
 from airflow_ray_train.links.ray_train import RayJobLink
 from airflow_ray_train.packaging import (
     CodeLookupError,
@@ -36,19 +37,22 @@ from airflow_ray_train.packaging import (
     code_package,
     spec_package,
 )
-from airflow_ray_train.results import ASSET_EXTRA_KEYS, XCOM_KEYS, job_failure, manifest_to_xcom, read_manifest
-from airflow_ray_train.runtime.spec import ResultManifest, SpecError, TrackingSpec, TrainSpec
-from airflow_ray_train.runtime_env import check_runtime_env, with_py_modules
-from airflow_ray_train.tracking import (
-    MLFLOW_WARNING_KEY,
-    end_if_running,
-    experiment_name,
-    find_run_url,
-    start_run,
-    untracked_warning,
+from airflow_ray_train.results import (
+    ASSET_EXTRA_KEYS,
+    capped,
+    job_failure,
+    manifest_to_xcom,
+    push_job,
+    push_mlflow_run,
+    push_result,
+    read_manifest,
 )
-from airflow_ray_train.triggers.ray_train import LOG_TAIL_LINES, RayTrainJobTrigger
-from airflow_ray_train.try_plan import plan_try
+from airflow_ray_train.runtime.spec import JobStatus, ResultManifest, SpecError, TrainSpec
+from airflow_ray_train.runtime_env import check_runtime_env, with_py_modules
+from airflow_ray_train.stored_manifest import read_stored_manifest
+from airflow_ray_train.tracking import MLFLOW_WARNING_KEY, TaskTracking
+from airflow_ray_train.triggers.ray_train import LOG_TAIL_LINES, Event, RayTrainJobTrigger
+from airflow_ray_train.try_plan import Action, free_submission_id, plan_try
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -187,9 +191,7 @@ class RayTrainOperator(BaseOperator):
         self.ship_code = ship_code
         self.ship_modules = list(ship_modules)
         self.ray_conn_id = ray_conn_id
-        self.poll_interval = (
-            poll_interval if poll_interval is not None else conf.getfloat("ray_train", "poll_interval", fallback=5.0)
-        )
+        self.poll_interval = poll_interval if poll_interval is not None else float(ray_train_setting("poll_interval"))
         self.model_asset = model_asset
         self.deferrable = deferrable
         self.check_cluster_resources = check_cluster_resources
@@ -214,7 +216,7 @@ class RayTrainOperator(BaseOperator):
         """Validate the rendered fields into a ``TrainSpec``; raises ``RayTrainConfigError`` naming the field.
         Its run name and submission id are placeholders until the try knows its identity."""
         run_config = dict(self.run_config or {})
-        default_storage = conf.get("ray_train", "default_storage_path", fallback=None)
+        default_storage = ray_train_setting("default_storage_path")
         if default_storage and "storage_path" not in run_config:
             run_config["storage_path"] = default_storage
         try:
@@ -293,36 +295,59 @@ class RayTrainOperator(BaseOperator):
         for job_id in plan.stop:
             self.log.info("Stopped Ray job %s: %s", job_id, hook.stop_job_and_wait(job_id))
         spec = dataclasses.replace(draft, run_name=identity.run_name(digest), submission_id=plan.submission_id)
-        if plan.action == "collect" and plan.job is not None:
-            result = self._collect_previous(hook, dict(plan.job), context)
+        if plan.action is Action.COLLECT and plan.job is not None:
+            result = self._collect_previous(hook, plan.job, spec, context)
             if result is not None:
                 return result
-        if plan.action == "attach" and plan.job is not None:
-            job_id = str(plan.job["submission_id"])
-            self.log.info(
-                "An earlier try's Ray job %s is still %s: attaching to it instead of training again",
-                job_id,
-                plan.job["status"],
+            # Ray never takes an id twice: the new job (it resumes the Train run) goes under a free one.
+            spec = dataclasses.replace(
+                spec, submission_id=free_submission_id(identity, [j.submission_id for j in found])
             )
-            self._remember_job(hook, job_id, context)
-            self._remember_attached_run(spec, context)
+        if plan.action is Action.ATTACH and plan.job is not None:
+            job_id = self._attach(hook, plan.job, spec, context)
         else:
-            if self.check_cluster_resources:
-                self._check_cluster_resources(hook, spec)
-            spec = dataclasses.replace(spec, tracking=self._start_tracking(hook, identity, spec, context))
-            try:
-                hook.upload_packages(packages)
-                metadata = identity.job_metadata(digest, spec.effective_run_name)
-                job_id = self._submit(hook, spec, runtime_env, metadata, identity, digest, context)
-            except BaseException:
-                if self.mlflow is not None and spec.tracking is not None:
-                    end_if_running(self.mlflow, spec.tracking.run_id, "FAILED")
-                raise
+            job_id = self._submit_new(hook, identity, spec, digest, runtime_env, packages, context)
         if self.deferrable:
             self._defer(job_id)
-        return self._wait(hook, job_id, context)
+        return self._wait(hook, job_id, spec, context)
 
-    def _wait(self, hook: RayTrainHook, job_id: str, context: Context) -> dict[str, Any]:
+    def _attach(self, hook: RayTrainHook, job: JobInfo, spec: TrainSpec, context: Context) -> str:
+        """Watch an earlier try's job that still runs, instead of training again."""
+        self.log.info(
+            "An earlier try's Ray job %s is still %s: attaching to it instead of training again",
+            job.submission_id,
+            job.status,
+        )
+        self._remember_job(hook, job.submission_id, context)
+        found = self.tracking.attached(spec, context["ti"])
+        if found is not None:
+            self._remember_mlflow_run(*found, context)
+        return job.submission_id
+
+    def _submit_new(
+        self,
+        hook: RayTrainHook,
+        identity: TryIdentity,
+        spec: TrainSpec,
+        digest: str,
+        runtime_env: dict[str, Any],
+        packages: list[Package],
+        context: Context,
+    ) -> str:
+        """Check the cluster, start the MLflow run, ship the code and submit the try's job."""
+        if self.check_cluster_resources:
+            self._check_cluster_resources(hook, spec)
+        tracking = self.tracking.start(identity, spec, hook.dashboard_url(spec.submission_id), context["ti"])
+        spec = dataclasses.replace(spec, tracking=tracking)
+        try:
+            hook.upload_packages(packages)
+            metadata = identity.job_metadata(digest, spec.effective_run_name)
+            return self._submit(hook, spec, runtime_env, metadata, identity, digest, context)
+        except BaseException:
+            self.tracking.end(tracking.run_id if tracking else None, JobStatus.FAILED)
+            raise
+
+    def _wait(self, hook: RayTrainHook, job_id: str, spec: TrainSpec, context: Context) -> dict[str, Any]:
         """Follow the job in this worker to its end, its log into the task log, and return its result."""
         follower = LogFollower()
         tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
@@ -338,14 +363,15 @@ class RayTrainOperator(BaseOperator):
             raise self._lost_track(
                 hook, job_id, context, f"{type(exc).__name__}: {exc}", rejected=isinstance(exc, RayTrainAuthError)
             ) from exc
-        return self.collect_result(hook, job_id, info, context, follower.manifest_line, list(tail))
+        return self.collect_result(hook, info, spec, context, follower.manifest_line, list(tail))
 
     def _lost_track(
         self, hook: RayTrainHook, job_id: str, context: Context, cause: str, *, rejected: bool
     ) -> RayTrainWatchError:
-        """The job could not be watched to its end. No job is left running with nobody watching it: it is
-        stopped when no try will come back for it (this was the last, or the token was rejected, so even a
-        retry might not see it); else the next try attaches to it. Returns the (retryable) error to raise."""
+        """The job could not be watched to its end: the cluster did not answer for the whole contact window, or
+        it rejected the token. The job is stopped only when no try will come back for it (this was the last, or
+        the token was rejected, so even a retry might not see it); else the next try attaches to it. Returns
+        the (retryable) error to raise."""
         ti = context["ti"]
         last_try = not self.retries or ti.try_number > getattr(ti, "max_tries", ti.try_number)
         what = f"Lost track of Ray job {job_id} while waiting for it: {cause}."
@@ -357,37 +383,40 @@ class RayTrainOperator(BaseOperator):
             )
         reason = "the cluster rejected the token" if rejected else "this was the task's last try"
         try:
-            final = hook.stop_job_and_wait(job_id)
+            final = hook.stop_after_rejection(job_id) if rejected else hook.stop_job_and_wait(job_id)
         except Exception as exc:  # noqa: BLE001 - say so loudly: the job may run on with nobody watching
-            self.log.error(
-                "Could not stop Ray job %s (%s): it may still be running, with nobody watching it. Stop it "
-                "from %s or with `ray job stop %s`.",
-                job_id,
-                exc,
-                hook.dashboard_url(job_id),
-                job_id,
-            )
-            what += f" Stopping it failed too ({exc}): stop it by hand."
+            how = hook.how_to_stop(job_id)
+            self.log.error("Could not stop Ray job %s (%s). %s", job_id, exc, how)
+            what += f" Stopping it failed too ({exc}). {how}"
         else:
             self.log.warning("Stopped Ray job %s (now %s) because %s", job_id, final, reason)
             what += f" It has been stopped ({final}) because {reason}; a retry resumes its Train run."
         return RayTrainWatchError(f"{what} Dashboard: {hook.dashboard_url(job_id)}")
 
-    def _collect_previous(self, hook: RayTrainHook, info: dict[str, Any], context: Context) -> dict[str, Any] | None:
+    def _collect_previous(
+        self, hook: RayTrainHook, job: JobInfo, spec: TrainSpec, context: Context
+    ) -> dict[str, Any] | None:
         """An earlier try's job succeeded (its task died before it could say so): its result, or None when it
-        left no readable successful manifest."""
-        job_id = str(info["submission_id"])
+        left no readable successful manifest, in its log or in storage."""
+        job_id = job.submission_id
         follower = LogFollower()
-        follower.catch_up(hook.get_job_logs(job_id))
-        manifest, _ = read_manifest(follower.manifest_line)
+        try:
+            hook.read_log(job_id, follower)
+        except RayTrainClusterError as exc:
+            self.log.warning("Could not read the log of the earlier try's Ray job %s: %s", job_id, exc)
+        manifest = self._manifest(hook, job, spec, follower.manifest_line)
         if manifest is None or not manifest.succeeded:
-            self.log.warning("An earlier try's Ray job %s SUCCEEDED but left no readable manifest", job_id)
+            self.log.warning(
+                "An earlier try's Ray job %s SUCCEEDED but left no readable manifest: training under a new job "
+                "(it resumes the Train run)",
+                job_id,
+            )
             return None
         self.log.info(
             "An earlier try's Ray job %s already SUCCEEDED: collecting its result, not training again", job_id
         )
         self._remember_job(hook, job_id, context)
-        return self.collect_result(hook, job_id, info, context, follower.manifest_line, [])
+        return self.collect_result(hook, job, spec, context, follower.manifest_line, [])
 
     def _check_cluster_resources(self, hook: RayTrainHook, spec: TrainSpec) -> None:
         nodes = hook.get_cluster_nodes()
@@ -425,8 +454,8 @@ class RayTrainOperator(BaseOperator):
         job_id = str(event["job_id"])
         self.job_id = job_id
         hook = self.hook
-        status = event.get("status")
-        if status == "error":
+        status = Event(str(event.get("status")))
+        if status is Event.ERROR:
             raise self._lost_track(
                 hook,
                 job_id,
@@ -434,13 +463,16 @@ class RayTrainOperator(BaseOperator):
                 str(event.get("message")),
                 rejected=event.get("error_type") == RayTrainAuthError.__name__,
             )
-        if status == "timeout":
+        if status is Event.TIMEOUT:
             raise AirflowTaskTimeout(
                 f"{event.get('message')} A retry resumes the Train run from its latest checkpoint. "
                 f"Dashboard: {hook.dashboard_url(job_id)}"
             )
         info = hook.get_job_info(job_id)
-        return self.collect_result(hook, job_id, info, context, event.get("manifest"), event.get("log_tail") or [])
+        spec = dataclasses.replace(
+            self.build_spec(context), run_name=info.metadata.get(RUN_NAME_KEY) or "unnamed", submission_id=job_id
+        )
+        return self.collect_result(hook, info, spec, context, event.get("manifest"), event.get("log_tail") or [])
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
         # Airflow's deferral timeout fired (a backstop: the trigger stops the job at its own deadline first).
@@ -486,7 +518,7 @@ class RayTrainOperator(BaseOperator):
             self.log.info("Submitted Ray job %s (Train run %s)", job_id, spec.effective_run_name)
         except RayTrainJobExistsError as exc:
             # Taken between this try's lookup and its submit: only this same try may have done that.
-            theirs = exc.job.get("metadata") or {}
+            theirs = exc.job.metadata
             why = identity.not_ours(theirs) or other_spec(theirs, digest)
             if why is None and theirs.get(TRY_KEY) != str(identity.try_number):
                 why = f"try {theirs.get(TRY_KEY)} submitted it"
@@ -502,112 +534,75 @@ class RayTrainOperator(BaseOperator):
             self._remember_mlflow_run(spec.tracking.run_id, spec.tracking.run_url, context)
         return job_id
 
-    # -- MLflow ---------------------------------------------------------------------------------------------
+    # -- XCom -----------------------------------------------------------------------------------------------
 
-    def _start_tracking(
-        self, hook: RayTrainHook, identity: TryIdentity, spec: TrainSpec, context: Context
-    ) -> TrackingSpec | None:
-        """The MLflow run this try's job logs to (see ``tracking``), or None when the task is untracked; a
-        server that cannot be reached, with ``mlflow_required=False``, is said in the log and in XCom."""
-        if self.mlflow is None:
-            if self.register_model:
-                self.log.warning(
-                    "register_model=%r is set but the task is not tracked in MLflow (no mlflow_conn_id, no "
-                    "[ray_train] mlflow_conn_id or mlflow_tracking_uri): the checkpoint is not registered",
-                    self.register_model,
-                )
-            return None
-        try:
-            return start_run(
-                self.mlflow,
-                identity,
-                spec,
-                experiment=experiment_name(self.mlflow, self.mlflow_experiment, identity.dag_id),
-                register_model=self.register_model,
-                required=self.mlflow_required,
-                dashboard_url=hook.dashboard_url(spec.submission_id),
-            )
-        except RayTrainMlflowError as exc:
-            if self.mlflow_required or not exc.unreachable:
-                raise
-            warning = untracked_warning(exc, self.register_model)
-            self.log.warning("%s", warning)
-            context["ti"].xcom_push(key=MLFLOW_WARNING_KEY, value=warning)
-            return None
+    @cached_property
+    def tracking(self) -> TaskTracking:
+        return TaskTracking(self.mlflow, self.mlflow_experiment, self.register_model, self.mlflow_required, self.log)
 
     def _remember_mlflow_run(self, run_id: str, run_url: str | None, context: Context) -> None:
-        """Push the run's id and URL (the "MLflow Run" link) at once, like the Ray job's."""
-        ti = context["ti"]
-        ti.xcom_push(key="mlflow_run_id", value=run_id)
-        ti.xcom_push(key=MLFLOW_RUN_URL_KEY, value=run_url)
-        ti.xcom_push(key=MlflowRunLink().xcom_key, value=run_url)
+        push_mlflow_run(context["ti"], run_id, run_url)
         self.log.info("MLflow run: %s", run_url)
 
-    def _remember_attached_run(self, spec: TrainSpec, context: Context) -> None:
-        """The link to the MLflow run of the job this try attached to (never fails the task)."""
-        if self.mlflow is None:
-            return
-        try:
-            found = find_run_url(
-                self.mlflow, experiment_name(self.mlflow, self.mlflow_experiment, context["ti"].dag_id), spec
-            )
-        except Exception as exc:  # noqa: BLE001 - the job is what the try waits for; the link is a convenience
-            self.log.warning("Could not look up the MLflow run of the attached job: %s", exc)
-            return
-        if found is not None:
-            self._remember_mlflow_run(*found, context)
-
-    def _end_mlflow_run(self, manifest: ResultManifest | None, status: str, context: Context) -> None:
-        """End the try's MLflow run if the job left it RUNNING (it died before the runtime could end it)."""
-        ti = context["ti"]
-        run_id = manifest.mlflow_run_id if manifest else None
-        run_id = run_id or ti.xcom_pull(task_ids=ti.task_id, key="mlflow_run_id")
-        if self.mlflow is not None and run_id:
-            end_if_running(self.mlflow, str(run_id), status)
-
     def _remember_job(self, hook: RayTrainHook, job_id: str, context: Context) -> None:
-        """Keep the job for ``on_kill`` and push its id and dashboard URL before waiting (the link works
-        while the job runs)."""
+        """Keep the job for ``on_kill`` and push its id and dashboard URL before waiting."""
         self.job_id = job_id
-        dashboard_url = hook.dashboard_url(job_id)
-        ti = context["ti"]
-        ti.xcom_push(key="job_id", value=job_id)
-        ti.xcom_push(key="submission_id", value=job_id)
-        ti.xcom_push(key="dashboard_url", value=dashboard_url)
-        # Airflow 3 fills link XComs when a task ends; pushing it now makes the link work while the job runs.
-        ti.xcom_push(key=RayJobLink().xcom_key, value=dashboard_url)
-        self.log.info("Ray job dashboard: %s", dashboard_url)
+        push_job(context["ti"], job_id, hook.dashboard_url(job_id))
+        self.log.info("Ray job dashboard: %s", hook.dashboard_url(job_id))
+
+    def _manifest(
+        self, hook: RayTrainHook, info: JobInfo, spec: TrainSpec, manifest_line: str | None
+    ) -> ResultManifest | None:
+        """The job's own manifest: its log line, else ``manifest.json`` in storage (see ``stored_manifest``)."""
+        manifest, unreadable = read_manifest(manifest_line, info.submission_id)
+        if manifest is not None or not info.ended:
+            return manifest
+        why = f"its log line cannot be read ({unreadable})" if unreadable else "its log gave no manifest"
+        stored, where = read_stored_manifest(
+            spec.run_config.get("storage_path"),
+            info.metadata.get(RUN_NAME_KEY) or spec.effective_run_name,
+            info.submission_id,
+            embedded=hook.settings.embedded,
+        )
+        if stored is None:
+            self.log.warning("Ray job %s: %s, and its manifest.json was not found: %s", info.submission_id, why, where)
+        else:
+            self.log.info("Ray job %s: %s; its manifest was read from %s", info.submission_id, why, where)
+        return stored
 
     def collect_result(
         self,
         hook: RayTrainHook,
-        job_id: str,
-        info: dict[str, Any],
+        info: JobInfo,
+        spec: TrainSpec,
         context: Context,
         manifest_line: str | None,
         log_tail: list[str],
     ) -> dict[str, Any]:
         """Turn a terminal job into the XCom contract, or raise ``RayTrainJobError`` saying why it failed."""
-        status = str(info["status"])
-        manifest, unreadable = read_manifest(manifest_line)
-        if unreadable:
-            self.log.warning("The job printed a manifest this side cannot read: %s", unreadable)
+        job_id, status = info.submission_id, str(info.status)
+        manifest = self._manifest(hook, info, spec, manifest_line)
         result = manifest_to_xcom(
             manifest,
             job_id=job_id,
-            submission_id=str(info.get("submission_id") or job_id),
+            submission_id=job_id,
             dashboard_url=hook.dashboard_url(job_id),
-            status=status if manifest is None or status != "SUCCEEDED" else manifest.status,
+            status=status if manifest is None or status != JobStatus.SUCCEEDED else manifest.status,
         )
-        self._end_mlflow_run(manifest, result["status"], context)
-        if status != "SUCCEEDED" or manifest is None or not manifest.succeeded:
-            raise job_failure(job_id, info, manifest, log_tail, hook.dashboard_url(job_id))
         ti = context["ti"]
+        run_id = (manifest.mlflow_run_id if manifest else None) or ti.xcom_pull(
+            task_ids=ti.task_id, key="mlflow_run_id"
+        )
+        self.tracking.end(run_id, result["status"])
+        if status != JobStatus.SUCCEEDED or manifest is None or not manifest.succeeded:
+            raise job_failure(job_id, dataclasses.asdict(info), manifest, log_tail, hook.dashboard_url(job_id))
         result["mlflow_warning"] = result["mlflow_warning"] or ti.xcom_pull(task_ids=ti.task_id, key=MLFLOW_WARNING_KEY)
         if result["mlflow_warning"]:
             self.log.warning("MLflow: %s", result["mlflow_warning"])
-        for key in XCOM_KEYS:
-            ti.xcom_push(key=key, value=result[key])
+        result, cut_note = capped(result)
+        if cut_note:
+            self.log.warning("%s", cut_note)
+        push_result(ti, result)
         if result["mlflow_run_id"]:
             self._remember_mlflow_run(result["mlflow_run_id"], result["mlflow_run_url"], context)
         self.log.info("Checkpoint: %s; metrics: %s", result["checkpoint_path"], result["metrics"])

@@ -11,6 +11,8 @@ stops the job when it is not (see ``compat``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import enum
 import math
 from collections import deque
 from collections.abc import AsyncIterator
@@ -19,14 +21,30 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_ray_train import compat
-from airflow_ray_train.hooks.log_follower import LogFollower, as_record
-from airflow_ray_train.hooks.ray_train import AsyncRayTrainHook
+from airflow_ray_train.hooks.log_follower import LogFollower, as_record, cut_line
+from airflow_ray_train.hooks.ray_train_async import AsyncRayTrainHook
 from airflow_ray_train.runtime.spec import JobStatus
 
+
+class Event(enum.StrEnum):
+    """The ``status`` of the trigger's event."""
+
+    SUCCESS = "success"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    TIMEOUT = "timeout"  # the deadline passed first; the job has been stopped
+    ERROR = "error"  # the job could not be watched (contact lost for the whole window, token rejected, job gone)
+
+
 #: What each terminal Ray job status becomes in the event's ``status``.
-EVENT_STATUS = {JobStatus.SUCCEEDED: "success", JobStatus.FAILED: "failed", JobStatus.STOPPED: "stopped"}
-#: Log lines an event carries for the task's error message (the operator needs no second download).
+EVENT_STATUS = {JobStatus.SUCCEEDED: Event.SUCCESS, JobStatus.FAILED: Event.FAILED, JobStatus.STOPPED: Event.STOPPED}
+#: Log lines an event carries for the task's error message (the operator needs no second download), each cut at
+#: ``TAIL_LINE_CHARS``: the event is stored in the metadata DB.
 LOG_TAIL_LINES = 40
+TAIL_LINE_CHARS = 1000
+#: A manifest line longer than this does not go into the event (``manifest`` is None, ``manifest_in_event``
+#: False): the task reads it from the log, else from ``manifest.json`` in storage.
+EVENT_MANIFEST_CHARS = 64 * 2**10
 #: New log lines reach the task log in one record per trigger at most this often, on a clock every trigger in
 #: the triggerer shares: each record wakes Airflow's triggerer supervisor for a round of database queries, so
 #: the records of many triggers should arrive together.
@@ -34,25 +52,28 @@ LOG_FLUSH_INTERVAL = 5.0
 
 
 class RayTrainJobTrigger(BaseTrigger):
-    """Watch a Ray job until it is terminal, logging its new log lines as they come.
+    """Watch a Ray job until it is terminal, logging its new log lines as they come: the async driver of the
+    one watch loop (``hooks.watch``), so the log stream, the polls, the contact window and the deadline work as
+    in a worker. New lines reach the task log every ``LOG_FLUSH_INTERVAL`` at most, in one record, and all of
+    them before the event.
 
-    The log comes over the Jobs API's log stream (a websocket per job, idle between lines); the status is
-    polled every ``FINISHING_POLL_INTERVAL`` once the stream shows the job is ending (its result manifest went
-    by, or Ray closed the stream), so the event fires within a fraction of a second of that, and otherwise only
-    as a backstop (``STREAM_POLL_INTERVAL``). Without the stream, the whole log is fetched with each status
-    poll, every ``poll_interval``. New lines reach the task log every ``LOG_FLUSH_INTERVAL`` at most, in one
-    record, and all of them before the event.
+    Events (``status``, an ``Event``, always with ``job_id``, ``job_status``, ``log_offset`` (characters of the
+    log gone by), ``message``, ``manifest`` (the manifest's log line, or None; None too when it is over
+    ``EVENT_MANIFEST_CHARS``, then ``manifest_in_event`` is False) and ``log_tail`` (the job log's last lines, cut
+    at ``TAIL_LINE_CHARS``): the event is stored in the metadata DB, so its size is bounded; ``error`` events also
+    carry ``error_type``, the exception's class name): ``success`` / ``failed`` / ``stopped`` for the Ray job
+    statuses SUCCEEDED / FAILED / STOPPED; ``timeout`` when ``timeout_at`` passed first (the job has been
+    stopped); ``error`` when the job could not be watched (no answer over the contact window, token rejected,
+    job gone).
 
-    Events (``status`` first, always with ``job_id``, ``job_status``, ``log_offset``, ``message``, ``manifest``
-    (the manifest's log line, or None) and ``log_tail`` (the job log's last lines); ``error`` events also carry
-    ``error_type``, the exception's class name): ``success`` / ``failed`` / ``stopped`` for the Ray job statuses
-    SUCCEEDED / FAILED / STOPPED; ``timeout`` when ``timeout_at`` passed first (the job has been stopped);
-    ``error`` when the job could not be watched (cluster unreachable, token rejected, job gone).
+    A restarted triggerer runs the trigger again from its arguments, which are fixed when the task defers: it
+    shows the job's log again from its first line. (A trigger cannot store how far it got: Airflow gives a
+    running trigger no way to update its arguments, and the triggerer does not serve Airflow 3.3's task state
+    store to triggers.)
 
     :param job_id: the Ray job's submission id.
     :param ray_conn_id: the ``ray_train`` connection.
     :param poll_interval: seconds between status polls while the job runs without a log stream.
-    :param log_offset: characters of the job log already shown in the task log.
     :param timeout_at: Unix time after which the job is stopped and a ``timeout`` event fires; None: no limit.
     :param timeout_label: how the deadline is described in the timeout message (e.g. ``execution_timeout``).
     """
@@ -63,7 +84,6 @@ class RayTrainJobTrigger(BaseTrigger):
         job_id: str,
         ray_conn_id: str = AsyncRayTrainHook.default_conn_name,
         poll_interval: float = 5.0,
-        log_offset: int = 0,
         timeout_at: float | None = None,
         timeout_label: str = "the deadline",
     ) -> None:
@@ -71,7 +91,6 @@ class RayTrainJobTrigger(BaseTrigger):
         self.job_id = job_id
         self.ray_conn_id = ray_conn_id
         self.poll_interval = poll_interval
-        self.log_offset = log_offset
         self.timeout_at = timeout_at
         self.timeout_label = timeout_label
         self._tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
@@ -85,7 +104,6 @@ class RayTrainJobTrigger(BaseTrigger):
                 "job_id": self.job_id,
                 "ray_conn_id": self.ray_conn_id,
                 "poll_interval": self.poll_interval,
-                "log_offset": self.log_offset,
                 "timeout_at": self.timeout_at,
                 "timeout_label": self.timeout_label,
             },
@@ -96,17 +114,20 @@ class RayTrainJobTrigger(BaseTrigger):
         return AsyncRayTrainHook(self.ray_conn_id, max_retries=5, retry_backoff=1.0)
 
     def _event(
-        self, status: str, job_status: str | None, message: str, follower: LogFollower, **extra: str
+        self, status: Event, job_status: str | None, message: str, follower: LogFollower, **extra: str
     ) -> TriggerEvent:
         self._flush()  # the job's last lines reach the task log before the task resumes
+        manifest = follower.manifest_line
+        small = manifest is None or len(manifest) <= EVENT_MANIFEST_CHARS
         payload = {
-            "status": status,
+            "status": str(status),
             "job_id": self.job_id,
-            "job_status": job_status,
+            "job_status": None if job_status is None else str(job_status),
             "log_offset": follower.offset,
-            "message": message,
-            "manifest": follower.manifest_line,
-            "log_tail": list(self._tail),
+            "message": cut_line(message, TAIL_LINE_CHARS * 4),
+            "manifest": manifest if small else None,
+            "manifest_in_event": small,
+            "log_tail": [cut_line(line, TAIL_LINE_CHARS) for line in self._tail],
             **extra,
         }
         return TriggerEvent(payload)  # type: ignore[no-untyped-call]
@@ -137,8 +158,8 @@ class RayTrainJobTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         hook = self.hook()
-        follower = LogFollower(shown=self.log_offset)
-        info: dict[str, Any] = {}
+        follower = LogFollower()
+        status: str | None = None
         try:
             info = await hook.wait_for_job(
                 self.job_id,
@@ -148,26 +169,27 @@ class RayTrainJobTrigger(BaseTrigger):
                 deadline=self.timeout_at,
                 on_status=self._status,
             )
-            status = str(info["status"])
-            if JobStatus.ended(status):
-                event_status = EVENT_STATUS[JobStatus(status)]
-                yield self._event(event_status, status, str(info.get("message") or ""), follower)
+            status = str(info.status)
+            if info.ended:
+                yield self._event(EVENT_STATUS[JobStatus(status)], status, info.message, follower)
                 return
             self.log.warning("Ray job %s still %s after %s; stopping it", self.job_id, status, self.timeout_label)
             final = await hook.stop_job_and_wait(self.job_id)
-            self._show(follower.catch_up(await hook.get_job_logs(self.job_id)) + follower.flush())
+            with contextlib.suppress(Exception):  # the log's last lines are a courtesy: the event must fire
+                await hook.read_log(self.job_id, follower, self._show)
+            self._show(follower.flush())
             message = (
                 f"Ray job {self.job_id} was still {status} when {self.timeout_label} passed; "
                 f"it has been stopped (now {final})."
             )
-            yield self._event("timeout", final, message, follower)
+            yield self._event(Event.TIMEOUT, final, message, follower)
         except asyncio.CancelledError:
             if not compat.TRIGGER_ON_KILL:
                 await self._stop_if_task_left_deferral()
             raise
         except Exception as exc:  # noqa: BLE001 - a trigger never raises: the task gets the reason as an event
             message = f"{type(exc).__name__}: {exc}"
-            yield self._event("error", info.get("status"), message, follower, error_type=type(exc).__name__)
+            yield self._event(Event.ERROR, status, message, follower, error_type=type(exc).__name__)
         finally:
             self._flush()
             await hook.aclose()

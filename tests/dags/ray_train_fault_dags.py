@@ -171,3 +171,24 @@ with DAG(
         poll_interval=1.0,
         retries=0,
     )
+
+# A dashboard that goes away for longer than the old 7 s (worker) and 31 s (triggerer) while a plain PyTorch loop
+# trains, with retries=0: the task waits over its contact window and the training completes. The connection
+# ray_flaky points at a proxy the test takes down; each task pauses before its last epoch in its own folder.
+with DAG(dag_id="test_ray_train_outage", schedule=None, start_date=START, catchup=False) as outage_dag:
+    for name, deferrable in (("train_sync", False), ("train_deferred", True)):
+        RayTrainOperator(
+            task_id=name,
+            train_func="ray_train_user_loops:paused_torch_loop",
+            train_loop_config={
+                "epochs": 3,
+                "train_size": 256,
+                "pause_dir": os.path.join(os.environ.get("ART_TEST_RESULTS_DIR", "/tmp"), "outage", name),
+            },
+            scaling_config={"num_workers": 2},
+            ray_conn_id="ray_flaky",
+            deferrable=deferrable,
+            poll_interval=1.0,
+            retries=0,
+            ship_modules=["ray_train_examples.pytorch_classifier"],
+        )

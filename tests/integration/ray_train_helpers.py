@@ -3,11 +3,14 @@ Ray jobs a DAG submitted and the Train worker processes of a job, and a task con
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import json
 import os
 import re
+import socket
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -17,6 +20,7 @@ from typing import Any
 
 import psutil
 
+from airflow_ray_train.hooks.jobs_api import JobInfo
 from airflow_ray_train.hooks.ray_train import RayTrainHook
 from airflow_ray_train.runtime.spec import JobStatus
 
@@ -110,13 +114,13 @@ def failure(dag_id: str, task_id: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def jobs_of(hook: RayTrainHook, dag_id: str, run_id: str | None = None) -> list[dict[str, Any]]:
+def jobs_of(hook: RayTrainHook, dag_id: str, run_id: str | None = None) -> list[JobInfo]:
     """The Ray jobs this provider submitted for a DAG (and run), oldest first."""
     found = [
         job
         for job in hook.list_jobs()
-        if (job.get("metadata") or {}).get("airflow_dag_id") == dag_id
-        and (run_id is None or job["metadata"].get("airflow_run_id") == run_id)
+        if job.metadata.get("airflow_dag_id") == dag_id
+        and (run_id is None or job.metadata.get("airflow_run_id") == run_id)
     ]
     return sorted(found, key=lambda job: job.get("start_time") or 0)
 
@@ -215,3 +219,73 @@ def run_next_try(dag_id: str, run_id: str, task_id: str, *, clear: bool = False)
         dag_run = session.scalars(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)).one()
         session.expunge(dag_run)
     return dag_run
+
+
+class FlakyProxy:
+    """A TCP proxy in front of a Ray dashboard that a test can take down: ``down()`` closes its listening socket
+    and every connection through it (new ones are refused, as when a dashboard restarts), ``up()`` listens again
+    on the same port."""
+
+    def __init__(self, target: str) -> None:
+        from urllib.parse import urlsplit
+
+        from airflow_ray_train.local_cluster import free_port
+
+        parts = urlsplit(target)
+        self.target = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self.port = free_port()
+        self.address = f"http://127.0.0.1:{self.port}"
+        self._listener: socket.socket | None = None
+        self._open: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self.up()
+
+    def up(self) -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            for sock in [*self._open, *([listener] if listener else [])]:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            self._open = []
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                if self._listener is not listener:
+                    client.close()
+                    upstream.close()
+                    return
+                self._open += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)

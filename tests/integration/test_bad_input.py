@@ -52,7 +52,7 @@ def test_bad_input_fails_clearly_and_is_not_retried(ray_conn, airflow_db, monkey
     dag_run = run_dag("test_ray_train_bad_input")
     assert set(states(dag_run).values()) == {"failed"}, states(dag_run)
 
-    submitted = {job["metadata"]["airflow_task_id"] for job in jobs_of(RayTrainHook(), "test_ray_train_bad_input")}
+    submitted = {job.metadata["airflow_task_id"] for job in jobs_of(RayTrainHook(), "test_ray_train_bad_input")}
     rows, problems = [], []
     for task_id, (error_type, says, is_submitted) in EXPECTED.items():
         error = failure("test_ray_train_bad_input", task_id)

@@ -5,6 +5,7 @@ it at older Rays and at a Python 3.12 cluster without torch)."""
 from __future__ import annotations
 
 import re
+import time
 import uuid
 
 import pytest
@@ -28,8 +29,8 @@ def cluster(ray_conn) -> dict[str, object]:
     """The Ray version, Python version and torch presence of the session's cluster, asked of a job there."""
     hook = RayTrainHook()
     job_id = hook.submit_job(entrypoint=f'python -c "{_PROBE}"', submission_id=f"probe-{uuid.uuid4().hex[:8]}")
-    info = hook.wait_for_job(job_id, poll_interval=0.5, timeout=120)
-    assert info["status"] == "SUCCEEDED", hook.get_job_logs(job_id)
+    info = hook.wait_for_job(job_id, poll_interval=0.5, deadline=time.time() + 120)
+    assert info.status == "SUCCEEDED", hook.get_job_logs(job_id)
     _, ray_version, python, torch = re.search(r"^probe (.+)$", hook.get_job_logs(job_id), re.M).group(0).split()
     hook.close()
     return {"ray": ray_version, "python": python, "torch": torch == "True"}

@@ -101,8 +101,8 @@ def test_a_failed_try_is_resumed_from_its_checkpoint_by_the_next(hook, airflow_d
     # Try 1 reported epoch 0 with a checkpoint, then failed; try 2 started at epoch 1, not from scratch.
     assert result["metrics"]["epoch"] == 1 and result["metrics"]["start_epoch"] == 1
     jobs = jobs_of(hook, "test_ray_train_resume", dag_run.run_id)
-    assert [job["status"] for job in jobs] == ["FAILED", "SUCCEEDED"]
-    assert [job["submission_id"].rsplit("-", 1)[1] for job in jobs] == ["try1", "try2"]
+    assert [job.status for job in jobs] == ["FAILED", "SUCCEEDED"]
+    assert [job.submission_id.rsplit("-", 1)[1] for job in jobs] == ["try1", "try2"]
     assert result["job_id"] == jobs[1]["submission_id"]
     assert "resuming from" in hook.get_job_logs(result["job_id"])
     # Both tries logged to one MLflow run: try 1's epoch 0, then try 2's epoch 1, which ended it FINISHED.
@@ -124,8 +124,8 @@ def test_defer_timeout_stops_the_job_and_its_workers(hook, airflow_db):
     def watch_workers() -> None:
         while not stop_watching.is_set():
             for job in jobs_of(hook, "test_ray_train_defer_timeout"):
-                if job["status"] == "RUNNING":
-                    seen.update(train_worker_pids(hook, job["submission_id"]))
+                if job.status == "RUNNING":
+                    seen.update(train_worker_pids(hook, job.submission_id))
             stop_watching.wait(1.0)
 
     watcher = threading.Thread(target=watch_workers, daemon=True)
@@ -140,7 +140,7 @@ def test_defer_timeout_stops_the_job_and_its_workers(hook, airflow_db):
     assert error["type"] == "AirflowTaskTimeout"
     assert "execution_timeout (0:01:00)" in error["message"] and "has been stopped (now STOPPED)" in error["message"]
     (job,) = jobs_of(hook, "test_ray_train_defer_timeout", dag_run.run_id)
-    assert_stopped_without_workers(hook, job["submission_id"], seen)
+    assert_stopped_without_workers(hook, job.submission_id, seen)
 
 
 @pytest.mark.slow

@@ -105,10 +105,10 @@ def test_next_try_attaches_to_the_job_of_a_killed_task_then_collects_it_and_trai
 
         def running_job() -> dict | None:
             assert first.poll() is None, f"try 1's process exited with {first.returncode}"
-            return next((j for j in jobs_of(hook, "test_ray_train_attach") if j["status"] == "RUNNING"), None)
+            return next((j for j in jobs_of(hook, "test_ray_train_attach") if j.status == "RUNNING"), None)
 
         job = wait_for(running_job, 180, 1.0, "try 1's job to run")
-        job_id = job["submission_id"]
+        job_id = job.submission_id
         wait_for(lambda: "report 1:" in hook.get_job_logs(job_id), 120, 1.0, "a first report")
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # the worker running try 1 dies mid-job
@@ -117,7 +117,7 @@ def test_next_try_attaches_to_the_job_of_a_killed_task_then_collects_it_and_trai
     assert hook.get_job_status(job_id) == "RUNNING"  # the Ray job outlives the Airflow process
 
     # The scheduler finds try 1's heartbeat gone and schedules try 2 of the same task instance.
-    run_id = job["metadata"]["airflow_run_id"]
+    run_id = job.metadata["airflow_run_id"]
     dag_run = run_next_try("test_ray_train_attach", run_id, "train_attach")
     assert states(dag_run) == {"train_attach": "success"}
     assert task_instances(dag_run)["train_attach"].try_number == 2
@@ -130,7 +130,7 @@ def test_next_try_attaches_to_the_job_of_a_killed_task_then_collects_it_and_trai
     assert states(dag_run) == {"train_attach": "success"}
     assert task_instances(dag_run)["train_attach"].try_number == 3
     assert xcom(dag_run, "train_attach") == result
-    assert [j["submission_id"] for j in jobs_of(hook, "test_ray_train_attach", run_id)] == [job_id]  # trained once
+    assert [j.submission_id for j in jobs_of(hook, "test_ray_train_attach", run_id)] == [job_id]  # trained once
 
     # The user clears the task: that asks for a new run, which trains from scratch in a Train run of its own.
     dag_run = run_next_try("test_ray_train_attach", run_id, "train_attach", clear=True)
@@ -146,12 +146,12 @@ def test_a_killed_train_worker_is_restarted_from_the_checkpoint(hook, airflow_db
 
     def kill_a_worker_after_the_second_report() -> None:
         job = wait_for(
-            lambda: next((j for j in jobs_of(hook, "test_ray_train_worker_fault") if j["status"] == "RUNNING"), None),
+            lambda: next((j for j in jobs_of(hook, "test_ray_train_worker_fault") if j.status == "RUNNING"), None),
             180,
             1.0,
             "the job to run",
         )
-        job_id = job["submission_id"]
+        job_id = job.submission_id
         wait_for(lambda: "report 2:" in hook.get_job_logs(job_id), 180, 0.5, "a second report")
         pid = min(train_worker_pids(hook, job_id))
         assert is_train_worker(pid)  # a RayTrainWorker actor of this job, checked by its command line
@@ -166,7 +166,7 @@ def test_a_killed_train_worker_is_restarted_from_the_checkpoint(hook, airflow_db
     assert states(dag_run) == {"train_survives": "success"}
     result = xcom(dag_run, "train_survives")
     (job,) = jobs_of(hook, "test_ray_train_worker_fault", dag_run.run_id)  # one job: Ray Train recovered inside it
-    logs = hook.get_job_logs(job["submission_id"])
+    logs = hook.get_job_logs(job.submission_id)
     # The restarted worker group resumed from the latest checkpoint (epoch 1 or later), not from scratch,
     # and the running total carried across the restart is exact.
     assert result["metrics"]["epoch"] == 5 and result["metrics"]["start_epoch"] >= 2

@@ -44,10 +44,10 @@ def test_submit_status_and_logs(hook):
         submission_id=_id("hello"),
         metadata={"airflow_task_id": "t"},
     )
-    info = hook.wait_for_job(job_id, poll_interval=0.5, timeout=120)
-    assert info["status"] == "SUCCEEDED"
+    info = hook.wait_for_job(job_id, poll_interval=0.5, deadline=time.time() + 120)
+    assert info.status == "SUCCEEDED"
     assert hook.get_job_status(job_id) == "SUCCEEDED"
-    assert info["metadata"] == {"airflow_task_id": "t"}
+    assert info.metadata == {"airflow_task_id": "t"}
     assert "hello from the driver" in hook.get_job_logs(job_id)
     assert hook.find_job(_id("never-submitted")) is None
 
@@ -56,8 +56,8 @@ def test_logs_stream_in_pieces_while_the_job_runs(hook):
     code = "import time\nfor i in range(4):\n    print(f'line {i}', flush=True)\n    time.sleep(1)"
     job_id = hook.submit_job(entrypoint=_python(code), submission_id=_id("stream"))
     pieces: list[list[str]] = []
-    info = hook.wait_for_job(job_id, poll_interval=0.3, on_lines=pieces.append, timeout=120)
-    assert info["status"] == "SUCCEEDED"
+    info = hook.wait_for_job(job_id, poll_interval=0.3, on_lines=pieces.append, deadline=time.time() + 120)
+    assert info.status == "SUCCEEDED"
     streamed = [line for piece in pieces for line in piece]
     assert streamed == hook.get_job_logs(job_id).splitlines()  # every line once, in order
     assert all(f"line {i}" in streamed for i in range(4))
@@ -72,20 +72,22 @@ _ENDING = (
 
 
 def test_wait_follows_the_log_stream_and_notices_the_end_without_a_slow_poll(hook, monkeypatch):
-    """poll_interval=120 s: the stream (the manifest line, then Ray closing it) is what ends the wait, and
-    the whole log is fetched once, at the end, not with every poll."""
+    """poll_interval=120 s: the stream (the manifest line, then Ray closing it) is what ends the wait, and the
+    whole log came over it: Ray closed it normally after the end, so the log is not read again (``GET /logs``)."""
     fetches: list[str] = []
-    real_get_logs = hook.get_job_logs
-    monkeypatch.setattr(hook, "get_job_logs", lambda job_id: fetches.append(job_id) or real_get_logs(job_id))
+    real_read_log = hook.read_log
+    monkeypatch.setattr(hook, "read_log", lambda job_id, *a: fetches.append(job_id) or real_read_log(job_id, *a))
     job_id = hook.submit_job(entrypoint=_python(_ENDING), submission_id=_id("follow"))
     pieces: list[list[str]] = []
     follower = LogFollower()
     started = time.monotonic()
-    info = hook.wait_for_job(job_id, follower=follower, poll_interval=120, on_lines=pieces.append, timeout=300)
-    assert info["status"] == "SUCCEEDED"
+    info = hook.wait_for_job(
+        job_id, follower=follower, poll_interval=120, on_lines=pieces.append, deadline=time.time() + 300
+    )
+    assert info.status == "SUCCEEDED"
     assert time.monotonic() - started < 60, "the wait sat out a 120 s poll instead of following the stream"
-    assert fetches == [job_id]
-    logs = real_get_logs(job_id)
+    assert fetches == []
+    logs = hook.get_job_logs(job_id)
     assert [line for piece in pieces for line in piece] == [
         line for line in logs.splitlines() if not line.startswith(MANIFEST_MARKER)
     ]
@@ -103,7 +105,8 @@ def test_closing_the_log_stream_at_the_end_does_not_wait_for_ray_to_answer(hook,
     that answer: the job's end reaches the task without the close's delay."""
     from websockets.sync.client import ClientConnection
 
-    from airflow_ray_train.hooks.ray_train import STREAM_SLOTS, AsyncRayTrainHook
+    from airflow_ray_train.hooks.ray_train import AsyncRayTrainHook
+    from airflow_ray_train.hooks.watch import STREAM_SLOTS
 
     closes: list[tuple[str, float]] = []
     real_sync_close, real_async_close = ClientConnection.close, AsyncRayTrainHook._close
@@ -125,7 +128,7 @@ def test_closing_the_log_stream_at_the_end_does_not_wait_for_ray_to_answer(hook,
     monkeypatch.setattr(ClientConnection, "close", timed_sync_close)
     monkeypatch.setattr(AsyncRayTrainHook, "_close", timed_async_close)
     sync_job = hook.submit_job(entrypoint=_python(_ENDING_SLOWLY), submission_id=_id("close-sync"))
-    assert hook.wait_for_job(sync_job, poll_interval=120, timeout=300)["status"] == "SUCCEEDED"
+    assert hook.wait_for_job(sync_job, poll_interval=120, deadline=time.time() + 300).status == "SUCCEEDED"
     async_job = hook.submit_job(entrypoint=_python(_ENDING_SLOWLY), submission_id=_id("close-async"))
 
     async def wait_async() -> dict:
@@ -136,7 +139,7 @@ def test_closing_the_log_stream_at_the_end_does_not_wait_for_ray_to_answer(hook,
         finally:
             await async_hook.aclose()
 
-    assert asyncio.run(asyncio.wait_for(wait_async(), timeout=300))["status"] == "SUCCEEDED"
+    assert asyncio.run(asyncio.wait_for(wait_async(), timeout=300)).status == "SUCCEEDED"
     assert [kind for kind, _ in closes] == ["sync", "async"], closes  # each followed its job on one stream
     # A close that waited for Ray's answer takes the whole close timeout (it was 0.2 s); one that does not wait
     # only sends the close frame and drops the connection (about a millisecond here).
@@ -162,17 +165,17 @@ def test_a_dropped_log_stream_is_opened_again_and_nothing_is_shown_twice_or_lost
         return stream
 
     fetches: list[str] = []
-    real_get_logs = hook.get_job_logs
+    real_read_log = hook.read_log
     monkeypatch.setattr(hook, "open_log_stream", open_then_drop_the_first)
-    monkeypatch.setattr(hook, "get_job_logs", lambda job_id: fetches.append(job_id) or real_get_logs(job_id))
+    monkeypatch.setattr(hook, "read_log", lambda job_id, *a: fetches.append(job_id) or real_read_log(job_id, *a))
     job_id = hook.submit_job(entrypoint=_python(_PRINTS_FOR_SIX_SECONDS), submission_id=_id("dropped"))
     pieces: list[list[str]] = []
-    info = hook.wait_for_job(job_id, poll_interval=120, on_lines=pieces.append, timeout=300)
-    assert info["status"] == "SUCCEEDED"
+    info = hook.wait_for_job(job_id, poll_interval=120, on_lines=pieces.append, deadline=time.time() + 300)
+    assert info.status == "SUCCEEDED"
     assert len(opened) >= 2 and all(stream is not None for stream in opened)  # opened again after the drop
-    assert fetches == [job_id]  # the whole log once, at the end: not with every poll after the drop
+    assert fetches == []  # the new stream replayed the log from its start: no whole-log read, not even at the end
     shown = [line for piece in pieces for line in piece]
-    assert shown == [line for line in real_get_logs(job_id).splitlines() if not line.startswith(MANIFEST_MARKER)]
+    assert shown == [line for line in hook.get_job_logs(job_id).splitlines() if not line.startswith(MANIFEST_MARKER)]
     assert [line for line in shown if line.startswith("line ")] == [f"line {i}" for i in range(12)]
 
 
@@ -181,13 +184,13 @@ def test_the_trigger_follows_the_log_stream_of_a_real_job(ray_conn, capfd, monke
     from airflow_ray_train.triggers.ray_train import RayTrainJobTrigger
 
     fetches: list[str] = []
-    real_get_logs = AsyncRayTrainHook.get_job_logs
+    real_read_log = AsyncRayTrainHook.read_log
 
-    async def counting_get_logs(self, job_id):
+    async def counting_read_log(self, job_id, *args):
         fetches.append(job_id)
-        return await real_get_logs(self, job_id)
+        return await real_read_log(self, job_id, *args)
 
-    monkeypatch.setattr(AsyncRayTrainHook, "get_job_logs", counting_get_logs)
+    monkeypatch.setattr(AsyncRayTrainHook, "read_log", counting_read_log)
     hook = RayTrainHook()
     job_id = hook.submit_job(entrypoint=_python(_ENDING), submission_id=_id("trigger"))
 
@@ -199,7 +202,7 @@ def test_the_trigger_follows_the_log_stream_of_a_real_job(ray_conn, capfd, monke
     event = asyncio.run(first_event())
     assert event["status"] == "success", event
     assert time.monotonic() - started < 60, "the trigger sat out a 120 s poll instead of following the stream"
-    assert fetches == [job_id]  # the final read only
+    assert fetches == []  # Ray closed the stream after the end: it carried the whole log
     logs = hook.get_job_logs(job_id)
     assert event["log_offset"] == len(logs)
     output = capfd.readouterr()
@@ -247,7 +250,7 @@ def test_a_repeat_submit_uploads_nothing_and_changed_code_uploads_again(hook, tm
         submission_id=_id("shipped"),
         runtime_env=env2,
     )
-    assert hook.wait_for_job(job_id, poll_interval=0.5, timeout=120)["status"] == "SUCCEEDED"
+    assert hook.wait_for_job(job_id, poll_interval=0.5, deadline=time.time() + 120).status == "SUCCEEDED"
     assert "VALUE 2" in hook.get_job_logs(job_id)
 
 
@@ -264,8 +267,8 @@ def test_driver_writes_a_failed_manifest_when_train_func_is_not_on_the_cluster(h
     job_id = hook.submit_job(
         entrypoint=hook.runtime_entrypoint(spec.to_arg()), submission_id=spec.submission_id, runtime_env=env
     )
-    info = hook.wait_for_job(job_id, poll_interval=0.5, timeout=180)
-    assert info["status"] == "FAILED" and info["driver_exit_code"] == 1
+    info = hook.wait_for_job(job_id, poll_interval=0.5, deadline=time.time() + 180)
+    assert info.status == "FAILED" and info.driver_exit_code == 1
     manifest = manifest_from_log(hook.get_job_logs(job_id))
     assert manifest is not None and manifest.status == "FAILED"
     assert manifest.error is not None and manifest.error["type"] == "TrainFuncImportError"

@@ -50,7 +50,7 @@ def test_a_taken_submission_id_is_recognised_from_rays_reply(hook):
     hook.submit_job(entrypoint="echo first", submission_id=job_id, metadata={"who": "first"})
     with pytest.raises(RayTrainJobExistsError) as raised:
         hook.submit_job(entrypoint="echo second", submission_id=job_id, metadata={"who": "second"})
-    assert raised.value.job["submission_id"] == job_id and raised.value.job["metadata"] == {"who": "first"}
+    assert raised.value.job.submission_id == job_id and raised.value.job.metadata == {"who": "first"}
     # Anything else Ray rejects is not mistaken for a taken id.
     with pytest.raises(RayTrainClusterError) as other:
         hook.submit_job(entrypoint="echo x", submission_id=f"bad-{uuid.uuid4().hex[:6]}", metadata={"n": 1})  # type: ignore[dict-item]
@@ -98,7 +98,7 @@ def test_two_deployments_with_the_same_dag_and_logical_date_each_get_their_own_m
     assert staging["metrics"] == {"epoch": 4, "start_epoch": 0, "total": sum(range(5))}
     assert prod["metrics"] == {"epoch": 2, "start_epoch": 0, "total": sum(range(3))}
     assert staging["checkpoint_path"] != prod["checkpoint_path"]
-    metadata = {r["job_id"]: hook.get_job_info(r["job_id"])["metadata"] for r in (staging, prod)}
+    metadata = {r["job_id"]: hook.get_job_info(r["job_id"]).metadata for r in (staging, prod)}
     deployments = {m["airflow_deployment_id"] for m in metadata.values()}
     assert len(deployments) == 2  # each deployment made its own id (the ray_train_deployment_id Variable)
     assert len({m["ray_train_run_name"] for m in metadata.values()}) == 2
@@ -140,8 +140,8 @@ def test_a_retry_whose_spec_changed_neither_attaches_nor_resumes_and_stops_the_o
     assert result["metrics"]["epoch"] == 1
     assert hook.get_job_status(old_job) == "STOPPED"  # superseded: nobody would ever watch it again
     assert (
-        hook.get_job_info(result["job_id"])["metadata"]["ray_train_run_name"]
-        != (hook.get_job_info(old_job)["metadata"]["ray_train_run_name"])
+        hook.get_job_info(result["job_id"]).metadata["ray_train_run_name"]
+        != (hook.get_job_info(old_job).metadata["ray_train_run_name"])
     )
 
 
@@ -239,7 +239,7 @@ def test_a_users_run_name_never_resumes_another_dag_runs_or_mapped_tasks_train_r
     for index, ti in enumerate(tonight):
         ti.map_index = index
     results = [train(ti) for ti in (last_night, *tonight)]
-    for result in results:  # each trained from its first epoch: none resumed (or collected) another's run
-        assert result["metrics"] == {"epoch": 1, "start_epoch": 0, "total": 1}, result
-        assert Path(result["run_path"]).name.startswith("clf."), result["run_path"]
+    # Each trained from its first epoch: none resumed (or collected) another's finished run.
+    assert [result["metrics"] for result in results] == [{"epoch": 1, "start_epoch": 0, "total": 1}] * 3
+    assert all(Path(result["run_path"]).name.startswith("clf.") for result in results)  # the user's name, kept
     assert len({result["run_path"] for result in results}) == 3

@@ -99,7 +99,7 @@ def test_an_unreachable_server_trains_untracked_only_when_told(ray_conn, direct_
 
 def test_bad_mlflow_input_fails_before_anything_is_submitted(ray_conn, mlflow_conn, direct_deployment, monkeypatch):
     ray = RayTrainHook()
-    before = {job["submission_id"] for job in ray.list_jobs()}
+    before = {job.submission_id for job in ray.list_jobs()}
 
     def run(task_id: str, **kwargs: object) -> None:
         operator = RayTrainOperator(
@@ -119,4 +119,4 @@ def test_bad_mlflow_input_fails_before_anything_is_submitted(ray_conn, mlflow_co
     with pytest.raises(RayTrainMlflowError, match=r"at http://127\.0\.0\.1:9 .*Fix: start the server") as down:
         run("server_down")
     assert "mlflow_required=False" in str(down.value)
-    assert {job["submission_id"] for job in ray.list_jobs()} == before
+    assert {job.submission_id for job in ray.list_jobs()} == before

@@ -53,8 +53,8 @@ def test_example_dag_trains_on_ray_and_evaluates_the_checkpoint(ray_conn, airflo
 
     hook = RayTrainHook()
     info = hook.get_job_info(result["job_id"])
-    assert info["status"] == "SUCCEEDED"
-    assert info["metadata"]["airflow_dag_id"] == "example_ray_train_pytorch"
+    assert info.status == "SUCCEEDED"
+    assert info.metadata["airflow_dag_id"] == "example_ray_train_pytorch"
 
 
 def test_failing_train_func_reaches_airflow_and_keeps_manifest_and_checkpoint(ray_conn, airflow_db):
@@ -82,5 +82,5 @@ def test_failing_train_func_reaches_airflow_and_keeps_manifest_and_checkpoint(ra
     bad = json.loads((results / "bad_scaling_key.failure.json").read_text())
     assert bad["type"] == "RayTrainConfigError" and "AirflowFailException" in bad["mro"]
     assert "scaling_config.num_wokers" in bad["message"] and "did you mean 'num_workers'" in bad["message"]
-    submitted = {(job.get("metadata") or {}).get("airflow_task_id") for job in RayTrainHook().list_jobs()}
+    submitted = {job.metadata.get("airflow_task_id") for job in RayTrainHook().list_jobs()}
     assert "bad_scaling_key" not in submitted

@@ -44,7 +44,7 @@ def test_code_that_cannot_ship_fails_clearly_and_is_not_retried(ray_conn, airflo
     assert {task_id: state for task_id, state in states(dag_run).items() if task_id != "rows"} == {
         task_id: "failed" for task_id in EXPECTED
     }
-    submitted = {job["metadata"]["airflow_task_id"] for job in jobs_of(RayTrainHook(), DAG_ID)}
+    submitted = {job.metadata["airflow_task_id"] for job in jobs_of(RayTrainHook(), DAG_ID)}
     problems, rows = [], []
     for task_id, (error_type, says, is_submitted) in EXPECTED.items():
         error = failure(DAG_ID, task_id)

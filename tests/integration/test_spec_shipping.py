@@ -34,7 +34,7 @@ def test_a_one_megabyte_train_loop_config_trains_and_stays_off_the_command_line(
     # new for every job would give the run's processes a runtime env the cluster sets up for that job alone.
     assert result["metrics"] == {"files": 30_000, "last": FILES[-1], "spec_folders_on_worker_path": 0}
     hook = RayTrainHook()
-    entrypoint = hook.get_job_info(result["job_id"])["entrypoint"]
+    entrypoint = hook.get_job_info(result["job_id"]).entrypoint
     assert len(entrypoint) < 400 and "training-data" not in entrypoint and "shipped:" in entrypoint
     hook.close()
 
@@ -47,5 +47,5 @@ def test_a_config_too_large_to_ship_fails_before_submitting(ray_conn, direct_dep
     assert raised.value.field == "train_loop_config"
     assert "over the 512.0 KiB" in str(raised.value) and "put the data in storage" in str(raised.value)
     hook = RayTrainHook()
-    assert not [j for j in jobs_of(hook, ti.dag_id) if j["metadata"].get("airflow_task_id") == "too_big_config"]
+    assert not [j for j in jobs_of(hook, ti.dag_id) if j.metadata.get("airflow_task_id") == "too_big_config"]
     hook.close()

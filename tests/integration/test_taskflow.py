@@ -39,7 +39,7 @@ def test_decorated_function_sweeps_on_ray_and_the_best_is_picked(ray_conn, airfl
     function_module, _, _ = function_package(fit_line.function)
     dag_file = code_package("example_ray_train_taskflow")
     assert dag_file is not None
-    py_modules = RayTrainHook().get_job_info(fast["job_id"])["runtime_env"]["py_modules"]
+    py_modules = RayTrainHook().get_job_info(fast["job_id"]).runtime_env["py_modules"]
     assert function_module.uri in py_modules and dag_file.uri not in py_modules, py_modules
 
 

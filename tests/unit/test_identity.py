@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from airflow_ray_train.hooks.jobs_api import JobInfo
 from airflow_ray_train.identity import SPEC_DIGEST_KEY, TryIdentity, other_spec, spec_digest
 from airflow_ray_train.runtime.spec import TrainSpec
-from airflow_ray_train.hooks.jobs_api import JobInfo
 from airflow_ray_train.try_plan import plan_try
 
 STARTED = datetime(2026, 3, 2, 0, 0, 1, 123456, tzinfo=UTC)
@@ -34,7 +34,9 @@ def identity(**changes: object) -> TryIdentity:
 def job(ident: TryIdentity, digest: str, status: str, try_number: int | None = None, suffix: str = "") -> JobInfo:
     number = ident.try_number if try_number is None else try_number
     metadata = dataclasses.replace(ident, try_number=number).job_metadata(digest, ident.run_name(digest))
-    return JobInfo.from_api({"submission_id": ident.submission_id(number) + suffix, "status": status, "metadata": metadata})
+    return JobInfo.from_api(
+        {"submission_id": ident.submission_id(number) + suffix, "status": status, "metadata": metadata}
+    )
 
 
 class _Store:
@@ -122,7 +124,7 @@ def test_first_try_submits_under_its_own_id():
 def test_a_retry_collects_or_attaches_to_its_series_job_with_the_same_spec(status, action):
     retry = identity(try_number=2)
     plan = plan_try(retry, "abc", [job(retry, "abc", status, try_number=1)])
-    assert plan.action == action and plan.job is not None and plan.job["submission_id"].endswith("-try1")
+    assert plan.action == action and plan.job is not None and plan.job.submission_id.endswith("-try1")
 
 
 @pytest.mark.parametrize("status", ["FAILED", "STOPPED"])
@@ -137,14 +139,14 @@ def test_a_job_of_another_spec_is_not_used_and_if_running_is_stopped():
     retry = identity(try_number=3)
     found = [job(retry, "old", "RUNNING", try_number=2), job(retry, "old", "SUCCEEDED", try_number=1)]
     plan = plan_try(retry, "new", found)
-    assert plan.action == "submit" and plan.stop == [found[0]["submission_id"]]
+    assert plan.action == "submit" and plan.stop == [found[0].submission_id]
     assert all("another spec" in note for note in plan.notes) and len(plan.notes) == 2
 
 
 def test_a_job_someone_else_holds_under_this_id_is_left_alone_and_a_free_id_is_used():
     ours = identity()
     foreign = job(identity(deployment_id="staging"), "abc", "RUNNING")
-    foreign["submission_id"] = ours.submission_id()
+    foreign = dataclasses.replace(foreign, submission_id=ours.submission_id())
     plan = plan_try(ours, "abc", [foreign])
     assert plan.action == "submit" and plan.submission_id == ours.submission_id() + "-2" and plan.stop == []
     assert "not this task's" in plan.notes[0] and "airflow_deployment_id is 'staging'" in plan.notes[0]
@@ -154,7 +156,7 @@ def test_this_tries_own_earlier_submit_is_attached_and_a_resubmit_is_found_newes
     ours = identity(try_number=2)
     resubmitted = [job(ours, "abc", "RUNNING", suffix="-2"), job(ours, "abc", "FAILED")]
     plan = plan_try(ours, "abc", resubmitted)
-    assert plan.action == "attach" and plan.job is not None and plan.job["submission_id"].endswith("-try2-2")
+    assert plan.action == "attach" and plan.job is not None and plan.job.submission_id.endswith("-try2-2")
 
 
 @pytest.mark.parametrize(

@@ -6,11 +6,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
 from airflow_ray_train.compat import AirflowFailException
 from airflow_ray_train.exceptions import RayTrainAuthError, RayTrainConfigError, RayTrainWatchError
+from airflow_ray_train.hooks import ray_train as ray_train_hook
 from airflow_ray_train.hooks.resources import cluster_shortfall, worker_resources
 from airflow_ray_train.operators.ray_train import RayTrainOperator
 from airflow_ray_train.runtime.trainer import DEFAULT_CONTROLLER_FAILURE_LIMIT, failure_config_kwargs
@@ -103,7 +105,7 @@ class _TI:
         ("ConnectError", 2, 3, True, True, "stopped (STOPPED) because this was the task's last try"),
         ("ConnectError", 0, 1, True, True, "stopped (STOPPED) because this was the task's last try"),
         ("RayTrainAuthError", 2, 1, True, True, "stopped (STOPPED) because the cluster rejected the token"),
-        ("RayTrainAuthError", 2, 1, False, True, "Stopping it failed too (HTTP 403): stop it by hand"),
+        ("RayTrainAuthError", 2, 1, False, True, "Stopping it failed too (HTTP 403). Ray job j1 may still be running"),
     ],
 )
 def test_a_job_that_cannot_be_watched_is_left_to_the_next_try_or_stopped(
@@ -120,12 +122,21 @@ def test_a_job_that_cannot_be_watched_is_left_to_the_next_try_or_stopped(
         return "STOPPED"
 
     monkeypatch.setattr(type(operator.hook), "stop_job_and_wait", stop)
+    # A rejected token: the connection is read again before each of the stop's tries.
+    reloads: list[int] = []
+    monkeypatch.setattr(type(operator.hook), "reload_settings", lambda self: reloads.append(1))
+    monkeypatch.setattr(type(operator.hook), "settings", SimpleNamespace(address="http://ray:8265"))
+    monkeypatch.setattr(ray_train_hook, "REJECTED_STOP_PAUSE_S", 0.0)
     event = {"status": "error", "job_id": "j1", "message": "boom", "error_type": error_type, "log_offset": 0}
     with pytest.raises(RayTrainWatchError) as raised:
         operator.execute_complete({"ti": _TI(try_number, max_tries=retries)}, event)  # type: ignore[arg-type]
     assert not isinstance(raised.value, AirflowFailException)  # a retry may see the job again
     assert "Lost track of Ray job j1" in str(raised.value) and says in str(raised.value)
-    assert stops == (["j1"] if stopped else [])
+    tries = ray_train_hook.REJECTED_STOP_TRIES if error_type == "RayTrainAuthError" and not stop_works else 1
+    assert stops == (["j1"] * tries if stopped else [])
+    assert len(reloads) == (tries if error_type == "RayTrainAuthError" else 0)
+    if not stop_works:  # what runs on, and how to stop it
+        assert "ray job stop j1 --address http://ray:8265" in str(raised.value)
 
 
 def test_airflows_deferral_timeout_stops_the_job_before_failing_the_try(monkeypatch):

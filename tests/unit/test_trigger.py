@@ -67,7 +67,7 @@ def run_trigger(**kwargs) -> dict:
 
 def test_serialize_round_trips_and_holds_no_secret():
     trigger = RayTrainJobTrigger(
-        job_id=JOB, ray_conn_id="ray_x", poll_interval=3.0, log_offset=42, timeout_at=123.5, timeout_label="t"
+        job_id=JOB, ray_conn_id="ray_x", poll_interval=3.0, timeout_at=123.5, timeout_label="t"
     )
     classpath, kwargs = trigger.serialize()
     module, _, name = classpath.rpartition(".")
@@ -117,15 +117,17 @@ def test_a_rejected_token_becomes_an_error_event_that_names_the_fix(stub):
     assert "ray get-auth-token" in event["message"] and TOKEN not in event["message"]
 
 
-def test_an_unreachable_cluster_becomes_an_error_event_naming_the_address(monkeypatch):
+def test_a_cluster_unreachable_for_the_whole_contact_window_becomes_an_error_event_naming_the_address(monkeypatch):
     address = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("AIRFLOW_CONN_RAY_DOWN", json.dumps({"conn_type": "ray_train", "host": address}))
+    monkeypatch.setenv("AIRFLOW__RAY_TRAIN__CONTACT_WINDOW", "1.5")
     monkeypatch.setattr(
         RayTrainJobTrigger, "hook", lambda self: AsyncRayTrainHook(self.ray_conn_id, max_retries=1, retry_backoff=0.01)
     )
     trigger = RayTrainJobTrigger(job_id=JOB, ray_conn_id="ray_down", poll_interval=0.01)
     event = asyncio.run(first_event(trigger))
     assert event["status"] == "error" and f"cannot reach the Ray cluster at {address}" in event["message"]
+    assert event["error_type"] == "ContactLost" and "contact window (2 s" in event["message"]
 
 
 def test_the_deadline_stops_the_job_and_fires_timeout(stub):
@@ -169,9 +171,11 @@ def test_cancelling_the_trigger_does_not_stop_the_job(stub):
 
 def test_the_log_follower_hands_on_whole_lines_once_from_the_stream_and_the_whole_log():
     follower = LogFollower()
+    follower.begin()  # a stream opened
     assert follower.feed("a\nb") == ["a"] and follower.offset == 2  # "b" waits for its newline
-    assert follower.catch_up("a\nbc\n") == ["bc"] and follower.offset == 5  # the whole log, fetched once
-    assert follower.feed("c\nd\n") == ["d"]  # the stream goes on from where it was: "c\n" was shown
+    assert follower.catch_up("a\nbc\n") == ["bc"] and follower.offset == 5  # the whole log, read once
+    follower.begin()  # a new stream sends the log from its start: what was shown is skipped
+    assert follower.feed("a\nbc\nd\n") == ["d"]
     assert follower.feed("\x1b[32mok\x1b[0m\r\nlast") == ["ok"]
     assert follower.flush() == ["last"] and follower.offset == len("a\nbc\nd\n\x1b[32mok\x1b[0m\r\nlast")
 
@@ -181,29 +185,18 @@ def test_the_trigger_module_imports_no_ray():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
-def test_the_log_follower_skips_what_was_shown_and_sees_the_manifest_only_at_a_line_start(monkeypatch):
-    from airflow_ray_train.hooks import log_follower
-
+def test_the_log_follower_skips_what_was_shown_and_sees_the_manifest_only_at_a_line_start():
     follower = LogFollower(shown=4)
     assert follower.feed("abc\n") == []  # all of it was shown before this watcher started
     assert follower.feed("de\n") == ["de"]
     assert follower.feed(b"echo " + MANIFEST_MARKER.encode() + b" in a command\n") == [
         f"echo {MANIFEST_MARKER} in a command"
     ]
-    assert not follower.finishing and follower.next_poll(5.0) == 5.0
+    assert follower.manifest_line is None
     half = len(MANIFEST_MARKER) // 2
     assert follower.feed("last line\n" + MANIFEST_MARKER[:half]) == ["last line"]  # the manifest line split
-    assert not follower.finishing
     assert follower.feed(MANIFEST_MARKER[half:] + '{"status": "SUCCEEDED"}\n') == []  # kept, not shown
     assert follower.manifest_line == MANIFEST_MARKER + '{"status": "SUCCEEDED"}'
-    assert follower.finishing and follower.next_poll(5.0) == log_follower.FINISHING_POLL_INTERVAL
-
-    closed = LogFollower()
-    closed.closed()  # Ray closes the stream after the job ended
-    assert closed.finishing
-    # A driver that hangs on its way out: the fast polls end after the window.
-    monkeypatch.setattr(log_follower, "FINISHING_WINDOW_S", 0.0)
-    assert follower.next_poll(5.0) == 5.0 and not closed.finishing
 
 
 def test_the_job_log_reaches_the_task_log_in_one_record_per_flush_and_all_of_it_before_the_event(
@@ -232,17 +225,6 @@ def test_the_job_log_reaches_the_task_log_in_one_record_per_flush_and_all_of_it_
     assert records(text) == ["a", "b", "c"], text
 
 
-def test_while_the_log_stream_is_open_the_status_poll_is_a_rare_backstop():
-    from airflow_ray_train.hooks import log_follower
-
-    follower = LogFollower()
-    assert follower.next_poll(5.0, streaming=True) == log_follower.STREAM_POLL_INTERVAL > 5.0
-    assert follower.next_poll(60.0, streaming=True) == 60.0
-    assert follower.next_poll(5.0) == 5.0  # no stream: the whole log comes with each poll
-    follower.closed()  # the job is ending: fast polls, stream or not
-    assert follower.next_poll(5.0, streaming=True) == log_follower.FINISHING_POLL_INTERVAL
-
-
 def test_without_a_log_stream_the_trigger_polls_the_whole_log(stub):
     """The stub speaks no websocket (like a proxy that refuses them): the trigger falls back to polling."""
     stub.respond = job_api(["RUNNING", "RUNNING", "SUCCEEDED"], ["a\n", "a\nb\n", "a\nb\nc\n"])
@@ -252,38 +234,8 @@ def test_without_a_log_stream_the_trigger_polls_the_whole_log(stub):
     assert sum(p.endswith("/logs") for p in stub.paths()) >= 3
 
 
-def test_a_dropped_stream_is_opened_again_and_the_new_one_skips_what_was_shown(monkeypatch):
-    from airflow_ray_train.hooks import log_follower
-
-    follower = LogFollower()
-    follower.opened()
-    assert follower.feed("epoch 0\nepoch 1\n") == ["epoch 0", "epoch 1"]
-    follower.closed()  # a proxy cut it: poll the status fast, in case the job ended
-    assert follower.finishing and not follower.polling
-    assert not follower.reconnect_due(5.0)  # give the job a moment to say it ended
-    monkeypatch.setattr(log_follower, "RECONNECT_DELAY_S", 0.0)
-    assert follower.reconnect_due(5.0)
-    follower.opened()  # the new stream sends the log from its start
-    assert not follower.finishing
-    assert follower.feed("epoch 0\nepoch 1\nepoch 2\n") == ["epoch 2"]
-
-    follower.feed(MANIFEST_MARKER + "{}\n")
-    follower.closed()  # after the manifest, a close is the job ending: nothing to open again
-    assert not follower.reconnect_due(5.0)
-
-
-def test_without_any_stream_the_log_is_polled_and_after_a_runaway_message_only_read_at_the_end():
-    never = LogFollower()
-    never.failed_to_open()  # a proxy without websockets
-    assert never.polling and not never.reconnect_due(0.0)
-    runaway = LogFollower()
-    runaway.opened()
-    runaway.closed(too_big=True)  # a message over MAX_MESSAGE_BYTES
-    assert runaway.given_up and not runaway.polling and not runaway.reconnect_due(0.0)
-
-
 def test_stream_slots_are_counted_per_cluster_and_given_back():
-    from airflow_ray_train.hooks.ray_train import StreamSlots
+    from airflow_ray_train.hooks.watch import StreamSlots
 
     slots = StreamSlots()
     assert slots.take("http://a", 2) and slots.take("http://a", 2)
@@ -291,18 +243,6 @@ def test_stream_slots_are_counted_per_cluster_and_given_back():
     assert slots.take("http://b", 2)  # another cluster has its own
     slots.give("http://a")
     assert slots.count("http://a") == 1 and slots.take("http://a", 2)
-
-
-def test_a_follower_whose_stream_fails_once_it_has_a_slot_falls_back_like_any_other():
-    """Waited for a slot, got one, and the stream would not open (a proxy without websockets): it polls the log
-    like a follower that never had a stream, rather than asking for a stream with every status poll and
-    showing no log until the end as if it still waited for a slot."""
-    follower = LogFollower()
-    follower.no_slot()
-    assert not follower.polling
-    follower.failed_to_open()
-    assert not follower.waiting_for_slot and follower.polling
-    assert not follower.reconnect_due(0.0)  # never had a stream: none is asked for again
 
 
 def test_beyond_max_log_streams_a_trigger_polls_the_status_and_reads_the_log_once_at_the_end(stub, monkeypatch):
@@ -321,7 +261,7 @@ def test_beyond_max_log_streams_a_trigger_polls_the_status_and_reads_the_log_onc
 def test_a_trigger_cancelled_while_its_stream_opens_gives_the_slot_back(stub):
     """A task killed or cleared cancels its trigger at any await: a slot kept then would be lost to the
     triggerer for good, and enough of them would leave every trigger without a stream."""
-    from airflow_ray_train.hooks.ray_train import STREAM_SLOTS
+    from airflow_ray_train.hooks.watch import STREAM_SLOTS
 
     answer = job_api(["RUNNING"], [""])
 
