@@ -86,9 +86,9 @@ def deployment_id() -> str:
     Variable, made with a random value on first use."""
     from airflow.sdk import Variable
 
-    from airflow_ray_train.compat import conf
+    from airflow_ray_train.config import ray_train_setting
 
-    configured = (conf.get("ray_train", "deployment_id", fallback="") or "").strip()
+    configured = str(ray_train_setting("deployment_id"))
     if configured:
         return configured
     found = Variable.get(DEPLOYMENT_VARIABLE, default=None)

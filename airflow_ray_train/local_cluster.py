@@ -273,22 +273,7 @@ def start_ray_head(
     ray_cli = ray_cli or ray_executable()
     dash_port = free_port(dashboard_port)
     ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS), besides=dash_port), strict=True))
-    cmd = [
-        ray_cli,
-        "start",
-        "--head",
-        "--block",
-        "--include-dashboard=true",
-        "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={dash_port}",
-        f"--temp-dir={temp_dir}",
-        "--disable-usage-stats",
-        *[f"{flag}={port}" for flag, port in ports.items()],
-    ]
-    if num_cpus is not None:
-        cmd.append(f"--num-cpus={num_cpus}")
-    if num_gpus is not None:
-        cmd.append(f"--num-gpus={num_gpus}")
+    cmd = _head_command(ray_cli, temp_dir, dash_port, ports, num_cpus, num_gpus)
     env = head_environment(os.environ)
     # Jobs run `python ...`, resolved through the raylet's PATH: put the head's interpreter first.
     env["PATH"] = f"{python_dir}{os.pathsep}{env.get('PATH', '')}"
@@ -311,13 +296,43 @@ def start_ray_head(
         temp_dir=temp_dir,
         log_file=log_path,
     )
+    _wait_until_serving(head, process, timeout)
+    return head
+
+
+def _head_command(
+    ray_cli: str, temp_dir: str, dash_port: int, ports: dict[str, int], num_cpus: int | None, num_gpus: int | None
+) -> list[str]:
+    """``ray start --head --block`` with the dashboard on loopback and every port chosen here."""
+    cmd = [
+        ray_cli,
+        "start",
+        "--head",
+        "--block",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash_port}",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+        *[f"{flag}={port}" for flag, port in ports.items()],
+    ]
+    if num_cpus is not None:
+        cmd.append(f"--num-cpus={num_cpus}")
+    if num_gpus is not None:
+        cmd.append(f"--num-gpus={num_gpus}")
+    return cmd
+
+
+def _wait_until_serving(head: RayHead, process: subprocess.Popen[bytes], timeout: float) -> None:
+    """Wait until the new head's Jobs API answers; stop it and raise, with its log's tail, if it never does."""
+    log_path = str(head.log_file)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             tail = Path(log_path).read_text(errors="replace")[-3000:]
             raise RuntimeError(f"`ray start --head` exited with {process.returncode}; its log ({log_path}):\n{tail}")
         if head.healthy():
-            return head
+            return
         time.sleep(0.5)
     head.stop()
     raise RuntimeError(f"the local Ray head did not serve its dashboard within {timeout:.0f} s; see {log_path}")

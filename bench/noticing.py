@@ -128,7 +128,7 @@ def child(args: dict[str, Any]) -> dict[str, Any]:
         )
         hook.submit_job(entrypoint=f"sh -c {shlex.quote(wait)}", submission_id=job_id, metadata={"bench": "noticing"})
     deadline = time.time() + 600
-    while sum(hook.get_job_info(j)["status"] == "RUNNING" for j in ids) < jobs:
+    while sum(hook.get_job_info(j).status == "RUNNING" for j in ids) < jobs:
         if time.time() > deadline:
             raise TimeoutError("the waiting jobs did not all start")
         time.sleep(1)

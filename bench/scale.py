@@ -197,7 +197,7 @@ def run_n(bench: Bench, airflow: Any, n: int, label: str, rnd: int) -> dict[str,
     prefix = scale_job_prefix(run_id)
 
     def running() -> list[dict[str, Any]]:
-        return [j for j in hook.list_jobs() if str(j["submission_id"]).startswith(prefix) and j["status"] == "RUNNING"]
+        return [j for j in hook.list_jobs() if j.submission_id.startswith(prefix) and j.status == "RUNNING"]
 
     # A job Ray has not started yet has no supervisor and prints nothing: not the steady state either.
     wait_for(f"the {scale_jobs(n)} Ray jobs to run", lambda: len(running()) == scale_jobs(n), 900, 1.0)
@@ -225,19 +225,19 @@ def run_n(bench: Bench, airflow: Any, n: int, label: str, rnd: int) -> dict[str,
     released = time.time()
     state = airflow.wait_run(dag, run_id, 900, interval=0.5)
     tis = airflow.task_instances(dag, run_id)
-    jobs = {j["submission_id"]: j for j in hook.list_jobs() if j["metadata"].get("bench") == "scale"}
+    jobs = {j.submission_id: j for j in hook.list_jobs() if j.metadata.get("bench") == "scale"}
     hook.close()
     noticed = trigger_noticed(airflow, dag)
     latencies, trigger_latencies = [], []
     for ti in tis:
         entry = airflow.xcom_response(dag, run_id, "wait", map_index=ti["map_index"])
         job = jobs.get(str(entry.json().get("value"))) if entry.status_code == 200 else None
-        if job is not None and job.get("end_time") and ti.get("end_date"):
-            latencies.append(iso(ti["end_date"]) - job["end_time"] / 1000)
+        if job is not None and job.end_time and ti.get("end_date"):
+            latencies.append(iso(ti["end_date"]) - job.end_time / 1000)
     for job_id, when in noticed.values():
         job = jobs.get(job_id)
-        if job is not None and job.get("end_time"):
-            trigger_latencies.append(when - job["end_time"] / 1000)
+        if job is not None and job.end_time:
+            trigger_latencies.append(when - job.end_time / 1000)
     job_ends = [j["end_time"] / 1000 for j in jobs.values() if j["end_time"] and j["end_time"] / 1000 >= released]
     last_ti_end = max(iso(ti["end_date"]) for ti in tis if ti.get("end_date"))
     held = watched["samples"]

@@ -405,8 +405,8 @@ def mlflow_hook(mlflow_conn_id: str | None = None) -> MlflowHook | None:
     mlflow_conn_id``, else ``[ray_train] mlflow_tracking_uri``; None when none is set (untracked)."""
     if mlflow_conn_id is not None:
         return MlflowHook(mlflow_conn_id) if mlflow_conn_id else None
-    configured = ray_train_setting("mlflow_conn_id")
+    configured = str(ray_train_setting("mlflow_conn_id"))
     if configured:
         return MlflowHook(configured)
-    uri = ray_train_setting("mlflow_tracking_uri")
+    uri = str(ray_train_setting("mlflow_tracking_uri"))
     return MlflowHook(None, tracking_uri=uri) if uri else None

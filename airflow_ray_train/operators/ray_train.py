@@ -308,7 +308,7 @@ class RayTrainOperator(BaseOperator):
         else:
             job_id = self._submit_new(hook, identity, spec, digest, runtime_env, packages, context)
         if self.deferrable:
-            self._defer(job_id)
+            self._defer(job_id, spec.effective_run_name)
         return self._wait(hook, job_id, spec, context)
 
     def _attach(self, hook: RayTrainHook, job: JobInfo, spec: TrainSpec, context: Context) -> str:
@@ -360,6 +360,10 @@ class RayTrainOperator(BaseOperator):
         try:
             info = hook.wait_for_job(job_id, follower=follower, on_lines=show, poll_interval=self.poll_interval)
         except Exception as exc:
+            if isinstance(exc, RayTrainClusterError) and exc.http_status == 404:  # the cluster no longer has it
+                result = self._collect_gone_job(hook, job_id, spec, context)
+                if result is not None:
+                    return result
             raise self._lost_track(
                 hook, job_id, context, f"{type(exc).__name__}: {exc}", rejected=isinstance(exc, RayTrainAuthError)
             ) from exc
@@ -392,6 +396,23 @@ class RayTrainOperator(BaseOperator):
             self.log.warning("Stopped Ray job %s (now %s) because %s", job_id, final, reason)
             what += f" It has been stopped ({final}) because {reason}; a retry resumes its Train run."
         return RayTrainWatchError(f"{what} Dashboard: {hook.dashboard_url(job_id)}")
+
+    def _collect_gone_job(
+        self, hook: RayTrainHook, job_id: str, spec: TrainSpec, context: Context
+    ) -> dict[str, Any] | None:
+        """The cluster no longer has the job (its head restarted without fault tolerance): its result, when it
+        ended and left its ``manifest.json`` in storage; else None (the try ends, a retry resumes the run)."""
+        stored, where = read_stored_manifest(
+            spec.run_config.get("storage_path"), spec.effective_run_name, job_id, embedded=hook.settings.embedded
+        )
+        if stored is None:
+            self.log.warning("The Ray cluster no longer has job %s, and its result cannot be read: %s", job_id, where)
+            return None
+        self.log.info(
+            "The Ray cluster no longer has job %s (its head restarted?); its manifest is in %s", job_id, where
+        )
+        gone = JobInfo(job_id, JobStatus(stored.status), metadata={RUN_NAME_KEY: spec.effective_run_name})
+        return self.collect_result(hook, gone, spec, context, None, [])
 
     def _collect_previous(
         self, hook: RayTrainHook, job: JobInfo, spec: TrainSpec, context: Context
@@ -436,7 +457,7 @@ class RayTrainOperator(BaseOperator):
                 field="scaling_config",
             )
 
-    def _defer(self, job_id: str) -> None:
+    def _defer(self, job_id: str, run_name: str) -> None:
         limit = self.execution_timeout or DEFAULT_DEFER_TIMEOUT
         label = f"execution_timeout ({limit})" if self.execution_timeout else f"the default wait limit ({limit})"
         trigger = RayTrainJobTrigger(
@@ -447,15 +468,25 @@ class RayTrainOperator(BaseOperator):
             timeout_label=label,
         )
         self.log.info("Deferring: the triggerer watches Ray job %s and streams its log", job_id)
-        self.defer(trigger=trigger, method_name="execute_complete", timeout=limit + DEFER_TIMEOUT_GRACE)
+        self.defer(
+            trigger=trigger,
+            method_name="execute_complete",
+            kwargs={"run_name": run_name},  # where its manifest.json is, should the job be gone by then
+            timeout=limit + DEFER_TIMEOUT_GRACE,
+        )
 
-    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+    def execute_complete(self, context: Context, event: dict[str, Any], run_name: str | None = None) -> dict[str, Any]:
         """Resume after ``RayTrainJobTrigger`` fired: the same XCom contract, or error, as the sync path."""
         job_id = str(event["job_id"])
         self.job_id = job_id
         hook = self.hook
         status = Event(str(event.get("status")))
         if status is Event.ERROR:
+            if event.get("http_status") == 404 and run_name:  # the cluster no longer has the job
+                spec = dataclasses.replace(self.build_spec(context), run_name=run_name, submission_id=job_id)
+                result = self._collect_gone_job(hook, job_id, spec, context)
+                if result is not None:
+                    return result
             raise self._lost_track(
                 hook,
                 job_id,

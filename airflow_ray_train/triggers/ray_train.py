@@ -114,7 +114,7 @@ class RayTrainJobTrigger(BaseTrigger):
         return AsyncRayTrainHook(self.ray_conn_id, max_retries=5, retry_backoff=1.0)
 
     def _event(
-        self, status: Event, job_status: str | None, message: str, follower: LogFollower, **extra: str
+        self, status: Event, job_status: str | None, message: str, follower: LogFollower, **extra: Any
     ) -> TriggerEvent:
         self._flush()  # the job's last lines reach the task log before the task resumes
         manifest = follower.manifest_line
@@ -189,7 +189,14 @@ class RayTrainJobTrigger(BaseTrigger):
             raise
         except Exception as exc:  # noqa: BLE001 - a trigger never raises: the task gets the reason as an event
             message = f"{type(exc).__name__}: {exc}"
-            yield self._event(Event.ERROR, status, message, follower, error_type=type(exc).__name__)
+            yield self._event(
+                Event.ERROR,
+                status,
+                message,
+                follower,
+                error_type=type(exc).__name__,
+                http_status=getattr(exc, "http_status", None),
+            )
         finally:
             self._flush()
             await hook.aclose()

@@ -122,7 +122,7 @@ def jobs_of(hook: RayTrainHook, dag_id: str, run_id: str | None = None) -> list[
         if job.metadata.get("airflow_dag_id") == dag_id
         and (run_id is None or job.metadata.get("airflow_run_id") == run_id)
     ]
-    return sorted(found, key=lambda job: job.get("start_time") or 0)
+    return sorted(found, key=lambda job: job.start_time or 0)
 
 
 def wait_for(predicate: Any, timeout: float, interval: float = 0.5, what: str = "condition") -> Any:

@@ -103,15 +103,14 @@ def test_a_failed_try_is_resumed_from_its_checkpoint_by_the_next(hook, airflow_d
     jobs = jobs_of(hook, "test_ray_train_resume", dag_run.run_id)
     assert [job.status for job in jobs] == ["FAILED", "SUCCEEDED"]
     assert [job.submission_id.rsplit("-", 1)[1] for job in jobs] == ["try1", "try2"]
-    assert result["job_id"] == jobs[1]["submission_id"]
+    assert result["job_id"] == jobs[1].submission_id
     assert "resuming from" in hook.get_job_logs(result["job_id"])
     # Both tries logged to one MLflow run: try 1's epoch 0, then try 2's epoch 1, which ended it FINISHED.
     mlflow = MlflowHook()
     run = mlflow.get_run(result["mlflow_run_id"])
     assert run["info"]["status"] == "FINISHED"
     assert (
-        mlflow_tags(run)["airflow.try_number"] == "2"
-        and mlflow_tags(run)["ray.submission_id"] == jobs[1]["submission_id"]
+        mlflow_tags(run)["airflow.try_number"] == "2" and mlflow_tags(run)["ray.submission_id"] == jobs[1].submission_id
     )
     assert mlflow_history(mlflow, result["mlflow_run_id"], "epoch") == [(0, 0.0), (1, 1.0)]
 
@@ -177,7 +176,7 @@ def test_trigger_on_kill_stops_the_job_and_its_workers(hook, ray_conn, direct_de
 def test_triggers_beyond_max_log_streams_follow_their_jobs_by_status_and_give_the_slots_back(hook, monkeypatch):
     """Three triggers in one loop, two stream slots (Ray's dashboard stalls past 100 open streams): each job's
     end still fires its event with its whole log, at most two streams are open at once, and none is left."""
-    from airflow_ray_train.hooks.ray_train import STREAM_SLOTS
+    from airflow_ray_train.hooks.watch import STREAM_SLOTS
 
     monkeypatch.setenv("AIRFLOW__RAY_TRAIN__MAX_LOG_STREAMS", "2")
     jobs = [

@@ -168,3 +168,58 @@ def test_a_runtime_env_failure_is_summed_up_by_its_last_exception_line():
     )
     assert last_exception_line(message) == "OSError: Failed to download gcs://x.zip"
     assert last_exception_line("Job failed") is None
+
+
+class _XComTI(_TI):
+    dag_id = "d"
+
+    def __init__(self, max_tries: int = 2) -> None:
+        super().__init__(try_number=1, max_tries=max_tries)
+        self.xcoms: dict[str, object] = {}
+
+    def xcom_push(self, key: str, value: object) -> None:
+        self.xcoms[key] = value
+
+    def xcom_pull(self, task_ids: object = None, key: str = "return_value", **_: object) -> object:
+        return self.xcoms.get(key)
+
+
+def test_a_job_the_cluster_no_longer_has_is_collected_from_its_manifest_in_storage(stub_ray, tmp_path):
+    """A head restarted without fault tolerance forgets its jobs (HTTP 404); a job that ended before it did left
+    its manifest.json in storage: that is its result, not a retry that trains again."""
+    from airflow_ray_train.runtime.spec import ResultManifest
+    from airflow_ray_train.runtime.storage import Storage
+    from airflow_ray_train.stored_manifest import manifest_file
+
+    run = "clf.airflow-d.t"
+    Storage(str(tmp_path)).write_text(
+        manifest_file(run, "j1"),
+        ResultManifest(
+            status="SUCCEEDED",
+            submission_id="j1",
+            run_name=run,
+            run_path=f"{tmp_path}/{run}",
+            manifest_path=f"{tmp_path}/{manifest_file(run, 'j1')}",
+            checkpoint_path=f"{tmp_path}/{run}/checkpoint_000002",
+            metrics={"epoch": 2},
+        ).to_json(),
+    )
+    operator = RayTrainOperator(
+        task_id="t",
+        train_func="m:f",
+        ship_code=False,
+        ray_conn_id="ray_stub",
+        run_config={"storage_path": str(tmp_path)},
+        retries=2,
+    )
+    event = {"status": "error", "job_id": "j1", "message": "HTTP 404", "error_type": "X", "http_status": 404}
+    ti = _XComTI()
+    result = operator.execute_complete({"ti": ti}, event, run_name=run)  # type: ignore[arg-type]
+    assert result["status"] == "SUCCEEDED" and result["metrics"] == {"epoch": 2}
+    assert (
+        result["checkpoint_path"].endswith("checkpoint_000002")
+        and ti.xcoms["checkpoint_path"] == result["checkpoint_path"]
+    )
+    # No manifest in storage: the try ends (retryable: a retry resumes the run), it does not make one up.
+    with pytest.raises(RayTrainWatchError):
+        operator.execute_complete({"ti": _XComTI()}, {**event, "job_id": "j2"}, run_name=run)  # type: ignore[arg-type]

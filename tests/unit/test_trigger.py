@@ -107,7 +107,7 @@ def test_failed_and_stopped_jobs_fire_their_own_event(stub, ray_status, event_st
 def test_a_job_that_is_gone_becomes_an_error_event(stub):
     stub.respond = lambda method, path: (404, {"detail": "not found"})
     event = run_trigger()
-    assert event["status"] == "error" and "HTTP 404" in event["message"]
+    assert event["status"] == "error" and "HTTP 404" in event["message"] and event["http_status"] == 404
 
 
 def test_a_rejected_token_becomes_an_error_event_that_names_the_fix(stub):
