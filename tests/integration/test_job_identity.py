@@ -243,3 +243,23 @@ def test_a_users_run_name_never_resumes_another_dag_runs_or_mapped_tasks_train_r
     assert [result["metrics"] for result in results] == [{"epoch": 1, "start_epoch": 0, "total": 1}] * 3
     assert all(Path(result["run_path"]).name.startswith("clf.") for result in results)  # the user's name, kept
     assert len({result["run_path"] for result in results}) == 3
+
+
+def test_a_succeeded_job_whose_manifest_cannot_be_read_does_not_block_its_series(hook, direct_deployment, monkeypatch):
+    """Try 1's job SUCCEEDED but its manifest can be read neither from its log (its line over the follower's
+    limit here) nor from storage (deleted). Before, try 2 submitted under try 1's own id, which Ray refuses:
+    every retry failed. Now try 2 submits under its own id; its job finds the finished training and hands on
+    its result (the Train run's record), without training again."""
+    from airflow_ray_train.hooks import log_follower
+
+    ti = FakeTaskInstance("unreadable_manifest", max_tries=2)
+    first = _counter("unreadable_manifest", epochs=2, retries=2).execute(ti.context())
+    assert first["status"] == "SUCCEEDED"
+    os.remove(first["manifest_path"])
+    monkeypatch.setattr(log_follower, "MAX_MANIFEST_CHARS", 40)  # the log cannot give it either
+    retry = ti.next_try()
+    second = _counter("unreadable_manifest", epochs=2, retries=2).execute(retry.context())
+    assert second["status"] == "SUCCEEDED" and second["job_id"] == first["job_id"].replace("-try1", "-try2")
+    assert second["metrics"] == first["metrics"]  # the same training, handed on, not trained again
+    log = hook.get_job_logs(second["job_id"])
+    assert "not training it again" in log and "RayTrainWorker" not in log
