@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import difflib
 import hashlib
+import importlib.machinery
 import importlib.util
 import io
 import json
@@ -373,6 +374,47 @@ def module_bindings(source: str, filename: str) -> set[str] | None:
     return {s.get_name() for s in table.get_symbols() if s.is_assigned() or s.is_imported()}
 
 
+def refuse_standard_library(train_func: str) -> None:
+    """A standard-library function is not a training loop: a ``train_func`` templated from run conf could
+    otherwise name, say, ``subprocess:run``. Checked whether the code is shipped or installed on the cluster."""
+    if train_func.partition(":")[0].split(".")[0] in sys.stdlib_module_names:
+        raise CodeLookupError(
+            f"train_func {train_func!r} is in Python's standard library, not a training loop. "
+            "Fix: name your function, 'package.module:function'."
+        )
+
+
+def locate_module(name: str) -> importlib.machinery.ModuleSpec | None:
+    """Where the module ``name`` would be imported from, found the way ``import`` finds it (the import system's
+    finders, a package's ``__path__`` for its submodules), but without running any of its code: unlike
+    ``importlib.util.find_spec``, no parent package's ``__init__`` is executed. A name from run conf is looked
+    up before anything of it runs."""
+    path: list[str] | None = None
+    spec = None
+    parts = name.split(".")
+    for index in range(len(parts)):
+        prefix = ".".join(parts[: index + 1])
+        loaded = sys.modules.get(prefix)
+        if loaded is not None:
+            spec = getattr(loaded, "__spec__", None)
+        else:
+            spec = next(
+                (found for finder in sys.meta_path if (found := _finder_spec(finder, prefix, path)) is not None), None
+            )
+        if spec is None:
+            return None
+        if index < len(parts) - 1:
+            if spec.submodule_search_locations is None:
+                return None  # a module, not a package: it has no submodules
+            path = list(spec.submodule_search_locations)
+    return spec
+
+
+def _finder_spec(finder: object, name: str, path: list[str] | None) -> importlib.machinery.ModuleSpec | None:
+    find_spec = getattr(finder, "find_spec", None)
+    return None if find_spec is None else find_spec(name, path)
+
+
 def check_train_func_defined(train_func: str) -> None:
     """Check, without importing the user's module, that ``module:function`` names a top-level definition.
 
@@ -381,14 +423,10 @@ def check_train_func_defined(train_func: str) -> None:
     not a training loop (a ``train_func`` templated from run conf could otherwise name, say, ``subprocess:run``).
     """
     module_name, _, attr_path = train_func.partition(":")
-    if module_name.split(".")[0] in sys.stdlib_module_names:
-        raise CodeLookupError(
-            f"train_func {train_func!r} is in Python's standard library, not a training loop. "
-            "Fix: name your function, 'package.module:function'."
-        )
+    refuse_standard_library(train_func)
     reason = ""
     try:
-        spec = importlib.util.find_spec(module_name)
+        spec = locate_module(module_name)
     except (ImportError, ValueError) as exc:
         spec, reason = None, f" ({exc})"
     if spec is None:

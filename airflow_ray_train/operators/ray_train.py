@@ -35,6 +35,7 @@ from airflow_ray_train.packaging import (
     Package,
     check_train_func_defined,
     code_package,
+    refuse_standard_library,
     spec_package,
 )
 from airflow_ray_train.results import (
@@ -255,13 +256,14 @@ class RayTrainOperator(BaseOperator):
         )
 
     def check_train_func(self, spec: TrainSpec) -> None:
-        """Fail before submitting when ``train_func`` is not defined where Airflow imports it (and so will not
-        be in the code shipped to the cluster)."""
-        if self.ship_code:
-            try:
+        """Fail before submitting when ``train_func`` names the standard library (shipped or not), or is not
+        defined where Airflow finds it (and so will not be in the code shipped to the cluster)."""
+        try:
+            refuse_standard_library(spec.train_func)
+            if self.ship_code:
                 check_train_func_defined(spec.train_func)
-            except CodeLookupError as exc:
-                raise RayTrainConfigError(str(exc), field="train_func") from exc
+        except CodeLookupError as exc:
+            raise RayTrainConfigError(str(exc), field="train_func") from exc
 
     def packages_to_ship(self, spec: TrainSpec) -> list[Package]:
         """The user's code the job needs besides the runtime: the top-level packages holding ``train_func``
