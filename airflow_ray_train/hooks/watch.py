@@ -228,6 +228,8 @@ class Watch:
             )
             self._lost_since, self._lost_polls = None, 0
         self.info = info
+        if JobStatus.ended(info.status) and not self.streaming and self._clean_close:
+            self.log_complete = True  # Ray closed the stream normally: only once the job ended, all of it sent
         self._poll_at = now + self._next_poll_in(now)
         self._fetch_due = self.polling and self._live_log
         self._slot_due = self._waiting_for_slot

@@ -81,6 +81,28 @@ def test_the_manifest_going_by_brings_the_next_poll_forward_and_a_stream_ray_clo
     assert watch.log_complete
 
 
+def test_a_stream_ray_closed_normally_before_the_poll_saw_the_end_also_showed_the_whole_log():
+    clock = Clock()
+    watch = make(clock)
+    opened(watch)
+    watch.next()
+    watch.polled(RUNNING)
+    watch.stream_closed(NORMAL_CLOSE)  # Ray closed it: the job ended, the poll has not said so yet
+    clock.advance(FINISHING_POLL_INTERVAL)
+    assert watch.next().do is Do.POLL
+    watch.polled(SUCCEEDED)
+    assert watch.next().do is Do.RETURN and watch.log_complete
+    dropped = make(clock)  # a drop (1006) before the end: the rest of the log is read once
+    opened(dropped)
+    dropped.next()
+    dropped.polled(RUNNING)
+    dropped.stream_closed(1006)
+    clock.advance(FINISHING_POLL_INTERVAL)
+    assert dropped.next().do is Do.POLL
+    dropped.polled(SUCCEEDED)
+    assert dropped.next().do is Do.FETCH_LOG
+
+
 def test_a_stream_that_stays_open_after_the_end_is_drained_for_a_while_then_the_log_is_read_once():
     clock = Clock()
     watch = make(clock)
