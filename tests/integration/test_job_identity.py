@@ -196,17 +196,32 @@ def test_a_lost_job_is_left_to_the_next_try_which_attaches_and_stopped_on_the_la
     assert hook.get_job_status(last_try.xcoms["job_id"]) == "STOPPED"
 
 
-def test_a_rejected_token_while_watching_is_retryable_and_says_the_job_runs_on(hook, ray_conn, direct_deployment):
+def test_a_token_rejected_while_watching_is_read_again_and_the_job_stopped_not_orphaned(
+    hook, ray_conn, direct_deployment
+):
+    """The token is revoked while the task watches, and the right one is stored again a few seconds later (a
+    rotation): the stop reads the connection again before each try, so it stops the job instead of leaving it to
+    train on with nobody watching (before, the stop went out with the rejected token and the job ran on)."""
     connection = os.environ["AIRFLOW_CONN_RAY_TRAIN_DEFAULT"]
 
-    class TokenRevoked(RayTrainOperator):
+    class TokenRotated(RayTrainOperator):
         def _remember_job(self, hook, job_id, context):  # type: ignore[no-untyped-def]
             super()._remember_job(hook, job_id, context)
+            wait_for(lambda: "slow_counter rank 0" in hook.get_job_logs(job_id), 120, 0.5, "the training to start")
             os.environ["AIRFLOW_CONN_RAY_TRAIN_DEFAULT"] = json.dumps({**json.loads(connection), "password": "revoked"})
             hook.reload_settings()
+            first_stop = hook.stop_job_and_wait
+
+            def stop_rejected_once(*args, **kwargs):  # type: ignore[no-untyped-def]
+                try:
+                    return first_stop(*args, **kwargs)
+                finally:  # the rotated token is stored in Airflow while the first stop is being rejected
+                    os.environ["AIRFLOW_CONN_RAY_TRAIN_DEFAULT"] = connection
+
+            hook.stop_job_and_wait = stop_rejected_once
 
     ti = FakeTaskInstance("token_revoked")
-    task = TokenRevoked(
+    task = TokenRotated(
         task_id="token_revoked",
         train_func="ray_train_test_loops:slow_counter",
         train_loop_config={"epochs": 400, "sleep_s": 0.5},
@@ -220,10 +235,9 @@ def test_a_rejected_token_while_watching_is_retryable_and_says_the_job_runs_on(h
         os.environ["AIRFLOW_CONN_RAY_TRAIN_DEFAULT"] = connection
     message = str(raised.value)
     assert not isinstance(raised.value, AirflowFailException)  # a retry (with the fixed token) may see it again
-    assert "rejected the request" in message and "stop it by hand" in message and ray_conn.token not in message
-    job_id = ti.xcoms["job_id"]
-    assert hook.get_job_status(job_id) in ("PENDING", "RUNNING")  # it could not be stopped, and the task says so
-    hook.stop_job_and_wait(job_id)
+    assert "rejected the request" in message and ray_conn.token not in message
+    assert "It has been stopped (STOPPED) because the cluster rejected the token" in message, message
+    assert hook.get_job_status(ti.xcoms["job_id"]) == "STOPPED"  # not orphaned
 
 
 def test_a_users_run_name_never_resumes_another_dag_runs_or_mapped_tasks_train_run(hook, direct_deployment):
