@@ -7,6 +7,7 @@ The server's password never shows in the logs, XCom, or the Ray job."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -135,7 +136,7 @@ def test_lightning_pipeline_learns_evaluates_and_promotes_only_a_better_model(
     for dag_run, training in ((first, result), (second, worse_training)):
         assert mlflow_conn.password not in all_xcoms(dag_run)
         job = ray.get_job_info(training["job_id"])
-        assert mlflow_conn.password not in json.dumps(job)  # entrypoint, metadata, runtime_env
+        assert mlflow_conn.password not in json.dumps(dataclasses.asdict(job), default=str)  # entrypoint, metadata, ...
         assert mlflow_conn.password not in ray.get_job_logs(training["job_id"])
         assert mlflow_conn.password not in json.dumps(mlflow.get_run(training["mlflow_run_id"]))
     assert mlflow_conn.password not in log
