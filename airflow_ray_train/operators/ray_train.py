@@ -60,6 +60,9 @@ if TYPE_CHECKING:
 
 #: A deferral without an ``execution_timeout`` still ends: the job is stopped after this long.
 DEFAULT_DEFER_TIMEOUT = timedelta(days=7)
+#: On a retry, how long a cluster too small for the job is asked again before the try ends (a node lost, or a
+#: head restarted whose worker nodes have not joined again yet).
+RESOURCE_WAIT_S = 180.0
 #: Airflow's own deferral timeout is a backstop behind the trigger's deadline, which stops the job itself.
 DEFER_TIMEOUT_GRACE = timedelta(minutes=2)
 
@@ -338,7 +341,7 @@ class RayTrainOperator(BaseOperator):
     ) -> str:
         """Check the cluster, start the MLflow run, ship the code and submit the try's job."""
         if self.check_cluster_resources:
-            self._check_cluster_resources(hook, spec)
+            self._check_cluster_resources(hook, spec, retry=identity.try_number > 1)
         tracking = self.tracking.start(identity, spec, hook.dashboard_url(spec.submission_id), context["ti"])
         spec = dataclasses.replace(spec, tracking=tracking)
         try:
@@ -441,23 +444,38 @@ class RayTrainOperator(BaseOperator):
         self._remember_job(hook, job_id, context)
         return self.collect_result(hook, job, spec, context, follower.manifest_line, [])
 
-    def _check_cluster_resources(self, hook: RayTrainHook, spec: TrainSpec) -> None:
-        nodes = hook.get_cluster_nodes()
-        if not nodes:
-            self.log.info("The cluster does not list its nodes; skipping the resource check")
-            return
+    def _check_cluster_resources(self, hook: RayTrainHook, spec: TrainSpec, retry: bool = False) -> None:
+        """Fail before submitting when the cluster's nodes can never hold the job. On a retry the cluster may be
+        smaller for a while (a node lost, a head restarted, its workers not joined again yet): the check is asked
+        again for up to ``RESOURCE_WAIT_S``, logged, and a cluster still short then is a retryable error."""
         driver = {
             "CPU": self.entrypoint_num_cpus,
             "GPU": self.entrypoint_num_gpus,
             "memory": self.entrypoint_memory,
             **(self.entrypoint_resources or {}),
         }
-        problem = cluster_shortfall(nodes, spec.scaling_config, {k: float(v) for k, v in driver.items() if v})
-        if problem:
-            raise RayTrainConfigError(
-                f"This job can never start on the Ray cluster at {hook.settings.address}: {problem}",
-                field="scaling_config",
+        needed = {k: float(v) for k, v in driver.items() if v}
+        until = time.monotonic() + (RESOURCE_WAIT_S if retry else 0.0)
+        while True:
+            nodes = hook.get_cluster_nodes()
+            if not nodes:
+                self.log.info("The cluster does not list its nodes; skipping the resource check")
+                return
+            problem = cluster_shortfall(nodes, spec.scaling_config, needed)
+            if not problem:
+                return
+            if time.monotonic() >= until:
+                break
+            self.log.warning("The Ray cluster is short for this retry's job (%s); asking again in 5 s", problem)
+            time.sleep(5.0)
+        if retry:  # it held the job before: a node may be down for longer; a later retry may find it back
+            raise RayTrainClusterError(
+                f"The Ray cluster at {hook.settings.address} cannot hold this job now, {RESOURCE_WAIT_S:.0f} s into "
+                f"this retry: {problem}. Is a node down? A later retry asks again."
             )
+        raise RayTrainConfigError(
+            f"This job can never start on the Ray cluster at {hook.settings.address}: {problem}", field="scaling_config"
+        )
 
     def _defer(self, job_id: str, run_name: str) -> None:
         limit = self.execution_timeout or DEFAULT_DEFER_TIMEOUT

@@ -29,6 +29,7 @@ ASSET_PRODUCER_DAG = "example_ray_train_asset_producer"
 ASSET_DEPLOY_DAG = "example_ray_train_asset_deploy"
 #: tests/compose/dags/compose_test_dags.py: slow_counter, an epoch of ``sleep_s`` seconds and a checkpoint each.
 SLOW_DAG = "compose_test_slow_train"
+SLOW_DEFERRED_DAG = "compose_test_slow_train_deferred"
 SLOW_EPOCHS = 12
 RUN_TIMEOUT = 900
 TERMINAL_JOB_STATES = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -381,6 +382,63 @@ def test_a_killed_ray_worker_does_not_lose_the_training(stack):
     result, try_number = _finished_training(stack, run_id)
     assert (result["job_id"], try_number) == (job_id, 1), "the job did not survive the lost node"
     assert result["metrics"]["start_epoch"] > 0, f"the worker group started the training over: {result}"
+    stack.wait_for_two_nodes()
+
+
+def _versions(stack: Stack, model: str) -> list[dict[str, Any]]:
+    """The registered versions of ``model`` in the stack's MLflow."""
+    found = stack.mlflow.get("/api/2.0/mlflow/model-versions/search", params={"filter": f"name='{model}'"})
+    return list(found.raise_for_status().json().get("model_versions") or [])
+
+
+def test_a_ray_head_restart_mid_training_does_not_lose_the_training_nor_register_it_twice(stack):
+    """The head container restarts (no GCS fault tolerance): its jobs, their logs and the shipped packages are
+    gone. The task waits through the outage (the contact window), finds its job gone, and the next try ships the
+    code again and resumes the Train run from its checkpoint on /shared. One model version is registered."""
+    model = "compose-head-restart"
+    stack.wait_for_two_nodes()
+    run_id = stack.trigger(SLOW_DAG, {"epochs": SLOW_EPOCHS, "sleep_s": 2.0, "register_model": model})
+    job_id = wait_for(
+        "the training task to submit its job", lambda: stack.xcom(SLOW_DAG, run_id, "train", key="job_id"), 300
+    )
+    wait_for("a first checkpoint", lambda: stack.job_reports(job_id) >= 1, 300, interval=1)
+    assert stack.job(job_id)["status"] not in TERMINAL_JOB_STATES, "the training ended before the fault"
+    stack.compose.run("restart", "ray-head", timeout=240)
+    result, try_number = _finished_training(stack, run_id)
+    assert result["job_id"] != job_id and try_number >= 2, (result, try_number)
+    assert result["metrics"]["start_epoch"] > 0, f"the next try started the training over: {result}"
+    versions = _versions(stack, model)
+    assert [v["version"] for v in versions] == [result["model_version"]], versions
+    stack.wait_for_two_nodes()
+
+
+def test_a_ray_head_restart_after_the_job_ended_but_before_the_task_collected_it(stack):
+    """The job succeeds while no triggerer runs, then the head restarts and forgets it. The trigger, back, finds
+    the job gone; the task reads its result from manifest.json on /shared: the same job, try 1, every report, no
+    training again and no second version (before, a retry resumed the finished run: metrics {})."""
+    model = "compose-head-restart-collected"
+    epochs = 4
+    stack.wait_for_two_nodes()
+    run_id = stack.trigger(SLOW_DEFERRED_DAG, {"epochs": epochs, "sleep_s": 2.0, "register_model": model})
+    wait_for(
+        "the training task to defer",
+        lambda: stack.task_instance(SLOW_DEFERRED_DAG, run_id, "train")["state"] == "deferred",
+        300,
+        interval=1,
+    )
+    job_id = stack.xcom(SLOW_DEFERRED_DAG, run_id, "train", key="job_id")
+    stack.compose.run("stop", "airflow-triggerer", timeout=180)
+    try:
+        wait_for("the job to succeed", lambda: stack.job(job_id)["status"] == "SUCCEEDED", 300, interval=2)
+        stack.compose.run("restart", "ray-head", timeout=240)
+    finally:
+        stack.compose.run("start", "airflow-triggerer", timeout=180)
+    stack.wait_for_run(SLOW_DEFERRED_DAG, run_id)
+    result = stack.xcom(SLOW_DEFERRED_DAG, run_id, "train")
+    assert result["status"] == "SUCCEEDED" and result["job_id"] == job_id, result
+    assert stack.task_instance(SLOW_DEFERRED_DAG, run_id, "train")["try_number"] == 1
+    assert (result["metrics"]["epoch"], result["metrics"]["total"]) == (epochs - 1, sum(range(epochs))), result
+    assert [v["version"] for v in _versions(stack, model)] == [result["model_version"]]
     stack.wait_for_two_nodes()
 
 

@@ -223,3 +223,24 @@ def test_a_job_the_cluster_no_longer_has_is_collected_from_its_manifest_in_stora
     # No manifest in storage: the try ends (retryable: a retry resumes the run), it does not make one up.
     with pytest.raises(RayTrainWatchError):
         operator.execute_complete({"ti": _XComTI()}, {**event, "job_id": "j2"}, run_name=run)  # type: ignore[arg-type]
+
+
+def test_a_cluster_too_small_fails_a_first_try_at_once_and_is_waited_for_on_a_retry(stub_ray, monkeypatch):
+    """One node with 1 CPU for 2 workers: on a first try that is bad input (no retry); on a retry the cluster held
+    the job before (a head restarted, its worker node not back yet): it is asked again, then the try ends
+    retryably."""
+    from airflow_ray_train.exceptions import RayTrainClusterError, RayTrainConfigError
+    from airflow_ray_train.operators import ray_train as operator_module
+    from airflow_ray_train.runtime.spec import TrainSpec
+
+    one_cpu = {"data": {"result": {"result": [{"node_id": "n1", "state": "ALIVE", "resources_total": {"CPU": 1.0}}]}}}
+    stub_ray.respond = lambda method, path: (200, one_cpu) if path.startswith("/api/v0/nodes") else (404, {})
+    monkeypatch.setattr(operator_module, "RESOURCE_WAIT_S", 0.2)
+    operator = RayTrainOperator(task_id="t", train_func="m:f", ray_conn_id="ray_stub")
+    spec = TrainSpec(train_func="m:f", run_name="r", submission_id="s", scaling_config={"num_workers": 2})
+    with pytest.raises(RayTrainConfigError, match="can never start"):
+        operator._check_cluster_resources(operator.hook, spec)
+    with pytest.raises(RayTrainClusterError, match="cannot hold this job now") as raised:
+        operator._check_cluster_resources(operator.hook, spec, retry=True)
+    assert not isinstance(raised.value, AirflowFailException)
+    assert sum(path.startswith("/api/v0/nodes") for path in stub_ray.paths()) >= 3  # asked again while it waited

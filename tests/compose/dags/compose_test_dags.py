@@ -17,28 +17,33 @@ from ray_train_test_loops import STATE_FILE
 
 from airflow_ray_train.operators.ray_train import RayTrainOperator
 
-with DAG(
-    dag_id="compose_test_slow_train",
-    schedule=None,
-    start_date=datetime(2026, 1, 1),
-    catchup=False,
-    params={"epochs": 12, "sleep_s": 2.0},
-):
-    train = RayTrainOperator(
-        task_id="train",
-        train_func="ray_train_test_loops:slow_counter",
-        train_loop_config={"epochs": "{{ params.epochs }}", "sleep_s": "{{ params.sleep_s }}"},
-        scaling_config={"num_workers": 2},
-        run_config={"failure_config": {"max_failures": 2}},
-        poll_interval=2.0,
-        retries=2,
-        retry_delay=timedelta(seconds=5),
-    )
+# The same training waited for in a worker and in the triggerer; ``register_model`` (a run conf param, empty:
+# none) registers its best checkpoint, so a fault test can count the versions.
+for dag_id, deferrable in (("compose_test_slow_train", False), ("compose_test_slow_train_deferred", True)):
+    with DAG(
+        dag_id=dag_id,
+        schedule=None,
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        params={"epochs": 12, "sleep_s": 2.0, "register_model": ""},
+    ):
+        train = RayTrainOperator(
+            task_id="train",
+            train_func="ray_train_test_loops:slow_counter",
+            train_loop_config={"epochs": "{{ params.epochs }}", "sleep_s": "{{ params.sleep_s }}"},
+            scaling_config={"num_workers": 2},
+            run_config={"failure_config": {"max_failures": 2}},
+            register_model="{{ params.register_model }}",
+            deferrable=deferrable,
+            poll_interval=2.0,
+            retries=2,
+            retry_delay=timedelta(seconds=5),
+        )
 
-    @task
-    def read_checkpoint(checkpoint_path: str) -> dict[str, Any]:
-        """In the Airflow container: open the checkpoint the Ray side wrote on the shared volume."""
-        with open(os.path.join(checkpoint_path, STATE_FILE)) as handle:
-            return json.load(handle)
+        @task
+        def read_checkpoint(checkpoint_path: str) -> dict[str, Any]:
+            """In the Airflow container: open the checkpoint the Ray side wrote on the shared volume."""
+            with open(os.path.join(checkpoint_path, STATE_FILE)) as handle:
+                return json.load(handle)
 
-    read_checkpoint(train.output["checkpoint_path"])
+        read_checkpoint(train.output["checkpoint_path"])
