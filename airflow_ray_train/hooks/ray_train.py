@@ -280,8 +280,11 @@ class RayTrainHook(CodeShipping, JobsApiHook):
                 if step.do is Do.OPEN_STREAM:
                     stream = self.open_log_stream(job_id, streams)
                     watch.stream_opened() if stream is not None else watch.stream_refused()
-                elif step.do is Do.READ_STREAM and stream is not None:
-                    stream = self._read_stream(stream, watch, on_lines)
+                elif step.do is Do.READ_STREAM:
+                    if stream is None:  # never: the watch reads only a stream it was told opened
+                        watch.stream_closed(None)
+                    else:
+                        stream = self._read_stream(stream, watch, on_lines)
                 elif step.do is Do.POLL:
                     self._poll(job_id, watch)
                 elif step.do is Do.FETCH_LOG:

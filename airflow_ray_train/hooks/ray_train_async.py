@@ -171,8 +171,11 @@ class AsyncRayTrainHook(JobsApiHook):
                 step = watch.next()
                 if step.do is Do.OPEN_STREAM:
                     stream = await self._open(job_id, watch)
-                elif step.do is Do.READ_STREAM and stream is not None:
-                    stream = await self._read_stream(stream, watch, on_lines)
+                elif step.do is Do.READ_STREAM:
+                    if stream is None:  # never: the watch reads only a stream it was told opened
+                        watch.stream_closed(None)
+                    else:
+                        stream = await self._read_stream(stream, watch, on_lines)
                 elif step.do is Do.POLL:
                     await self._poll(job_id, watch)
                     if watch.info is not None and watch.info.status != status and on_status is not None:
