@@ -372,7 +372,9 @@ class RayTrainOperator(BaseOperator):
             raise self._lost_track(
                 hook, job_id, context, f"{type(exc).__name__}: {exc}", rejected=isinstance(exc, RayTrainAuthError)
             ) from exc
-        return self.collect_result(hook, info, spec, context, follower.manifest_line, list(tail))
+        return self.collect_result(
+            hook, info, context, self._manifest(hook, info, spec, follower.manifest_line), list(tail)
+        )
 
     def _lost_track(
         self, hook: RayTrainHook, job_id: str, context: Context, cause: str, *, rejected: bool
@@ -407,9 +409,7 @@ class RayTrainOperator(BaseOperator):
     ) -> dict[str, Any] | None:
         """The cluster no longer has the job (its head restarted without fault tolerance): its result, when it
         ended and left its ``manifest.json`` in storage; else None (the try ends, a retry resumes the run)."""
-        stored, where = read_stored_manifest(
-            spec.run_config.get("storage_path"), spec.effective_run_name, job_id, embedded=hook.settings.embedded
-        )
+        stored, where = self._stored_manifest(hook, spec, spec.effective_run_name, job_id)
         if stored is None:
             self.log.warning("The Ray cluster no longer has job %s, and its result cannot be read: %s", job_id, where)
             return None
@@ -417,7 +417,7 @@ class RayTrainOperator(BaseOperator):
             "The Ray cluster no longer has job %s (its head restarted?); its manifest is in %s", job_id, where
         )
         gone = JobInfo(job_id, JobStatus(stored.status), metadata={RUN_NAME_KEY: spec.effective_run_name})
-        return self.collect_result(hook, gone, spec, context, None, [])
+        return self.collect_result(hook, gone, context, stored, [])
 
     def _collect_previous(
         self, hook: RayTrainHook, job: JobInfo, spec: TrainSpec, context: Context
@@ -442,7 +442,7 @@ class RayTrainOperator(BaseOperator):
             "An earlier try's Ray job %s already SUCCEEDED: collecting its result, not training again", job_id
         )
         self._remember_job(hook, job_id, context)
-        return self.collect_result(hook, job, spec, context, follower.manifest_line, [])
+        return self.collect_result(hook, job, context, manifest, [])
 
     def _check_cluster_resources(self, hook: RayTrainHook, spec: TrainSpec, retry: bool = False) -> None:
         """Fail before submitting when the cluster's nodes can never hold the job. On a retry the cluster may be
@@ -523,7 +523,8 @@ class RayTrainOperator(BaseOperator):
         spec = dataclasses.replace(
             self.build_spec(context), run_name=info.metadata.get(RUN_NAME_KEY) or "unnamed", submission_id=job_id
         )
-        return self.collect_result(hook, info, spec, context, event.get("manifest"), event.get("log_tail") or [])
+        manifest = self._manifest(hook, info, spec, event.get("manifest"))
+        return self.collect_result(hook, info, context, manifest, event.get("log_tail") or [])
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
         # Airflow's deferral timeout fired (a backstop: the trigger stops the job at its own deadline first).
@@ -609,30 +610,33 @@ class RayTrainOperator(BaseOperator):
         if manifest is not None or not info.ended:
             return manifest
         why = f"its log line cannot be read ({unreadable})" if unreadable else "its log gave no manifest"
-        stored, where = read_stored_manifest(
-            spec.run_config.get("storage_path"),
-            info.metadata.get(RUN_NAME_KEY) or spec.effective_run_name,
-            info.submission_id,
-            embedded=hook.settings.embedded,
-        )
+        run_name = info.metadata.get(RUN_NAME_KEY) or spec.effective_run_name
+        stored, where = self._stored_manifest(hook, spec, run_name, info.submission_id)
         if stored is None:
             self.log.warning("Ray job %s: %s, and its manifest.json was not found: %s", info.submission_id, why, where)
         else:
             self.log.info("Ray job %s: %s; its manifest was read from %s", info.submission_id, why, where)
         return stored
 
+    @staticmethod
+    def _stored_manifest(
+        hook: RayTrainHook, spec: TrainSpec, run_name: str, job_id: str
+    ) -> tuple[ResultManifest | None, str]:
+        """``manifest.json`` of the job in the run's storage, or None and why (see ``stored_manifest``)."""
+        storage_path = spec.run_config.get("storage_path")
+        return read_stored_manifest(storage_path, run_name, job_id, embedded=hook.settings.embedded)
+
     def collect_result(
         self,
         hook: RayTrainHook,
         info: JobInfo,
-        spec: TrainSpec,
         context: Context,
-        manifest_line: str | None,
+        manifest: ResultManifest | None,
         log_tail: list[str],
     ) -> dict[str, Any]:
-        """Turn a terminal job into the XCom contract, or raise ``RayTrainJobError`` saying why it failed."""
+        """Turn a terminal job and its manifest (``_manifest``) into the XCom contract, or raise
+        ``RayTrainJobError`` saying why it failed."""
         job_id, status = info.submission_id, str(info.status)
-        manifest = self._manifest(hook, info, spec, manifest_line)
         result = manifest_to_xcom(
             manifest,
             job_id=job_id,
