@@ -13,17 +13,15 @@ from __future__ import annotations
 import os
 
 from airflow_ray_train.runtime.spec import ResultManifest, SpecError
-from airflow_ray_train.runtime.storage import Storage
+from airflow_ray_train.runtime.storage import Storage, job_folder
 
-#: The folder of the run that holds each job's manifest (and the provider's other files).
-MANIFEST_DIR = "airflow_ray_train"
 #: Where Ray Train keeps runs whose ``storage_path`` is not set, on the driver's node.
 RAY_DEFAULT_STORAGE = "~/ray_results"
 
 
 def manifest_file(run_name: str, submission_id: str) -> str:
     """The manifest's path relative to the storage path."""
-    return f"{run_name}/{MANIFEST_DIR}/{submission_id}/manifest.json"
+    return f"{job_folder(run_name, submission_id)}/manifest.json"
 
 
 def read_stored_manifest(

@@ -6,6 +6,14 @@ import os
 from typing import Any
 
 _SCHEMES = {"local": "", "s3": "s3", "gcs": "gs", "hdfs": "hdfs", "abfs": "abfs"}
+#: The folder of a run that holds the provider's files: each job's ``<submission_id>/manifest.json`` (which the
+#: Airflow side reads when a job's log cannot give its manifest) and the finished training's record.
+MANIFEST_DIR = "airflow_ray_train"
+
+
+def job_folder(run_name: str, submission_id: str) -> str:
+    """Where a job's files go, relative to the storage path: ``<run>/airflow_ray_train/<submission_id>``."""
+    return f"{run_name}/{MANIFEST_DIR}/{submission_id}"
 
 
 def uri_for(filesystem: Any, path: str | None) -> str | None:

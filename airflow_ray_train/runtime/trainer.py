@@ -35,10 +35,9 @@ from airflow_ray_train.runtime.spec import (
     quote_log_line,
     shipped_dir,
 )
-from airflow_ray_train.runtime.storage import Storage
+from airflow_ray_train.runtime.storage import MANIFEST_DIR, Storage, job_folder
 from airflow_ray_train.runtime.tracking import RunTracker
 
-MANIFEST_DIR = "airflow_ray_train"
 PRINT_PATCH_ENV = "RAY_TRAIN_ENABLE_PRINT_PATCH"
 #: How the Jobs API's supervisor hands its driver the job's config (runtime_env included); ``ray.init()`` reads it.
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
@@ -119,7 +118,7 @@ class RunPaths:
     def of(cls, spec: TrainSpec, default_storage_path: str) -> RunPaths:
         storage_path = os.path.expanduser(spec.run_config.get("storage_path") or default_storage_path)
         run_name = spec.effective_run_name
-        return cls(Storage(storage_path), storage_path, run_name, f"{run_name}/{MANIFEST_DIR}/{spec.submission_id}")
+        return cls(Storage(storage_path), storage_path, run_name, job_folder(run_name, spec.submission_id))
 
     @property
     def run_path(self) -> str:
