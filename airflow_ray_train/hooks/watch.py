@@ -87,7 +87,7 @@ class Do(enum.Enum):
     OPEN_STREAM = "open_stream"  # open the log stream; then ``stream_opened`` or ``stream_refused``
     READ_STREAM = "read_stream"  # hand the stream's messages to ``feed`` while ``read_left()`` > 0
     POLL = "poll"  # get the job's status; then ``polled`` or ``poll_failed``
-    FETCH_LOG = "fetch_log"  # read ``GET /logs`` through ``log_reader()``; then ``log_read`` or ``log_failed``
+    FETCH_LOG = "fetch_log"  # read ``GET /logs`` through a ``LogReader``; then ``log_read`` or ``log_failed``
     SLEEP = "sleep"  # wait ``seconds``
     RETURN = "return"  # hand back ``info``: the job ended, or the deadline passed (then it still runs)
     GIVE_UP = "give_up"  # raise ``error``
@@ -167,7 +167,7 @@ class Watch:
         if not self._started:
             self._started = True
             return Step(Do.OPEN_STREAM)
-        if self.info is not None and JobStatus.ended(self.info.status):
+        if self.ended():
             return self._ending(now)
         if self._deadline is not None and now >= self._deadline:
             if self.info is not None:
@@ -228,7 +228,7 @@ class Watch:
             )
             self._lost_since, self._lost_polls = None, 0
         self.info = info
-        if JobStatus.ended(info.status) and not self.streaming and self._clean_close:
+        if info.ended and not self.streaming and self._clean_close:
             self.log_complete = True  # Ray closed the stream normally: only once the job ended, all of it sent
         self._poll_at = now + self._next_poll_in(now)
         self._fetch_due = self.polling and self._live_log
@@ -323,7 +323,7 @@ class Watch:
                 self.job_id,
                 MAX_MESSAGE_BYTES,
             )
-        if self.info is not None and JobStatus.ended(self.info.status):
+        if self.ended():
             self.log_complete = self._clean_close
             return
         # Ray closes the stream only once the job's status is terminal: one poll right away tells an end from a
@@ -355,12 +355,9 @@ class Watch:
 
     # -- reading the whole log ------------------------------------------------------------------------------
 
-    def log_reader(self) -> LogReader:
-        return LogReader(self.follower)
-
     def log_read(self, reader: LogReader) -> None:
         """A ``GET /logs`` was read to its end."""
-        ended = self.info is not None and JobStatus.ended(self.info.status)
+        ended = self.ended()
         self.log_complete = ended and reader.done
         if not ended and reader.bytes_read > LIVE_LOG_BYTES and self._live_log:
             self._live_log = False
@@ -375,7 +372,8 @@ class Watch:
         self.log.warning("Could not read the log of Ray job %s (%s)", self.job_id, exc)
 
     def ended(self) -> bool:
-        return self.info is not None and JobStatus.ended(self.info.status)
+        """Whether the job's last known status is terminal."""
+        return self.info is not None and self.info.ended
 
 
 def is_contact_error(exc: BaseException) -> bool:

@@ -12,7 +12,7 @@ import pytest
 from airflow_ray_train.exceptions import RayTrainAuthError, RayTrainClusterError
 from airflow_ray_train.hooks import watch as watch_module
 from airflow_ray_train.hooks.jobs_api import JobInfo
-from airflow_ray_train.hooks.log_follower import LogFollower
+from airflow_ray_train.hooks.log_follower import LogFollower, LogReader
 from airflow_ray_train.hooks.watch import (
     FINISHING_POLL_INTERVAL,
     LIVE_LOG_BYTES,
@@ -51,6 +51,15 @@ def opened(watch: Watch) -> None:
     watch.stream_opened()
 
 
+def running(clock: Clock, **kwargs) -> Watch:
+    """A watch whose stream opened and whose first poll said RUNNING."""
+    watch = make(clock, **kwargs)
+    opened(watch)
+    assert watch.next().do is Do.POLL
+    watch.polled(RUNNING)
+    return watch
+
+
 def test_a_watch_opens_the_stream_then_polls_then_reads_the_stream_until_the_backstop_poll():
     clock = Clock()
     watch = make(clock, poll_interval=5.0)
@@ -65,10 +74,7 @@ def test_a_watch_opens_the_stream_then_polls_then_reads_the_stream_until_the_bac
 
 def test_the_manifest_going_by_brings_the_next_poll_forward_and_a_stream_ray_closed_after_the_end_is_the_whole_log():
     clock = Clock()
-    watch = make(clock)
-    opened(watch)
-    watch.next()
-    watch.polled(RUNNING)
+    watch = running(clock)
     assert watch.feed("epoch 1\n" + MANIFEST_MARKER + "{}\n") == ["epoch 1"]
     assert watch.read_left() == pytest.approx(FINISHING_POLL_INTERVAL)  # the read ends: poll fast
     clock.advance(FINISHING_POLL_INTERVAL)
@@ -83,10 +89,7 @@ def test_the_manifest_going_by_brings_the_next_poll_forward_and_a_stream_ray_clo
 
 def test_a_stream_ray_closed_normally_before_the_poll_saw_the_end_also_showed_the_whole_log():
     clock = Clock()
-    watch = make(clock)
-    opened(watch)
-    watch.next()
-    watch.polled(RUNNING)
+    watch = running(clock)
     watch.stream_closed(NORMAL_CLOSE)  # Ray closed it: the job ended, the poll has not said so yet
     clock.advance(FINISHING_POLL_INTERVAL)
     assert watch.next().do is Do.POLL
@@ -126,7 +129,7 @@ def test_without_a_stream_the_log_comes_with_each_poll_until_it_is_big_then_once
         assert watch.next().do is Do.POLL
         watch.polled(RUNNING)
         assert watch.next().do is Do.FETCH_LOG
-        reader = watch.log_reader()
+        reader = LogReader(watch.follower)
         reader.feed(b'{"logs": "' + b"x" * size)
         watch.log_read(reader)
         step = watch.next()
@@ -183,10 +186,7 @@ def test_streams_that_carry_nothing_new_are_opened_again_ever_more_slowly():
 
 def test_contact_lost_is_waited_for_over_the_window_with_growing_pauses_and_logged(caplog):
     clock = Clock()
-    watch = make(clock, poll_interval=5.0, contact_window=120.0)
-    opened(watch)
-    watch.next()
-    watch.polled(RUNNING)
+    watch = running(clock, poll_interval=5.0, contact_window=120.0)
     watch.stream_closed(1006)  # the dashboard went away
     pauses = []
     while True:
@@ -209,10 +209,7 @@ def test_contact_lost_is_waited_for_over_the_window_with_growing_pauses_and_logg
 
 def test_contact_back_within_the_window_goes_on_as_before():
     clock = Clock()
-    watch = make(clock, contact_window=120.0)
-    opened(watch)
-    watch.next()
-    watch.polled(RUNNING)
+    watch = running(clock, contact_window=120.0)
     watch.stream_closed(1006)
     for _ in range(5):
         step = watch.next()
@@ -246,10 +243,7 @@ def test_a_busy_gateway_counts_as_contact_lost():
 
 def test_every_pause_and_read_is_cut_at_the_deadline_and_the_job_is_handed_back_then():
     clock = Clock()
-    watch = make(clock, poll_interval=5.0, deadline=time.time() + 12.0)
-    opened(watch)
-    watch.next()
-    watch.polled(RUNNING)
+    watch = running(clock, poll_interval=5.0, deadline=time.time() + 12.0)
     step = watch.next()
     assert step.do is Do.READ_STREAM and step.seconds == pytest.approx(12.0, abs=0.05)  # not the 30 s backstop
     clock.advance(step.seconds)
@@ -258,10 +252,7 @@ def test_every_pause_and_read_is_cut_at_the_deadline_and_the_job_is_handed_back_
 
 def test_a_message_over_the_cap_ends_streaming_and_the_log_is_read_once_at_the_end(caplog):
     clock = Clock()
-    watch = make(clock)
-    opened(watch)
-    watch.next()
-    watch.polled(RUNNING)
+    watch = running(clock)
     watch.stream_closed(MESSAGE_TOO_BIG)
     assert "read once, at the end" in caplog.text
     for _ in range(50):
