@@ -88,7 +88,7 @@ def shipping_bad_input() -> None:
         "package_broken_symlink": {"train_func": f"{BROKEN_PACKAGE}.loop:train_func"},
         "package_too_big": {"train_func": f"{BIG_PACKAGE}.loop:train_func"},
         "train_func_from_stdlib": {"train_func": "subprocess:run"},
-        "train_func_not_a_function": {"train_func": "json:JSONDecoder", "ship_code": False},
+        "train_func_not_a_function": {"train_func": "ray.train:ScalingConfig", "ship_code": False},
     }
     for task_id, kwargs in operators.items():
         RayTrainOperator(task_id=task_id, scaling_config={"num_workers": 1}, poll_interval=1.0, **kwargs)

@@ -26,7 +26,7 @@ EXPECTED = {
     "package_broken_symlink": ("RayTrainConfigError", ["loop_link.py: it is a symlink to", "Fix: remove"], False),
     "package_too_big": ("RayTrainConfigError", ["over the 50.0 MiB", "weights.bin (60.0 MiB)", "Fix:"], False),
     "train_func_from_stdlib": ("RayTrainConfigError", ["'subprocess:run' is in Python's standard library"], False),
-    "train_func_not_a_function": ("RayTrainJobSetupError", ["is the class json.decoder.JSONDecoder"], True),
+    "train_func_not_a_function": ("RayTrainJobSetupError", ["is the class ray.train.ScalingConfig"], True),
 }
 
 
