@@ -38,6 +38,7 @@ from airflow_ray_train.packaging import (
     refuse_standard_library,
     spec_package,
 )
+from airflow_ray_train.progress import Progress, ProgressSpec, declared_progress
 from airflow_ray_train.results import (
     ASSET_EXTRA_KEYS,
     capped,
@@ -111,6 +112,12 @@ class RayTrainOperator(BaseOperator):
     :param ray_conn_id: the ``ray_train`` connection. Missing, or host ``local``: the embedded local cluster.
     :param poll_interval: seconds between job status polls where the log stream cannot be opened; while it is
         open the log streams live and Ray closing it says the job ended (default: ``[ray_train] poll_interval``).
+    :param progress: what counts the training's progress in the task log, for a loop of your own: the report
+        metric ``key``, the ``total`` it ends at and, for a 0-based index, ``first`` (the value after the first
+        unit, default 1), e.g. ``{"key": "epoch", "total": 10}``. Each report then logs
+        ``epoch 3/10 (30%) · 41 s/epoch · ETA 4 min 47 s``; without it, the report number and the time elapsed.
+        The declarative Lightning and Transformers loops know their total (``max_epochs``, ``num_train_epochs``,
+        ``max_steps``).
     :param model_asset: an Asset this task emits an event on when it succeeds, with ``checkpoint_path``,
         ``best_checkpoint_path``, ``metrics``, ``run_path``, ``job_id`` and ``submission_id`` in the event's
         extra, so a DAG scheduled on the Asset (e.g. a deploy DAG) gets the model it is about.
@@ -171,6 +178,7 @@ class RayTrainOperator(BaseOperator):
         ship_modules: Sequence[str] = (),
         ray_conn_id: str = RayTrainHook.default_conn_name,
         poll_interval: float | None = None,
+        progress: dict[str, Any] | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         check_cluster_resources: bool = True,
         model_asset: Asset | None = None,
@@ -194,6 +202,8 @@ class RayTrainOperator(BaseOperator):
         self.entrypoint_resources = entrypoint_resources
         self.ship_code = ship_code
         self.ship_modules = list(ship_modules)
+        ProgressSpec.from_argument(progress)
+        self.progress = progress
         self.ray_conn_id = ray_conn_id
         self.poll_interval = poll_interval if poll_interval is not None else float(ray_train_setting("poll_interval"))
         self.model_asset = model_asset
@@ -356,10 +366,12 @@ class RayTrainOperator(BaseOperator):
         """Follow the job in this worker to its end, its log into the task log, and return its result."""
         follower = LogFollower()
         tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+        progress = Progress(self.progress_spec())
 
         def show(lines: list[str]) -> None:
             if lines:
-                self.log.info("%s", as_record(lines))
+                line = progress.update(lines)
+                self.log.info("%s", as_record(lines) if line is None else f"{as_record(lines)}\n{line}")
                 tail.extend(lines)
 
         try:
@@ -477,15 +489,22 @@ class RayTrainOperator(BaseOperator):
             f"This job can never start on the Ray cluster at {hook.settings.address}: {problem}", field="scaling_config"
         )
 
+    def progress_spec(self) -> ProgressSpec | None:
+        """What counts the progress the task log shows: ``progress``, else what a declarative loop's rendered
+        ``train_loop_config`` says."""
+        return ProgressSpec.from_argument(self.progress) or declared_progress(self.train_func, self.train_loop_config)
+
     def _defer(self, job_id: str, run_name: str) -> None:
         limit = self.execution_timeout or DEFAULT_DEFER_TIMEOUT
         label = f"execution_timeout ({limit})" if self.execution_timeout else f"the default wait limit ({limit})"
+        progress = self.progress_spec()
         trigger = RayTrainJobTrigger(
             job_id=job_id,
             ray_conn_id=self.ray_conn_id,
             poll_interval=self.poll_interval,
             timeout_at=time.time() + limit.total_seconds(),
             timeout_label=label,
+            progress=None if progress is None else progress.to_json(),
         )
         self.log.info("Deferring: the triggerer watches Ray job %s and streams its log", job_id)
         self.defer(

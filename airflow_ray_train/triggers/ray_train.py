@@ -23,6 +23,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_ray_train import compat
 from airflow_ray_train.hooks.log_follower import LogFollower, as_record, cut_line
 from airflow_ray_train.hooks.ray_train_async import AsyncRayTrainHook
+from airflow_ray_train.progress import Progress
 from airflow_ray_train.runtime.spec import JobStatus
 
 
@@ -76,6 +77,8 @@ class RayTrainJobTrigger(BaseTrigger):
     :param poll_interval: seconds between status polls while the job runs without a log stream.
     :param timeout_at: Unix time after which the job is stopped and a ``timeout`` event fires; None: no limit.
     :param timeout_label: how the deadline is described in the timeout message (e.g. ``execution_timeout``).
+    :param progress: what counts the training's progress (``ProgressSpec.to_json()``); None: the report number
+        and the time elapsed. The latest progress line ends each record of new log lines.
     """
 
     def __init__(
@@ -86,6 +89,7 @@ class RayTrainJobTrigger(BaseTrigger):
         poll_interval: float = 5.0,
         timeout_at: float | None = None,
         timeout_label: str = "the deadline",
+        progress: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.job_id = job_id
@@ -93,6 +97,9 @@ class RayTrainJobTrigger(BaseTrigger):
         self.poll_interval = poll_interval
         self.timeout_at = timeout_at
         self.timeout_label = timeout_label
+        self.progress = progress
+        self._progress = Progress.from_argument(progress)
+        self._progress_line: str | None = None
         self._tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
         self._unlogged: list[str] = []
         self._flush_handle: asyncio.TimerHandle | None = None
@@ -106,6 +113,7 @@ class RayTrainJobTrigger(BaseTrigger):
                 "poll_interval": self.poll_interval,
                 "timeout_at": self.timeout_at,
                 "timeout_label": self.timeout_label,
+                "progress": self.progress,
             },
         )
 
@@ -139,6 +147,7 @@ class RayTrainJobTrigger(BaseTrigger):
             return
         self._unlogged.extend(lines)
         self._tail.extend(lines)
+        self._progress_line = self._progress.update(lines) or self._progress_line
         if self._flush_handle is None:
             loop = asyncio.get_running_loop()
             tick = (math.floor(loop.time() / LOG_FLUSH_INTERVAL) + 1) * LOG_FLUSH_INTERVAL
@@ -149,8 +158,9 @@ class RayTrainJobTrigger(BaseTrigger):
             self._flush_handle.cancel()
             self._flush_handle = None
         if self._unlogged:
-            self.log.info("%s", as_record(self._unlogged))
-            self._unlogged = []
+            record, line = as_record(self._unlogged), self._progress_line
+            self.log.info("%s", record if line is None else f"{record}\n{line}")
+            self._unlogged, self._progress_line = [], None
 
     def _status(self, status: str) -> None:
         self._flush()  # the lines before it first: the task log keeps the job's order
