@@ -33,13 +33,15 @@ def record_failure(context: dict[str, Any]) -> None:
         )
 
 
-# The same small training twice, waiting in the worker and in the triggerer: the XComs must match.
+# The same small training twice, waiting in the worker and in the triggerer: the XComs must match, and both
+# task logs show the progress the loop's 0-based "epoch" counts.
 with DAG(dag_id="test_ray_train_deferrable", schedule=None, start_date=START, catchup=False) as deferrable_dag:
     for name, deferrable in (("train_sync", False), ("train_deferred", True)):
         RayTrainOperator(
             task_id=name,
             train_func=CLASSIFIER,
             train_loop_config={"epochs": 2, "train_size": 256},
+            progress={"key": "epoch", "total": 2, "first": 0},
             scaling_config={"num_workers": 2},
             run_config={"checkpoint_config": {"num_to_keep": 2, "checkpoint_score_attribute": "val_accuracy"}},
             deferrable=deferrable,

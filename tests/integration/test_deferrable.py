@@ -89,6 +89,13 @@ def test_deferrable_dag_returns_the_same_xcom_as_the_sync_path(ray_conn, airflow
     records = re.split(r"\n(?=\d{4}-\d\d-\d\dT)", out)
     reports = [line for r in records if "RayTrainJobTrigger" in r for line in r.splitlines() if "report 1:" in line]
     assert len(reports) == 1, reports
+    # Both task logs end the run with the progress line of the last epoch ("epoch" is 0-based: first 0).
+    progress: dict[str, list[str]] = {"sync": [], "deferred": []}
+    for record in records:
+        path = "deferred" if "RayTrainJobTrigger" in record else "sync"
+        progress[path] += [line for line in record.splitlines() if line.startswith("[progress] ")]
+    for path, lines in progress.items():
+        assert any(line.startswith("[progress] epoch 2/2 (100%) · ") for line in lines), (path, progress)
     assert ray_conn.token not in out
     assert ray_conn.token not in str(sync) + str(deferred)
 
