@@ -77,6 +77,17 @@ SETTINGS: dict[str, Setting] = {
         "after this window does the try end (a retry attaches to the job).",
         "600",
     ),
+    "stop_grace_period": Setting(
+        float,
+        60.0,
+        "Seconds a stopped job's training may take to save a checkpoint at its next step and end (a killed, timed "
+        "out or marked task; see the README's graceful stop): the declarative Lightning and Transformers loops do "
+        "it, a loop of your own calls stop_requested(). Ray's job supervisor keeps the period, so it holds even "
+        "when the Airflow process that stopped the job is gone. A loop that does not take part is stopped at once. "
+        "0: every job is stopped at once (Ray's SIGTERM, SIGKILL 3 s later). A task's stop_grace_period argument "
+        "overrides it.",
+        "120",
+    ),
 }
 
 

@@ -65,6 +65,10 @@ META = {
 TRY_KEY = "airflow_try_number"
 SPEC_DIGEST_KEY = "airflow_ray_train_spec_digest"
 RUN_NAME_KEY = "ray_train_run_name"
+#: The series' own part of the Train run name (``TrainSpec.run_name``): a cleared task continues a stopped one.
+SERIES_RUN_KEY = "ray_train_series_run"
+#: Earlier series a cleared task looks back through for a stopped run to continue.
+PREVIOUS_SERIES_LOOKUPS = 10
 
 
 def _slug(text: str, limit: int = NAME_PART_LIMIT) -> str:
@@ -199,21 +203,30 @@ class TryIdentity:
         """The job ids of this series' earlier tries, newest first."""
         return [self.submission_id(n) for n in range(self.try_number - 1, self.first_try_number - 1, -1)]
 
+    def previous_series_ids(self) -> list[str]:
+        """The job ids of the tries before this series (a cleared task's earlier ones), newest first, at most
+        ``PREVIOUS_SERIES_LOOKUPS``."""
+        newest = self.first_try_number - 1
+        return [self.submission_id(n) for n in range(newest, max(0, newest - PREVIOUS_SERIES_LOOKUPS), -1)]
+
     def run_name(self, digest: str) -> str:
         """The Train run name every try of this series with spec ``digest`` shares (so a retry resumes)."""
         series = _digest(self.task_instance_key, self.first_try_number, digest, length=12)
         return f"{self._readable}.{_slug(self.run_id)}-{series}"
 
-    def job_metadata(self, digest: str, run_name: str) -> dict[str, str]:
+    def job_metadata(self, digest: str, run_name: str, series_run: str | None = None) -> dict[str, str]:
         """The Ray job metadata that lets a later try check that the job is its own."""
         values = {key: str(getattr(self, field)) for field, key in META.items()}
-        return {**values, TRY_KEY: str(self.try_number), SPEC_DIGEST_KEY: digest, RUN_NAME_KEY: run_name}
+        series = {SERIES_RUN_KEY: series_run} if series_run else {}
+        return {**values, TRY_KEY: str(self.try_number), SPEC_DIGEST_KEY: digest, RUN_NAME_KEY: run_name, **series}
 
-    def not_ours(self, metadata: Mapping[str, Any] | None) -> str | None:
+    def not_ours(self, metadata: Mapping[str, Any] | None, *, any_series: bool = False) -> str | None:
         """Why a job with ``metadata`` was not started by this series of this task instance (a phrase), or
-        None if it was."""
+        None if it was; ``any_series``: by any series of this task instance."""
         metadata = metadata or {}
         for field, key in META.items():
+            if any_series and field == "first_try_number":
+                continue
             theirs, ours = metadata.get(key), str(getattr(self, field))
             if theirs != ours:
                 shown = "missing" if theirs is None else repr(theirs)

@@ -9,6 +9,7 @@ from typing import Any
 
 from airflow_ray_train.exceptions import RayTrainConfigError
 from airflow_ray_train.runtime.spec import SpecError, check_json_value
+from airflow_ray_train.runtime.stop import STOP_WAIT_ENV, stop_wait_s
 
 #: The top-level ``runtime_env`` fields Ray 2.60 knows (``ray.runtime_env.RuntimeEnv.known_fields``).
 RUNTIME_ENV_FIELDS = (
@@ -96,3 +97,19 @@ def with_py_modules(runtime_env: dict[str, Any], shipped_uris: Sequence[str]) ->
             field="runtime_env.py_modules",
         )
     return {**runtime_env, "py_modules": [*shipped_uris, *given]}
+
+
+def with_stop_wait(runtime_env: dict[str, Any], grace_period_s: float) -> dict[str, Any]:
+    """``runtime_env`` with the job supervisor's wait between SIGTERM and SIGKILL set for a graceful stop of
+    ``grace_period_s`` (see ``runtime.stop``): Ray runs the supervisor in the job's runtime_env. A wait the user
+    set that is longer is kept; no grace period leaves Ray's default."""
+    if grace_period_s <= 0:
+        return runtime_env
+    env_vars = dict(runtime_env.get("env_vars") or {})
+    wait = stop_wait_s(grace_period_s)
+    try:
+        wait = max(wait, int(env_vars.get(STOP_WAIT_ENV, 0)))
+    except ValueError:
+        pass
+    env_vars[STOP_WAIT_ENV] = str(wait)
+    return {**runtime_env, "env_vars": env_vars}

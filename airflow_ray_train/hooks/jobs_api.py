@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 from airflow_ray_train.exceptions import RayTrainAuthError, RayTrainClusterError
 from airflow_ray_train.hooks.settings import ClusterSettings
 from airflow_ray_train.runtime.spec import JobStatus
+from airflow_ray_train.runtime.stop import STOP_WAIT_ENV
 
 #: What a sent call gives its caller (the reply itself, or the client's response object).
 Answer = TypeVar("Answer")
@@ -24,7 +25,8 @@ Answer = TypeVar("Answer")
 VERSION = "/api/version"
 JOBS = "/api/jobs/"
 NODES = "/api/v0/nodes"
-#: How long a stop is waited for: Ray sends SIGKILL 3 s after SIGTERM and reports STOPPED ~3 s later.
+#: How long a stop is waited for: Ray sends SIGKILL 3 s after SIGTERM (unless the job's runtime_env sets
+#: another wait, see ``JobInfo.stop_timeout_s``) and reports STOPPED ~3 s later.
 STOP_TIMEOUT_S = 30.0
 STOP_POLL_S = 0.5
 _EXCEPTION_LINE_RE = re.compile(r"^\s*((?:[A-Za-z_][\w.]*)?(?:Error|Exception): .+)$", re.MULTILINE)
@@ -254,6 +256,17 @@ class JobInfo:
     @property
     def ended(self) -> bool:
         return JobStatus.ended(self.status)
+
+    @property
+    def stop_timeout_s(self) -> float:
+        """How long a stop of this job is waited for: ``STOP_TIMEOUT_S`` past the job supervisor's own wait
+        between SIGTERM and SIGKILL, which a graceful stop sets in the job's env vars (``runtime.stop``)."""
+        env_vars = self.runtime_env.get("env_vars") or {}
+        try:
+            wait = float(env_vars.get(STOP_WAIT_ENV) or 0)
+        except (TypeError, ValueError):
+            wait = 0.0
+        return STOP_TIMEOUT_S + max(wait, 0.0)
 
 
 def alive_nodes(data: Any) -> list[dict[str, Any]] | None:

@@ -199,13 +199,16 @@ class RayTrainHook(CodeShipping, JobsApiHook):
         """Ask Ray to stop the job (SIGTERM, then SIGKILL after 3 s). Returns whether it was running."""
         return bool(self._json("POST", jobs_api.job_path(job_id, "stop")).get("stopped"))
 
-    def stop_job_and_wait(self, job_id: str, timeout: float = jobs_api.STOP_TIMEOUT_S) -> str:
-        """Stop the job and wait until Ray reports it terminal (or ``timeout`` passes); returns its status."""
+    def stop_job_and_wait(self, job_id: str, timeout: float | None = None) -> str:
+        """Stop the job and wait until Ray reports it terminal (or ``timeout`` passes, by default the job's own
+        ``JobInfo.stop_timeout_s``); returns its status."""
         self.stop_job(job_id)
-        stopping = Stopping(timeout)
-        while (pause := stopping.pause(status := self.get_job_status(job_id))) is not None:
+        info = self.get_job_info(job_id)
+        stopping = Stopping(info.stop_timeout_s if timeout is None else timeout)
+        while (pause := stopping.pause(info.status)) is not None:
             time.sleep(pause)
-        return status
+            info = self.get_job_info(job_id)
+        return str(info.status)
 
     def stop_after_rejection(self, job_id: str, tries: int = REJECTED_STOP_TRIES) -> str:
         """Stop a job after the cluster rejected the token: read the connection again before each try (a token

@@ -119,13 +119,16 @@ class AsyncRayTrainHook(JobsApiHook):
         """Ask Ray to stop the job (SIGTERM, then SIGKILL after 3 s). Returns whether it was running."""
         return bool((await self._json("POST", jobs_api.job_path(job_id, "stop"))).get("stopped"))
 
-    async def stop_job_and_wait(self, job_id: str, timeout: float = jobs_api.STOP_TIMEOUT_S) -> str:
-        """Stop the job and wait until Ray reports it terminal (or ``timeout`` passes); returns its status."""
+    async def stop_job_and_wait(self, job_id: str, timeout: float | None = None) -> str:
+        """Stop the job and wait until Ray reports it terminal (or ``timeout`` passes, by default the job's own
+        ``JobInfo.stop_timeout_s``); returns its status."""
         await self.stop_job(job_id)
-        stopping = Stopping(timeout)
-        while (pause := stopping.pause(status := await self.get_job_status(job_id))) is not None:
+        info = await self.get_job_info(job_id)
+        stopping = Stopping(info.stop_timeout_s if timeout is None else timeout)
+        while (pause := stopping.pause(info.status)) is not None:
             await asyncio.sleep(pause)
-        return status
+            info = await self.get_job_info(job_id)
+        return str(info.status)
 
     async def read_log(self, job_id: str, follower: LogFollower, on_lines: OnLines = lambda lines: None) -> LogReader:
         """Read the job's whole log (``GET /logs``) in bounded pieces, handing the lines not shown yet to

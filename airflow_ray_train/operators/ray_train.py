@@ -27,7 +27,15 @@ from airflow_ray_train.hooks.log_follower import LogFollower, as_record
 from airflow_ray_train.hooks.mlflow import MlflowHook, mlflow_hook
 from airflow_ray_train.hooks.ray_train import RayTrainHook
 from airflow_ray_train.hooks.resources import cluster_shortfall
-from airflow_ray_train.identity import RUN_NAME_KEY, TRY_KEY, TryIdentity, deployment_id, other_spec, spec_digest
+from airflow_ray_train.identity import (
+    RUN_NAME_KEY,
+    SERIES_RUN_KEY,
+    TRY_KEY,
+    TryIdentity,
+    deployment_id,
+    other_spec,
+    spec_digest,
+)
 from airflow_ray_train.links.mlflow import MlflowRunLink
 from airflow_ray_train.links.ray_train import RayJobLink
 from airflow_ray_train.packaging import (
@@ -50,7 +58,7 @@ from airflow_ray_train.results import (
     read_manifest,
 )
 from airflow_ray_train.runtime.spec import JobStatus, ResultManifest, SpecError, TrainSpec
-from airflow_ray_train.runtime_env import check_runtime_env, with_py_modules
+from airflow_ray_train.runtime_env import check_runtime_env, with_py_modules, with_stop_wait
 from airflow_ray_train.stored_manifest import read_stored_manifest
 from airflow_ray_train.tracking import MLFLOW_WARNING_KEY, TaskTracking
 from airflow_ray_train.triggers.ray_train import LOG_TAIL_LINES, Event, RayTrainJobTrigger
@@ -136,6 +144,12 @@ class RayTrainOperator(BaseOperator):
         otherwise); XCom gets ``model_version``. Ignored, with a warning, when the task is untracked. (templated)
     :param mlflow_required: with False, a tracking server that cannot be reached means training untracked with a
         warning; by default the task fails before submitting.
+    :param stop_grace_period: seconds (or a timedelta) a stopped job's training may take to save a checkpoint at
+        its next step and end, when the task is killed, marked or times out (default ``[ray_train]
+        stop_grace_period``, 60 s; 0: stopped at once). The declarative loops take part by themselves, a loop of your
+        own by calling ``airflow_ray_train.runtime.stop.stop_requested()`` between steps; a loop that does not is
+        stopped at once. XCom then names that checkpoint (``status`` STOPPED), and a retry, or clearing the task,
+        goes on from it.
 
     Retries neither train twice nor start over, and use only this task's own jobs (see ``identity``): a
     retry resumes the series' Train run from its latest checkpoint, attaches to its job still running, or
@@ -186,6 +200,7 @@ class RayTrainOperator(BaseOperator):
         mlflow_experiment: str | None = None,
         register_model: str | None = None,
         mlflow_required: bool = True,
+        stop_grace_period: float | timedelta | None = None,
         **kwargs: Any,
     ) -> None:
         if model_asset is not None:
@@ -209,6 +224,8 @@ class RayTrainOperator(BaseOperator):
         self.model_asset = model_asset
         self.deferrable = deferrable
         self.check_cluster_resources = check_cluster_resources
+        self.stop_grace_period = stop_grace_period
+        self._task_context: Context | None = None
         self.mlflow_conn_id = mlflow_conn_id
         self.mlflow_experiment = mlflow_experiment
         self.register_model = register_model
@@ -241,6 +258,7 @@ class RayTrainOperator(BaseOperator):
                 train_loop_config=dict(self.train_loop_config or {}),
                 scaling_config=dict(self.scaling_config or {}),
                 run_config=run_config,
+                stop_grace_period_s=self.stop_grace_period_s(),
             )
         except SpecError as exc:
             raise RayTrainConfigError(str(exc), field=exc.field) from exc
@@ -248,6 +266,21 @@ class RayTrainOperator(BaseOperator):
             raise RayTrainConfigError(f"Invalid TrainSpec: {exc}") from exc
         self.check_train_func(spec)
         return spec
+
+    def stop_grace_period_s(self) -> float:
+        """Seconds a stopped job's training may take to save a checkpoint and end: the task's
+        ``stop_grace_period``, else ``[ray_train] stop_grace_period``."""
+        grace = self.stop_grace_period
+        if grace is None:
+            return float(ray_train_setting("stop_grace_period"))
+        if isinstance(grace, timedelta):
+            return grace.total_seconds()
+        if isinstance(grace, bool) or not isinstance(grace, (int, float)):
+            raise RayTrainConfigError(
+                f"stop_grace_period is {grace!r}. Fix: give seconds (or a timedelta); 0 stops a job at once.",
+                field="stop_grace_period",
+            )
+        return float(grace)
 
     def spec_digest(self, spec: TrainSpec, runtime_env: dict[str, Any]) -> str:
         """What makes two jobs the same run: the spec's content (not its names), the runtime_env with the
@@ -296,6 +329,7 @@ class RayTrainOperator(BaseOperator):
     # -- execution ------------------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> dict[str, Any]:
+        self._task_context = context
         hook = self.hook
         check_runtime_env(self.runtime_env)
         draft = self.build_spec(context)
@@ -309,7 +343,8 @@ class RayTrainOperator(BaseOperator):
             self.log.info("%s", note)
         for job_id in plan.stop:
             self.log.info("Stopped Ray job %s: %s", job_id, hook.stop_job_and_wait(job_id))
-        spec = dataclasses.replace(draft, run_name=identity.run_name(digest), submission_id=plan.submission_id)
+        run_name = self._series_run_name(hook, identity, digest, found)
+        spec = dataclasses.replace(draft, run_name=run_name, submission_id=plan.submission_id)
         if plan.action is Action.COLLECT and plan.job is not None:
             result = self._collect_previous(hook, plan.job, spec, context)
             if result is not None:
@@ -325,6 +360,32 @@ class RayTrainOperator(BaseOperator):
         if self.deferrable:
             self._defer(job_id, spec.effective_run_name)
         return self._wait(hook, job_id, spec, context)
+
+    def _series_run_name(self, hook: RayTrainHook, identity: TryIdentity, digest: str, found: list[JobInfo]) -> str:
+        """The series' Train run name: the one its earlier tries used; for a cleared task whose last job was
+        stopped (a killed, timed-out or marked task), that job's run, so the training goes on from the checkpoint
+        it saved at the stop; else a run of its own (``TryIdentity.run_name``)."""
+        for job in found:
+            if identity.not_ours(job.metadata) is None and other_spec(job.metadata, digest) is None:
+                if job.metadata.get(SERIES_RUN_KEY):
+                    return job.metadata[SERIES_RUN_KEY]
+        if identity.try_number == identity.first_try_number > 1:
+            earlier = hook.find_jobs(identity.previous_series_ids())
+            last = next((j for j in earlier if identity.not_ours(j.metadata, any_series=True) is None), None)
+            if (
+                last is not None
+                and last.status == JobStatus.STOPPED
+                and other_spec(last.metadata, digest) is None
+                and last.metadata.get(SERIES_RUN_KEY)
+            ):
+                self.log.info(
+                    "This task's last Ray job %s was STOPPED: the cleared task continues its Train run %s from the "
+                    "latest checkpoint (after a job that succeeded or failed, a cleared task trains anew)",
+                    last.submission_id,
+                    last.metadata[SERIES_RUN_KEY],
+                )
+                return last.metadata[SERIES_RUN_KEY]
+        return identity.run_name(digest)
 
     def _attach(self, hook: RayTrainHook, job: JobInfo, spec: TrainSpec, context: Context) -> str:
         """Watch an earlier try's job that still runs, instead of training again."""
@@ -356,7 +417,7 @@ class RayTrainOperator(BaseOperator):
         spec = dataclasses.replace(spec, tracking=tracking)
         try:
             hook.upload_packages(packages)
-            metadata = identity.job_metadata(digest, spec.effective_run_name)
+            metadata = identity.job_metadata(digest, spec.effective_run_name, spec.run_name)
             return self._submit(hook, spec, runtime_env, metadata, identity, digest, context)
         except BaseException:
             self.tracking.end(tracking.run_id if tracking else None, JobStatus.FAILED)
@@ -534,8 +595,14 @@ class RayTrainOperator(BaseOperator):
                 rejected=event.get("error_type") == RayTrainAuthError.__name__,
             )
         if status is Event.TIMEOUT:
+            kept = ""
+            spec = dataclasses.replace(self.build_spec(context), run_name=run_name or "unnamed", submission_id=job_id)
+            manifest = self._stopped_manifest(hook, job_id, spec)
+            if manifest is not None and manifest.status == JobStatus.STOPPED:
+                self._keep_stopped(self._stopped_result(hook, manifest), context["ti"])
+                kept = f" Its latest checkpoint: {manifest.checkpoint_path}."
             raise AirflowTaskTimeout(
-                f"{event.get('message')} A retry resumes the Train run from its latest checkpoint. "
+                f"{event.get('message')}{kept} A retry resumes the Train run from its latest checkpoint. "
                 f"Dashboard: {hook.dashboard_url(job_id)}"
             )
         info = hook.get_job_info(job_id)
@@ -579,7 +646,7 @@ class RayTrainOperator(BaseOperator):
             job_id = hook.submit_job(
                 entrypoint=hook.runtime_entrypoint(spec.shipped_arg()),
                 submission_id=spec.submission_id,
-                runtime_env=with_py_modules(runtime_env, [shipped_spec.uri]),
+                runtime_env=with_stop_wait(with_py_modules(runtime_env, [shipped_spec.uri]), spec.stop_grace_period_s),
                 metadata=metadata,
                 entrypoint_num_cpus=self.entrypoint_num_cpus,
                 entrypoint_num_gpus=self.entrypoint_num_gpus,
@@ -669,6 +736,8 @@ class RayTrainOperator(BaseOperator):
         )
         self.tracking.end(run_id, result["status"])
         if status != JobStatus.SUCCEEDED or manifest is None or not manifest.succeeded:
+            if manifest is not None and manifest.status == JobStatus.STOPPED:
+                self._keep_stopped(result, ti)
             raise job_failure(job_id, dataclasses.asdict(info), manifest, log_tail, hook.dashboard_url(job_id))
         result["mlflow_warning"] = result["mlflow_warning"] or ti.xcom_pull(task_ids=ti.task_id, key=MLFLOW_WARNING_KEY)
         if result["mlflow_warning"]:
@@ -685,12 +754,52 @@ class RayTrainOperator(BaseOperator):
             self.log.info("Model Asset event on %s", self.model_asset.uri)
         return result
 
+    def _keep_stopped(self, result: dict[str, Any], ti: Any) -> None:
+        """A stopped job's checkpoint (with a graceful stop, the one its training saved at the stop) and metrics
+        in XCom, beside ``status`` STOPPED: the task fails, but what it trained is named."""
+        result, _ = capped(result)
+        push_result(ti, result)
+        ti.xcom_push(key="status", value=result["status"])
+        self.log.warning(
+            "Ray job %s was stopped; its latest checkpoint: %s", result["job_id"], result["checkpoint_path"]
+        )
+
+    def _stopped_manifest(self, hook: RayTrainHook, job_id: str, spec: TrainSpec) -> ResultManifest | None:
+        """After this task stopped its job: the job's STOPPED manifest (its log, else storage), None if unread."""
+        try:
+            info = hook.get_job_info(job_id)
+            follower = LogFollower()
+            hook.read_log(job_id, follower)
+            return self._manifest(hook, info, spec, follower.manifest_line)
+        except Exception as exc:  # noqa: BLE001 - the stop itself is what matters here
+            self.log.warning("Could not read the manifest of the stopped Ray job %s: %s", job_id, exc)
+            return None
+
     def on_kill(self) -> None:
-        """Stop the Ray job (and with it its Train workers) when Airflow kills the task."""
+        """Stop the Ray job (and with it its Train workers) when Airflow kills the task or its
+        ``execution_timeout`` passes; with a grace period its training saves a checkpoint first (``runtime.stop``),
+        which XCom then names."""
         if self.job_id is None:
             return
-        status = self.hook.stop_job_and_wait(self.job_id)
+        hook = self.hook
+        status = hook.stop_job_and_wait(self.job_id)
         self.log.info("Stopped Ray job %s on kill: %s", self.job_id, status)
+        context = self._task_context
+        if context is None or status != JobStatus.STOPPED:
+            return
+        manifest = self._stopped_manifest(hook, self.job_id, self.build_spec(context))
+        if manifest is not None and manifest.status == JobStatus.STOPPED:
+            self._keep_stopped(self._stopped_result(hook, manifest), context["ti"])
+
+    def _stopped_result(self, hook: RayTrainHook, manifest: ResultManifest) -> dict[str, Any]:
+        job_id = manifest.submission_id
+        return manifest_to_xcom(
+            manifest,
+            job_id=job_id,
+            submission_id=job_id,
+            dashboard_url=hook.dashboard_url(job_id),
+            status=JobStatus.STOPPED.value,
+        )
 
 
 __all__ = ["RayTrainOperator", "manifest_to_xcom"]

@@ -92,6 +92,7 @@ def build_trainer(
     strategy_kwargs: dict[str, Any] | None = None,
     callbacks: list[Any] | None = None,
     progress_every_n_steps: int = 50,
+    graceful_stop: bool = True,
     **trainer_kwargs: Any,
 ) -> Any:
     """A ``pl.Trainer`` set up for Ray Train workers, already passed through ``prepare_trainer``.
@@ -103,6 +104,8 @@ def build_trainer(
     :param strategy: ``"ddp"``, ``"fsdp"``, ``"deepspeed"``, or a Ray strategy object.
     :param callbacks: more Lightning callbacks; ``RayTrainReportCallback`` is always added.
     :param progress_every_n_steps: rank 0 prints the step's metrics every that many steps (0: never).
+    :param graceful_stop: add :func:`graceful_stop_callback`: a stopped job's training saves a checkpoint at its
+        next step and ends.
     """
     pl = import_lightning()
     ray_pl = ray_lightning()
@@ -111,6 +114,8 @@ def build_trainer(
     all_callbacks = [*(callbacks or []), ray_pl.RayTrainReportCallback()]
     if progress_every_n_steps > 0:
         all_callbacks.append(_progress_callback(pl, progress_every_n_steps))
+    if graceful_stop:
+        all_callbacks.append(graceful_stop_callback())
     kwargs: dict[str, Any] = {
         "devices": "auto",
         "accelerator": "auto",
@@ -122,6 +127,23 @@ def build_trainer(
     kwargs["plugins"] = [*kwargs.get("plugins", []), ray_pl.RayLightningEnvironment()]
     trainer = pl.Trainer(strategy=strategy, callbacks=all_callbacks, **kwargs)
     return ray_pl.prepare_trainer(trainer)
+
+
+def graceful_stop_callback() -> Any:
+    """A Lightning callback that takes part in a graceful stop (see ``runtime.stop``): when Airflow stops the
+    job, the epoch ends after the current batch (``trainer.should_stop``), so ``RayTrainReportCallback`` reports
+    a checkpoint of that step, and the fit ends. For a ``pl.Trainer`` of your own:
+    ``callbacks=[graceful_stop_callback(), ...]``."""
+    pl = import_lightning()
+    from airflow_ray_train.runtime.stop import stop_requested
+
+    class GracefulStop(pl.Callback):  # type: ignore[name-defined,misc]
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            if stop_requested() and not trainer.should_stop:
+                print(f"[lightning] stopping at step {trainer.global_step}: saving a checkpoint", flush=True)
+                trainer.should_stop = True
+
+    return GracefulStop()
 
 
 def _progress_callback(pl: ModuleType, every_n_steps: int) -> Any:
@@ -181,6 +203,8 @@ class LightningConfig(DeclarativeConfig):
     :param top_k: how many checkpoints to keep (``num_to_keep``); None or -1 keeps all.
     :param seed: ``pl.seed_everything`` seed, or None.
     :param progress_every_n_steps: rank 0 prints the step's metrics every that many steps (0: never).
+    :param graceful_stop: add :func:`graceful_stop_callback`: a stopped job's training saves a checkpoint at its
+        next step and ends.
     """
 
     module: str

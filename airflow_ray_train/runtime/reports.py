@@ -36,9 +36,12 @@ def json_safe(value: Any) -> Any:
 
 
 def make_recorder() -> Any:
-    """The actor that keeps the reports (``record``, ``get``); lives as long as the driver."""
+    """The actor that keeps the reports (``record``, ``get``) and the graceful stop's flag (see ``runtime.stop``);
+    lives as long as the driver, named after its Ray job so the Train workers find it."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from airflow_ray_train.runtime.stop import recorder_name
 
     @ray.remote(num_cpus=0)
     class ReportRecorder:
@@ -46,6 +49,8 @@ def make_recorder() -> Any:
 
         def __init__(self) -> None:
             self.reports: list[dict[str, Any]] = []
+            self.stop_asked = False
+            self.taking_part = False
 
         def record(self, report: dict[str, Any]) -> int:
             self.reports.append(report)
@@ -54,10 +59,25 @@ def make_recorder() -> Any:
         def get(self) -> list[dict[str, Any]]:
             return self.reports
 
+        def take_part(self) -> None:
+            """The training loop checks the stop flag (``stop_requested``): a stop waits for it."""
+            self.taking_part = True
+
+        def request_stop(self) -> bool:
+            """Raise the stop flag; returns whether the loop takes part (else nothing will read it)."""
+            self.stop_asked = True
+            return self.taking_part
+
+        def stop_requested(self) -> bool:
+            return self.stop_asked
+
     # Pinned to the driver's node: anywhere else, losing that node would fail the run even where Ray Train
     # restarts its workers from the latest checkpoint.
     driver_node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    return ReportRecorder.options(scheduling_strategy=driver_node).remote()  # type: ignore[attr-defined]
+    name = recorder_name(ray.get_runtime_context().get_job_id())
+    return ReportRecorder.options(  # type: ignore[attr-defined]
+        name=name, scheduling_strategy=driver_node
+    ).remote()
 
 
 def make_report_callback(recorder: Any) -> Any:

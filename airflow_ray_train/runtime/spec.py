@@ -240,6 +240,8 @@ class TrainSpec:
     :param scaling_config: ``ray.train.ScalingConfig`` fields.
     :param run_config: ``ray.train.RunConfig`` fields (``checkpoint_config``/``failure_config`` as dicts).
     :param tracking: the MLflow run to log to, or None (untracked).
+    :param stop_grace_period_s: seconds a stopped job's training loop may take to save a checkpoint and end
+        (see ``runtime.stop``); 0: stopped at once.
     """
 
     train_func: str
@@ -249,6 +251,7 @@ class TrainSpec:
     scaling_config: dict[str, Any] = field(default_factory=dict)
     run_config: dict[str, Any] = field(default_factory=dict)
     tracking: TrackingSpec | None = None
+    stop_grace_period_s: float = 0.0
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -281,6 +284,9 @@ class TrainSpec:
                     doc, name, f"is a {type(getattr(self, name)).__name__}", "pass a dict (or leave it out)"
                 )
         check_json_value(doc, "train_loop_config", self.train_loop_config)
+        grace = self.stop_grace_period_s
+        if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not 0 <= grace <= 86400:
+            raise SpecError(doc, "stop_grace_period_s", f"is {grace!r}", "give seconds from 0 (stop at once) to 86400")
         self._check_scaling_config()
         self._check_run_config()
         if isinstance(self.tracking, dict):

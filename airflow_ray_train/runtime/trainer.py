@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -48,6 +49,7 @@ DEFAULT_CONTROLLER_FAILURE_LIMIT = 2
 #: Seconds to read the report history: after a stop, Ray kills the driver 3 s after its SIGTERM.
 REPORTS_TIMEOUT_S = 30.0
 REPORTS_TIMEOUT_STOPPING_S = 1.0
+REPORTS_TIMEOUT_GRACEFUL_S = 5.0
 HISTORY_FILE = "metrics_history.csv"
 #: In the run's ``MANIFEST_DIR``: the run's training finished (see ``TrainedRun``).
 TRAINED_FILE = "trained.json"
@@ -81,11 +83,21 @@ class JobStopped(KeyboardInterrupt):
 
 class StopSignal:
     """SIGTERM while fitting raises ``JobStopped``; once the fit is over it only sets ``requested``, so the
-    driver prints its manifest and skips the slow artifacts instead of dying half way."""
+    driver prints its manifest and skips the slow artifacts instead of dying half way.
 
-    def __init__(self) -> None:
+    With a grace period (``TrainSpec.stop_grace_period_s``, see ``runtime.stop``) the first SIGTERM raises
+    nothing: a thread raises the recorder's stop flag and, when the training loop takes part, waits up to the
+    grace period for ``fit()`` to end on its own (the loop saved a checkpoint and returned); then, or at once
+    for a loop that does not take part, it signals this thread again, and that raises ``JobStopped``."""
+
+    def __init__(self, grace_period_s: float = 0.0) -> None:
         self.requested = False
         self.raising = True
+        self.grace_period_s = grace_period_s
+        #: The loop was asked to stop and takes part: it ends at its next step, with a checkpoint.
+        self.graceful = False
+        #: The run's report recorder (``make_recorder``), once there is one: it carries the stop flag.
+        self.recorder: Any = None
         self._previous: Any = None
 
     def __enter__(self) -> StopSignal:
@@ -100,9 +112,41 @@ class StopSignal:
         signal.signal(signal.SIGTERM, self._previous)
 
     def _handle(self, signum: int, frame: Any) -> None:
+        first = not self.requested
         self.requested = True
+        if not self.raising:
+            return
+        if first and self.grace_period_s > 0 and self.recorder is not None:
+            threading.Thread(target=self._ask_the_loop, name="graceful-stop", daemon=True).start()
+            return
+        raise JobStopped(f"the Ray job was stopped (signal {signum})")
+
+    def _ask_the_loop(self) -> None:
+        import ray
+
+        try:
+            taking_part = bool(ray.get(self.recorder.request_stop.remote(), timeout=5))
+        except Exception as exc:  # noqa: BLE001 - then the job stops as without a grace period
+            print(f"[airflow-ray-train] could not ask the training to stop: {exc!r}", file=sys.stderr, flush=True)
+            taking_part = False
+        if taking_part:
+            self.graceful = True
+            print(
+                "[airflow-ray-train] stop requested: the training saves a checkpoint at its next step and ends "
+                f"(grace period {self.grace_period_s:g} s)",
+                flush=True,
+            )
+            until = time.monotonic() + self.grace_period_s
+            while self.raising and time.monotonic() < until:
+                time.sleep(0.2)
+            if self.raising:
+                print(
+                    f"[airflow-ray-train] the training did not end within the grace period "
+                    f"({self.grace_period_s:g} s): stopping it now",
+                    flush=True,
+                )
         if self.raising:
-            raise JobStopped(f"the Ray job was stopped (signal {signum})")
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)
 
 
 @dataclass(frozen=True)
@@ -214,7 +258,7 @@ def fit(spec: TrainSpec, paths: RunPaths, stop: StopSignal, tracker: RunTracker 
             keep_spec_package_from_workers(spec)
             ray.init(log_to_driver=True)
         stop.take_back()
-        outcome.recorder = make_recorder()
+        outcome.recorder = stop.recorder = make_recorder()
         train_func = load_train_func(spec.train_func)
         callbacks = [make_report_callback(outcome.recorder)]
         if tracker is not None:
@@ -410,9 +454,20 @@ def run(spec: TrainSpec) -> ResultManifest:
     trained = TrainedRun.read(paths)
     if trained is not None:
         return collect_trained(spec, paths, tracker, trained, started)
-    with StopSignal() as stop:
+    with StopSignal(spec.stop_grace_period_s) as stop:
         outcome = fit(spec, paths, stop, tracker)
         stop.raising = False
+        if stop.requested and outcome.status == JobStatus.SUCCEEDED:
+            # The loop took part in a graceful stop: it saved a checkpoint at its next step and returned.
+            outcome.status, outcome.error = (
+                JobStatus.STOPPED,
+                _error_dict(
+                    JobStopped(
+                        "the Ray job was stopped; its training saved a checkpoint at its next step and ended "
+                        "(graceful stop)"
+                    )
+                ),
+            )
         if stop.requested and outcome.status == JobStatus.FAILED:
             # Ray's blocking calls may turn the handler's exception into one of their own: still a stop.
             outcome.status, outcome.error = (
@@ -421,7 +476,7 @@ def run(spec: TrainSpec) -> ResultManifest:
             )
         stopping = stop.requested or outcome.status == JobStatus.STOPPED
         reports = (
-            read_reports(outcome.recorder, REPORTS_TIMEOUT_STOPPING_S if stopping else REPORTS_TIMEOUT_S)
+            read_reports(outcome.recorder, _reports_timeout(stopping, stop.graceful))
             if outcome.recorder is not None
             else []
         )
@@ -448,6 +503,14 @@ def run(spec: TrainSpec) -> ResultManifest:
         publish(manifest, paths)
         with quoted_output():
             return _after_the_manifest(manifest, paths, tracker, reports, stop, stopping)
+
+
+def _reports_timeout(stopping: bool, graceful: bool) -> float:
+    """Seconds to read the report history: a stopped job is SIGKILLed 3 s after its SIGTERM, a gracefully
+    stopped one has its wrap-up time (``runtime.stop.WRAP_UP_S``) first."""
+    if not stopping:
+        return REPORTS_TIMEOUT_S
+    return REPORTS_TIMEOUT_GRACEFUL_S if graceful else REPORTS_TIMEOUT_STOPPING_S
 
 
 def _after_the_manifest(

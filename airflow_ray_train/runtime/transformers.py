@@ -93,11 +93,32 @@ def training_arguments(**kwargs: Any) -> Any:
     return transformers.TrainingArguments(**merged)
 
 
-def add_ray_reporting(trainer: Any) -> Any:
-    """Add Ray's ``RayTrainReportCallback`` and pass the trainer through ``prepare_trainer``."""
+def add_ray_reporting(trainer: Any, graceful_stop: bool = True) -> Any:
+    """Add Ray's ``RayTrainReportCallback`` (and :func:`graceful_stop_callback` unless told not to) and pass
+    the trainer through ``prepare_trainer``."""
     ray_hf = ray_transformers()
     trainer.add_callback(ray_hf.RayTrainReportCallback())
+    if graceful_stop:
+        trainer.add_callback(graceful_stop_callback())
     return ray_hf.prepare_trainer(trainer)
+
+
+def graceful_stop_callback() -> Any:
+    """A ``TrainerCallback`` that takes part in a graceful stop (see ``runtime.stop``): when Airflow stops the
+    job, Trainer saves a checkpoint after the current step (``RayTrainReportCallback`` reports it) and ends.
+    For a ``Trainer`` of your own: ``trainer.add_callback(graceful_stop_callback())``."""
+    transformers = import_transformers()
+    from airflow_ray_train.runtime.stop import stop_requested
+
+    class GracefulStop(transformers.TrainerCallback):  # type: ignore[name-defined,misc]
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            if stop_requested() and not control.should_training_stop:
+                print(f"[transformers] stopping at step {state.global_step}: saving a checkpoint", flush=True)
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+
+    return GracefulStop()
 
 
 def accuracy_metrics(eval_pred: Any) -> dict[str, float]:

@@ -194,3 +194,18 @@ with DAG(dag_id="test_ray_train_outage", schedule=None, start_date=START, catchu
             retries=0,
             ship_modules=["ray_train_examples.pytorch_classifier"],
         )
+
+# Deferred past execution_timeout, with a grace period: the loop saves the step it reached before it is stopped.
+with DAG(dag_id="test_ray_train_graceful_timeout", schedule=None, start_date=START, catchup=False) as graceful_dag:
+    RayTrainOperator(
+        task_id="train_times_out",
+        train_func="ray_train_test_loops:stoppable_counter",
+        train_loop_config={"epochs": 100, "steps": 10, "step_s": 0.35},
+        scaling_config={"num_workers": 2},
+        deferrable=True,
+        execution_timeout=timedelta(seconds=50),
+        stop_grace_period=60,
+        poll_interval=1.0,
+        retries=0,
+        on_failure_callback=record_failure,
+    )

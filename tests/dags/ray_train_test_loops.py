@@ -34,14 +34,20 @@ def slow_counter(config: dict[str, Any]) -> None:
     for epoch in range(start_epoch, epochs):
         time.sleep(sleep_s)
         total += epoch
-        metrics = {"epoch": epoch, "start_epoch": start_epoch, "total": total}
-        with tempfile.TemporaryDirectory() as tmp:
-            saved = None
-            if rank == 0:
-                with open(os.path.join(tmp, STATE_FILE), "w") as handle:
-                    json.dump(metrics, handle)
-                saved = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=saved)
+        report_with_state({"epoch": epoch, "start_epoch": start_epoch, "total": total}, rank)
+
+
+def report_with_state(metrics: dict[str, Any], rank: int) -> None:
+    """``ray.train.report`` the metrics, with rank 0's checkpoint holding them as ``STATE_FILE``."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = None
+        if rank == 0:
+            with open(os.path.join(tmp, STATE_FILE), "w") as handle:
+                json.dump(metrics, handle)
+            saved = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=saved)
 
 
 def count_files(config: dict[str, Any]) -> None:
@@ -57,3 +63,35 @@ def count_files(config: dict[str, Any]) -> None:
         and any(n.startswith("_airflow_ray_train_spec_") for n in os.listdir(entry or "."))
     )
     ray.train.report({"files": len(files), "last": files[-1], "spec_folders_on_worker_path": spec_folders})
+
+
+def stoppable_counter(config: dict[str, Any]) -> None:
+    """A plain PyTorch-style loop written as in Ray's docs, taking part in a graceful stop with one line:
+    ``epochs`` epochs of ``steps`` steps of ``step_s`` seconds, a checkpoint every epoch, and ``stop_requested()``
+    checked before each step. Stopped, it reports a checkpoint of the step it reached and returns; resumed, it
+    goes on from that step (mid-epoch). Reports ``step`` (global), ``epoch``, ``start_step`` and ``stopped``."""
+    import ray.train
+
+    from airflow_ray_train.runtime.stop import stop_requested
+
+    epochs, steps = int(config.get("epochs", 4)), int(config.get("steps", 5))
+    step_s = float(config.get("step_s", 0.5))
+    step = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir, open(os.path.join(ckpt_dir, STATE_FILE)) as handle:
+            step = int(json.load(handle)["step"])
+    start_step = step
+    rank = ray.train.get_context().get_world_rank()
+    print(f"stoppable_counter rank {rank} starts at step {start_step}", flush=True)
+    stopped = False
+    for epoch in range(step // steps, epochs):
+        for _batch in range(step % steps, steps):
+            if stop_requested():
+                stopped = True
+                break
+            time.sleep(step_s)
+            step += 1
+        report_with_state({"step": step, "epoch": epoch, "start_step": start_step, "stopped": stopped}, rank)
+        if stopped:
+            return

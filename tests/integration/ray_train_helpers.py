@@ -125,6 +125,28 @@ def jobs_of(hook: RayTrainHook, dag_id: str, run_id: str | None = None) -> list[
     return sorted(found, key=lambda job: job.start_time or 0)
 
 
+class ExecuteInThread:
+    """``operator.execute`` for ``ti`` in a thread, as a task runner runs it, so a test can kill the task meanwhile;
+    ``error`` is what execute raised."""
+
+    def __init__(self, operator: Any, ti: FakeTaskInstance) -> None:
+        self.error: BaseException | None = None
+        self._operator, self._ti = operator, ti
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._operator.execute(self._ti.context())
+        except BaseException as exc:  # noqa: BLE001 - the test reads it
+            self.error = exc
+
+    def join(self, timeout: float) -> BaseException | None:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "execute did not return"
+        return self.error
+
+
 def wait_for(predicate: Any, timeout: float, interval: float = 0.5, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 from ray_train_helpers import (
+    ExecuteInThread,
     FakeTaskInstance,
     assert_stopped_without_workers,
     is_train_worker,
@@ -52,23 +53,13 @@ def test_on_kill_stops_the_job_and_its_workers_and_leaves_a_stopped_manifest(hoo
         poll_interval=1.0,
     )
     ti = FakeTaskInstance("killed_while_waiting")
-    outcome: dict[str, BaseException] = {}
-
-    def execute() -> None:
-        try:
-            operator.execute(ti.context())  # type: ignore[arg-type]
-        except BaseException as exc:  # noqa: BLE001 - the test reads it
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=execute, daemon=True)
-    worker.start()
+    worker = ExecuteInThread(operator, ti)
     job_id = wait_for(lambda: ti.xcoms.get("job_id"), 120, what="the submission")
     pids = wait_for(lambda: train_worker_pids(hook, job_id), 120, 1.0, "a Train worker")
     wait_for(lambda: "report 2:" in hook.get_job_logs(job_id), 120, 0.5, "a second checkpointed report")
     operator.on_kill()  # what Airflow calls on SIGTERM and on execution_timeout
-    worker.join(60)
+    error = worker.join(60)
     assert_stopped_without_workers(hook, job_id, pids)
-    error = outcome.get("error")
     assert isinstance(error, RayTrainJobError) and error.status == "STOPPED"
     # The driver got its manifest out within Ray's 3 s between SIGTERM and SIGKILL, with the latest checkpoint.
     manifest = manifest_from_log(hook.get_job_logs(job_id))
