@@ -12,7 +12,7 @@ from airflow_ray_train.hooks.jobs_api import last_exception_line
 from airflow_ray_train.runtime.spec import JobStatus, ResultManifest, SpecError, manifest_from_log
 
 #: Keys pushed to XCom on their own besides ``return_value``.
-XCOM_KEYS = ("checkpoint_path", "metrics", "best_checkpoint_path")
+XCOM_KEYS = ("checkpoint_path", "metrics", "best_checkpoint_path", "usage")
 #: What a ``model_asset`` event's extra carries to the DAGs scheduled on the Asset.
 ASSET_EXTRA_KEYS = (
     "checkpoint_path",
@@ -75,6 +75,7 @@ def manifest_to_xcom(
     )
     result.update(job_id=job_id, submission_id=submission_id, dashboard_url=dashboard_url, status=status)
     result["error"] = dict(manifest.error) if manifest and manifest.error else None
+    result["usage"] = {}  # filled in by the operator (airflow_ray_train.usage), with the job's times
     return result
 
 

@@ -82,6 +82,7 @@ def main() -> int:
     from sqlalchemy import select
 
     from airflow_ray_train.local_cluster import LocalRayCluster
+    from airflow_ray_train.usage import usage_sentence
 
     dag_id = sys.argv[1] if len(sys.argv) > 1 else DEFAULT_DAG_ID
     print(f"== airflow-ray-train demo: {dag_id} on the embedded local Ray cluster ==", flush=True)
@@ -117,6 +118,8 @@ def main() -> int:
                 print(f"   ray job    : {result['job_id']} ({result['status']})")
                 print(f"   mlflow run : {result.get('mlflow_run_url')}")
                 print(f"   version    : {result.get('model_version')}")
+                if result.get("usage"):
+                    print(f"   usage      : {usage_sentence(result['usage']).removeprefix('Usage: ')}")
             elif isinstance(result, dict) and "moved" in result:  # the PromoteModelVersionOperator XCom
                 before = result["previous_version"]
                 if before is not None and result["previous_value"] is not None:

@@ -236,6 +236,8 @@ class JobInfo:
     driver_exit_code: int | None = None
     entrypoint: str = ""
     runtime_env: dict[str, Any] = field(default_factory=dict)
+    entrypoint_num_cpus: float = 0.0
+    entrypoint_num_gpus: float = 0.0
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> JobInfo:
@@ -251,11 +253,20 @@ class JobInfo:
             driver_exit_code=data.get("driver_exit_code"),
             entrypoint=str(data.get("entrypoint") or ""),
             runtime_env=dict(data.get("runtime_env") or {}),
+            entrypoint_num_cpus=float(data.get("entrypoint_num_cpus") or 0.0),
+            entrypoint_num_gpus=float(data.get("entrypoint_num_gpus") or 0.0),
         )
 
     @property
     def ended(self) -> bool:
         return JobStatus.ended(self.status)
+
+    @property
+    def wall_s(self) -> float | None:
+        """Seconds from the job's start to its end, as Ray recorded them; None before it ended."""
+        if self.start_time is None or not self.end_time:
+            return None
+        return max(0.0, (self.end_time - self.start_time) / 1000.0)
 
     @property
     def stop_timeout_s(self) -> float:

@@ -63,6 +63,7 @@ from airflow_ray_train.stored_manifest import read_stored_manifest
 from airflow_ray_train.tracking import MLFLOW_WARNING_KEY, TaskTracking
 from airflow_ray_train.triggers.ray_train import LOG_TAIL_LINES, Event, RayTrainJobTrigger
 from airflow_ray_train.try_plan import Action, free_submission_id, plan_try
+from airflow_ray_train.usage import task_usage, usage_metrics, usage_sentence
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -735,9 +736,11 @@ class RayTrainOperator(BaseOperator):
             task_ids=ti.task_id, key="mlflow_run_id"
         )
         self.tracking.end(run_id, result["status"])
+        self._add_usage(hook, result, manifest, info, run_id)
         if status != JobStatus.SUCCEEDED or manifest is None or not manifest.succeeded:
             if manifest is not None and manifest.status == JobStatus.STOPPED:
                 self._keep_stopped(result, ti)
+            self._log_usage(result)
             raise job_failure(job_id, dataclasses.asdict(info), manifest, log_tail, hook.dashboard_url(job_id))
         result["mlflow_warning"] = result["mlflow_warning"] or ti.xcom_pull(task_ids=ti.task_id, key=MLFLOW_WARNING_KEY)
         if result["mlflow_warning"]:
@@ -752,7 +755,34 @@ class RayTrainOperator(BaseOperator):
         if self.model_asset is not None:
             context["outlet_events"][self.model_asset].extra = {key: result[key] for key in ASSET_EXTRA_KEYS}
             self.log.info("Model Asset event on %s", self.model_asset.uri)
+        self._log_usage(result)
         return result
+
+    def _add_usage(
+        self,
+        hook: RayTrainHook,
+        result: dict[str, Any],
+        manifest: ResultManifest | None,
+        info: JobInfo,
+        run_id: str | None,
+    ) -> None:
+        """XCom's ``usage`` (``airflow_ray_train.usage``), also logged to the MLflow run when tracking is on."""
+        if manifest is None or not manifest.usage:
+            return
+        try:
+            result["usage"] = task_usage(manifest.usage, info, hook.find_job)
+        except Exception as exc:  # noqa: BLE001 - usage never costs the result
+            self.log.warning("Could not add up the usage of Ray job %s: %s", info.submission_id, exc)
+            return
+        if run_id and self.mlflow is not None and result["usage"]:
+            try:
+                self.mlflow.log_metrics(run_id, usage_metrics(result["usage"]))
+            except Exception as exc:  # noqa: BLE001 - the result does not depend on it
+                self.log.warning("Could not log the usage to MLflow run %s: %s", run_id, exc)
+
+    def _log_usage(self, result: dict[str, Any]) -> None:
+        if result.get("usage"):
+            self.log.info("%s", usage_sentence(result["usage"]))
 
     def _keep_stopped(self, result: dict[str, Any], ti: Any) -> None:
         """A stopped job's checkpoint (with a graceful stop, the one its training saved at the stop) and metrics
@@ -789,17 +819,23 @@ class RayTrainOperator(BaseOperator):
             return
         manifest = self._stopped_manifest(hook, self.job_id, self.build_spec(context))
         if manifest is not None and manifest.status == JobStatus.STOPPED:
-            self._keep_stopped(self._stopped_result(hook, manifest), context["ti"])
+            result = self._stopped_result(hook, manifest)
+            self._keep_stopped(result, context["ti"])
+            self._log_usage(result)
 
     def _stopped_result(self, hook: RayTrainHook, manifest: ResultManifest) -> dict[str, Any]:
         job_id = manifest.submission_id
-        return manifest_to_xcom(
+        result = manifest_to_xcom(
             manifest,
             job_id=job_id,
             submission_id=job_id,
             dashboard_url=hook.dashboard_url(job_id),
             status=JobStatus.STOPPED.value,
         )
+        info = hook.find_job(job_id)
+        if info is not None:
+            self._add_usage(hook, result, manifest, info, manifest.mlflow_run_id)
+        return result
 
 
 __all__ = ["RayTrainOperator", "manifest_to_xcom"]

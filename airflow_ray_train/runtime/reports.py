@@ -51,6 +51,7 @@ def make_recorder() -> Any:
             self.reports: list[dict[str, Any]] = []
             self.stop_asked = False
             self.taking_part = False
+            self.groups: list[dict[str, Any]] = []
 
         def record(self, report: dict[str, Any]) -> int:
             self.reports.append(report)
@@ -58,6 +59,13 @@ def make_recorder() -> Any:
 
         def get(self) -> list[dict[str, Any]]:
             return self.reports
+
+        def group_event(self, event: dict[str, Any]) -> None:
+            """A worker group started or ended (``runtime.usage``)."""
+            self.groups.append(event)
+
+        def group_events(self) -> list[dict[str, Any]]:
+            return self.groups
 
         def take_part(self) -> None:
             """The training loop checks the stop flag (``stop_requested``): a stop waits for it."""
@@ -104,16 +112,17 @@ def make_report_callback(recorder: Any) -> Any:
     return RecordReports(recorder)
 
 
-def read_reports(recorder: Any, timeout: float) -> list[dict[str, Any]]:
-    """What ``recorder`` holds; empty (and said on stderr) when it cannot be read within ``timeout``."""
+def read_reports(recorder: Any, timeout: float, what: str = "get") -> list[dict[str, Any]]:
+    """What ``recorder`` holds (its reports, or with ``what="group_events"`` its worker groups' events); empty
+    (and said on stderr) when it cannot be read within ``timeout``."""
     import sys
 
     import ray
 
     try:
-        return list(ray.get(recorder.get.remote(), timeout=timeout))
+        return list(ray.get(getattr(recorder, what).remote(), timeout=timeout))
     except Exception as exc:  # noqa: BLE001 - losing history must not lose the manifest
-        print(f"[airflow-ray-train] could not read the report history: {exc!r}", file=sys.stderr)
+        print(f"[airflow-ray-train] could not read the recorder's {what}: {exc!r}", file=sys.stderr)
         return []
 
 

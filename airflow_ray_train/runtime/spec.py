@@ -495,6 +495,9 @@ class ResultManifest:
     mlflow_run_url: str | None = None
     model_version: str | None = None
     mlflow_warning: str | None = None
+    #: What the training used (``runtime.usage``): ``try`` for this job, ``series`` summed over the jobs that
+    #: trained this Train run.
+    usage: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -517,6 +520,8 @@ class ResultManifest:
         if not isinstance(self.metrics, dict):
             raise SpecError(doc, "metrics", f"is a {type(self.metrics).__name__}", "pass a dict")
         check_json_value(doc, "metrics", self.metrics)
+        if not isinstance(self.usage, dict):
+            raise SpecError(doc, "usage", f"is a {type(self.usage).__name__}", "pass a dict")
         records = [r if isinstance(r, CheckpointRecord) else _checkpoint_record(r) for r in self.best_checkpoints]
         object.__setattr__(self, "best_checkpoints", records)
 

@@ -68,6 +68,22 @@ class Storage:
         except FileNotFoundError:
             return None
 
+    def list_dir(self, relative: str) -> list[str]:
+        """The names of the entries in a folder; empty when there is no such folder."""
+        target = self._target(relative)
+        if self._fs is None:
+            try:
+                return sorted(os.listdir(target))
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+        import pyarrow.fs
+
+        try:
+            infos = self._fs.get_file_info(pyarrow.fs.FileSelector(target, allow_not_found=True))
+        except FileNotFoundError:
+            return []
+        return sorted(info.base_name for info in infos)
+
     def write_bytes(self, relative: str, data: bytes) -> str:
         """Write then rename, so a reader never sees half a file. Returns the file's path or URI."""
         target = self._target(relative)

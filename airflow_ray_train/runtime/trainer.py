@@ -38,6 +38,7 @@ from airflow_ray_train.runtime.spec import (
 )
 from airflow_ray_train.runtime.storage import MANIFEST_DIR, Storage, job_folder
 from airflow_ray_train.runtime.tracking import RunTracker
+from airflow_ray_train.runtime.usage import make_group_callback, series_usage, try_usage
 
 PRINT_PATCH_ENV = "RAY_TRAIN_ENABLE_PRINT_PATCH"
 #: How the Jobs API's supervisor hands its driver the job's config (runtime_env included); ``ray.init()`` reads it.
@@ -180,6 +181,9 @@ class FitOutcome:
     error: dict[str, str] | None = None
     result: Any = None
     recorder: Any = None
+    #: When ``fit()`` was called and when it returned or raised (the Train run's time).
+    fit_started: float | None = None
+    fit_ended: float | None = None
 
 
 def _error_dict(exc: BaseException) -> dict[str, str]:
@@ -261,6 +265,9 @@ def fit(spec: TrainSpec, paths: RunPaths, stop: StopSignal, tracker: RunTracker 
         outcome.recorder = stop.recorder = make_recorder()
         train_func = load_train_func(spec.train_func)
         callbacks = [make_report_callback(outcome.recorder)]
+        groups = make_group_callback(outcome.recorder)
+        if groups is not None:
+            callbacks.append(groups)
         if tracker is not None:
             tracker.start()
             if tracker.active:
@@ -283,6 +290,7 @@ def fit(spec: TrainSpec, paths: RunPaths, stop: StopSignal, tracker: RunTracker 
         print(
             f"[airflow-ray-train] run {paths.run_name!r} in {paths.storage_path} with {spec.scaling_config}", flush=True
         )
+        outcome.fit_started = time.time()
         outcome.result = trainer.fit()
         if getattr(outcome.result, "error", None) is not None:
             outcome.status, outcome.error = JobStatus.FAILED, _error_dict(outcome.result.error)
@@ -290,6 +298,7 @@ def fit(spec: TrainSpec, paths: RunPaths, stop: StopSignal, tracker: RunTracker 
         outcome.status, outcome.error = JobStatus.STOPPED, _error_dict(exc)
     except BaseException as exc:  # noqa: BLE001 - every failure must still leave a manifest
         outcome.status, outcome.error = JobStatus.FAILED, _error_dict(exc)
+    outcome.fit_ended = time.time()
     return outcome
 
 
@@ -423,6 +432,7 @@ def collect_trained(
         mlflow_run_id=spec.tracking.run_id if spec.tracking else None,
         mlflow_run_url=spec.tracking.run_url if spec.tracking else None,
         model_version=None,
+        usage=_collected_usage(spec, paths),
     )
     if tracker is not None:
         try:
@@ -439,6 +449,12 @@ def collect_trained(
         if final != manifest:
             publish(final, paths)
     return final
+
+
+def _collected_usage(spec: TrainSpec, paths: RunPaths) -> dict[str, Any]:
+    """A job that only collects a finished training trains nothing; its run's sum is the earlier jobs'."""
+    this = try_usage([], None, time.time(), spec.scaling_config, spec.submission_id)
+    return {"try": this, "series": series_usage([*earlier_usage(paths, spec.submission_id), this])}
 
 
 def run(spec: TrainSpec) -> ResultManifest:
@@ -475,12 +491,14 @@ def run(spec: TrainSpec) -> ResultManifest:
                 _error_dict(JobStopped("the Ray job was stopped (SIGTERM)")),
             )
         stopping = stop.requested or outcome.status == JobStatus.STOPPED
+        hard_stop = stopping and not stop.graceful
         reports = (
             read_reports(outcome.recorder, _reports_timeout(stopping, stop.graceful))
             if outcome.recorder is not None
             else []
         )
         checkpoints = resolve_checkpoints(spec, outcome.result, reports)
+        usage = job_usage(spec, paths, outcome, _reports_timeout(stopping, stop.graceful), series=not hard_stop)
         manifest = ResultManifest(
             status=outcome.status,
             submission_id=spec.submission_id,
@@ -499,10 +517,44 @@ def run(spec: TrainSpec) -> ResultManifest:
             mlflow_run_id=spec.tracking.run_id if spec.tracking else None,
             mlflow_run_url=spec.tracking.run_url if spec.tracking else None,
             mlflow_warning=tracker.warning if tracker else None,
+            usage=usage,
         )
         publish(manifest, paths)
         with quoted_output():
             return _after_the_manifest(manifest, paths, tracker, reports, stop, stopping)
+
+
+def job_usage(spec: TrainSpec, paths: RunPaths, outcome: FitOutcome, timeout: float, series: bool) -> dict[str, Any]:
+    """This job's ``usage`` (see ``runtime.usage``) and, unless the job is being killed (no time for storage),
+    the sum over the jobs of this Train run whose manifests are in its storage."""
+    events = read_reports(outcome.recorder, timeout, "group_events") if outcome.recorder is not None else []
+    run_end = outcome.fit_ended or time.time()
+    this = try_usage(events, outcome.fit_started, run_end, spec.scaling_config, spec.submission_id)
+    return (
+        {"try": this, "series": series_usage([*earlier_usage(paths, spec.submission_id), this])}
+        if series
+        else {"try": this}
+    )
+
+
+def earlier_usage(paths: RunPaths, submission_id: str) -> list[dict[str, Any]]:
+    """The ``usage["try"]`` of every other job of this Train run whose manifest is in storage, oldest first."""
+    folder = f"{paths.run_name}/{MANIFEST_DIR}"
+    tries = []
+    try:
+        names = [name for name in paths.storage.list_dir(folder) if name != submission_id]
+    except Exception as exc:  # noqa: BLE001 - the sum is left to this job alone, said so
+        print(f"[airflow-ray-train] could not list the earlier jobs of the run: {exc!r}", file=sys.stderr)
+        names = []
+    for name in names:
+        try:
+            text = paths.storage.read_text(f"{folder}/{name}/manifest.json")
+            usage = (json.loads(text).get("usage") or {}).get("try") if text else None
+        except Exception:  # noqa: BLE001 - not a job's folder, or a manifest that cannot be read
+            continue
+        if isinstance(usage, dict):
+            tries.append(usage)
+    return sorted(tries, key=lambda u: min((g["start"] for g in u.get("worker_groups") or []), default=0.0))
 
 
 def _reports_timeout(stopping: bool, graceful: bool) -> float:

@@ -98,6 +98,13 @@ def test_deferrable_dag_returns_the_same_xcom_as_the_sync_path(ray_conn, airflow
         assert any(line.startswith("[progress] epoch 2/2 (100%) · ") for line in lines), (path, progress)
     assert ray_conn.token not in out
     assert ray_conn.token not in str(sync) + str(deferred)
+    # Both report what they used, against their job's own times, and say it in the task log's last line.
+    hook = RayTrainHook()
+    for result in (sync, deferred):
+        info = hook.get_job_info(result["job_id"])
+        assert result["usage"]["job_s"] == info.wall_s and result["usage"]["worker_groups"][0]["workers"] == 2
+        assert xcom(dag_run, "train_deferred", "usage") == deferred["usage"]
+    assert out.count("Usage: job ") >= 2
 
 
 def test_a_failed_try_is_resumed_from_its_checkpoint_by_the_next(hook, airflow_db, mlflow_conn):
@@ -120,6 +127,14 @@ def test_a_failed_try_is_resumed_from_its_checkpoint_by_the_next(hook, airflow_d
         mlflow_tags(run)["airflow.try_number"] == "2" and mlflow_tags(run)["ray.submission_id"] == jobs[1].submission_id
     )
     assert mlflow_history(mlflow, result["mlflow_run_id"], "epoch") == [(0, 0.0), (1, 1.0)]
+    # What the Train run used over both tries, from their jobs' own times, also in the MLflow run.
+    usage = result["usage"]
+    assert usage["series"]["jobs"] == [job.submission_id for job in jobs] and usage["series"]["jobs_timed"] == 2
+    assert usage["series"]["job_s"] == pytest.approx(sum(job.wall_s for job in jobs), abs=0.01)
+    assert usage["series"]["cpu_s"] > usage["cpu_s"] > 0
+    logged = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+    assert logged["usage_cpu_s"] == pytest.approx(usage["cpu_s"])
+    assert logged["usage_series_cpu_s"] == pytest.approx(usage["series"]["cpu_s"])
 
 
 @pytest.mark.slow

@@ -44,6 +44,23 @@ def kill_mid_epoch(operator: RayTrainOperator, ti: FakeTaskInstance, hook: RayTr
     return job_id, worker.join(120)
 
 
+def assert_usage_within_the_job(hook: RayTrainHook, result: dict[str, Any]) -> dict[str, Any]:
+    """XCom's ``usage`` agrees with the job's own start and end times (the Jobs API's): its wall time is theirs,
+    each worker group started and ended between them, and CPU-seconds are each worker's reserved CPU x its
+    group's time."""
+    usage = result["usage"]
+    info = hook.get_job_info(result["job_id"])
+    assert usage["job_s"] == info.wall_s
+    start, end = info.start_time / 1000, info.end_time / 1000
+    groups = usage["worker_groups"]
+    assert groups and all(start - 1 <= g["start"] <= g["end"] <= end + 1 for g in groups), (start, end, groups)
+    held = sum((g["end"] - g["start"]) * g["workers"] * g["per_worker"]["CPU"] for g in groups)
+    assert usage["cpu_s"] == pytest.approx(held, abs=0.01) and usage["gpu_s"] == 0
+    assert 0 < usage["train_run_s"] <= usage["job_s"] and usage["driver_cpu_s"] == 0
+    assert usage["accelerator_type"] is None
+    return usage
+
+
 def stopped_manifest(hook: RayTrainHook, job_id: str) -> ResultManifest:
     log = hook.get_job_logs(job_id)
     manifest = manifest_from_log(log)
@@ -84,6 +101,12 @@ def test_a_killed_plain_loop_saves_the_step_it_reached_and_the_cleared_task_goes
     assert result["status"] == "SUCCEEDED" and result["job_id"].endswith("-try2")
     assert result["metrics"]["start_step"] == state["step"] and result["metrics"]["step"] == 4 * STEPS
     assert result["run_path"] == manifest.run_path
+    # What it used: this job's figures, within its own start and end, and the Train run's two jobs summed.
+    usage = assert_usage_within_the_job(hook, result)
+    assert usage["series"]["jobs"] == [job_id, result["job_id"]] and usage["series"]["jobs_timed"] == 2
+    stopped_job = hook.get_job_info(job_id)
+    assert usage["series"]["job_s"] == pytest.approx(usage["job_s"] + stopped_job.wall_s, abs=0.01)
+    assert usage["series"]["cpu_s"] > usage["cpu_s"] > 0
 
 
 def test_without_a_grace_period_the_loop_is_stopped_at_once(hook, direct_deployment):
