@@ -80,6 +80,9 @@ compat-ci: install
 	$(PY) scripts/compat.py run --ci
 
 test: lint docs
+	@# A Docker engine installed here but not running (a machine restarted) is started for the compose stack.
+	@if [ "$$(id -u)" = 0 ] && command -v dockerd >/dev/null && ! docker info >/dev/null 2>&1; then \
+		bash scripts/docker-engine.sh; fi
 	$(PY) -m pytest tests -q -rs
 	$(PY) scripts/compat.py run --ci
 

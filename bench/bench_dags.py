@@ -82,6 +82,10 @@ def scale_job_prefix(run_id: str) -> str:
     return f"bench-scale-{hashlib.sha256(run_id.encode()).hexdigest()[:10]}-"
 
 
+#: How the scale jobs' progress is counted (their report lines carry ``epoch``).
+SCALE_PROGRESS = {"key": "epoch", "total": 1000}
+
+
 def scale_jobs(n: int) -> int:
     """How many Ray jobs the ``n`` tasks of ``bench_scale_<n>`` watch."""
     return min(n, _MAX_JOBS) if _MAX_JOBS > 0 else n
@@ -105,14 +109,18 @@ class WaitOnRayJobOperator(BaseOperator):
 
         from airflow_ray_train.exceptions import RayTrainJobExistsError
         from airflow_ray_train.hooks.ray_train import RayTrainHook
+        from airflow_ray_train.runtime.reports import REPORT_PREFIX
         from airflow_ray_train.runtime.spec import MANIFEST_MARKER
         from airflow_ray_train.triggers.ray_train import RayTrainJobTrigger
 
         release = os.path.join(os.environ["BENCH_RELEASE_DIR"], context["dag"].dag_id)
         # Released, it ends the way the runtime's driver does: its manifest line, then a second of shutting down.
+        # Every 5 s it echoes a report line as the runtime's driver does at each ray.train.report, which the
+        # trigger turns into a progress line (epoch k/1000 ...): the scale figure includes that cost.
         wait = (
             f"i=0; while [ ! -e {release} ]; do sleep 0.5; i=$((i+1)); "
-            f"[ $((i % 10)) -eq 0 ] && echo waiting $i; done; echo {shlex.quote(MANIFEST_MARKER + '{}')}; sleep 1"
+            f'[ $((i % 10)) -eq 0 ] && echo "{REPORT_PREFIX} $((i / 10)): epoch=$((i / 10)) loss=0.5"; done; '
+            f"echo {shlex.quote(MANIFEST_MARKER + '{}')}; sleep 1"
         )
         job_id = f"{scale_job_prefix(context['run_id'])}{self.index % self.jobs}"
         hook = RayTrainHook()
@@ -120,9 +128,11 @@ class WaitOnRayJobOperator(BaseOperator):
             hook.submit_job(entrypoint=f"sh -c {shlex.quote(wait)}", submission_id=job_id, metadata={"bench": "scale"})
         hook.close()
         poll_interval = conf.getfloat("ray_train", "poll_interval", fallback=2.0)
-        self.defer(
-            trigger=RayTrainJobTrigger(job_id=job_id, poll_interval=poll_interval), method_name="execute_complete"
-        )
+        try:
+            trigger = RayTrainJobTrigger(job_id=job_id, poll_interval=poll_interval, progress=SCALE_PROGRESS)
+        except TypeError:  # a provider from before progress lines (the "before" build)
+            trigger = RayTrainJobTrigger(job_id=job_id, poll_interval=poll_interval)
+        self.defer(trigger=trigger, method_name="execute_complete")
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> str:
         if event.get("status") != "success":

@@ -187,8 +187,8 @@ def child(args: dict[str, Any]) -> dict[str, Any]:
     measured = asyncio.run(main())
     infos = {j: hook.get_job_info(j) for j in ids}
     hook.close()
-    noticed = sorted(seen[i] - infos[ids[i % jobs]]["end_time"] / 1000 for i in range(n))
-    ends = [info["end_time"] / 1000 - measured["released"] for info in infos.values()]
+    noticed = sorted(seen[i] - (infos[ids[i % jobs]].end_time or 0) / 1000 for i in range(n))
+    ends = [(info.end_time or 0) / 1000 - measured["released"] for info in infos.values()]
     return {
         **measured,
         "n": n,

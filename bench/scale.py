@@ -238,7 +238,7 @@ def run_n(bench: Bench, airflow: Any, n: int, label: str, rnd: int) -> dict[str,
         job = jobs.get(job_id)
         if job is not None and job.end_time:
             trigger_latencies.append(when - job.end_time / 1000)
-    job_ends = [j["end_time"] / 1000 for j in jobs.values() if j["end_time"] and j["end_time"] / 1000 >= released]
+    job_ends = [j.end_time / 1000 for j in jobs.values() if j.end_time and j.end_time / 1000 >= released]
     last_ti_end = max(iso(ti["end_date"]) for ti in tis if ti.get("end_date"))
     held = watched["samples"]
     return {

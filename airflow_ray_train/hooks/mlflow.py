@@ -333,8 +333,9 @@ class MlflowHook(BaseHook):
             "POST", "runs/log-batch", json={"run_id": run_id, "tags": [{"key": k, "value": v} for k, v in tags.items()]}
         )
 
-    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
-        now = int(time.time() * 1000)
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0, at: float | None = None) -> None:
+        """Log ``metrics`` at ``step``, stamped ``at`` (Unix seconds; now by default)."""
+        now = int((time.time() if at is None else at) * 1000)
         batch = [{"key": k, "value": float(v), "timestamp": now, "step": step} for k, v in metrics.items()]
         self.call("POST", "runs/log-batch", json={"run_id": run_id, "metrics": batch})
 

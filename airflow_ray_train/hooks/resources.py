@@ -46,12 +46,15 @@ def cluster_shortfall(
     nodes: list[dict[str, Any]],
     scaling_config: dict[str, Any],
     driver: dict[str, float] | None = None,
+    workers: int | None = None,
 ) -> str | None:
     """Why the cluster can never run this job (a sentence naming the field and the fix), or None if it can.
+    ``workers``: how many workers to check for (by default ``num_workers``; for an elastic ``[min, max]``, min).
 
     Counts total resources, not free ones: a busy cluster frees up, a small one never grows (on an
     autoscaling cluster, turn the check off)."""
-    num_workers = int(scaling_config.get("num_workers") or 1)
+    given = scaling_config.get("num_workers") or 1
+    num_workers = workers if workers is not None else int(given[0] if isinstance(given, list) else given)
     bundle = worker_resources(scaling_config)
     strategy = scaling_config.get("placement_strategy") or "PACK"
     capacity = _capacity([_fits(bundle, node["resources"]) for node in nodes], strategy)

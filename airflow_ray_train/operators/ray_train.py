@@ -535,8 +535,17 @@ class RayTrainOperator(BaseOperator):
             if not nodes:
                 self.log.info("The cluster does not list its nodes; skipping the resource check")
                 return
-            problem = cluster_shortfall(nodes, spec.scaling_config, needed)
+            fewest, most = spec.worker_range
+            problem = cluster_shortfall(nodes, spec.scaling_config, needed, workers=fewest)
             if not problem:
+                beyond = cluster_shortfall(nodes, spec.scaling_config, workers=most) if most > fewest else None
+                if beyond:
+                    self.log.warning(
+                        "Elastic training never reaches its most workers on this cluster as it is: %s It trains "
+                        "with what fits, %d workers at least.",
+                        beyond,
+                        fewest,
+                    )
                 return
             if time.monotonic() >= until:
                 break
@@ -777,6 +786,9 @@ class RayTrainOperator(BaseOperator):
         if run_id and self.mlflow is not None and result["usage"]:
             try:
                 self.mlflow.log_metrics(run_id, usage_metrics(result["usage"]))
+                # The worker group's size over time (an elastic run's resizes), at each group's start.
+                for step, group in enumerate(result["usage"].get("worker_groups") or []):
+                    self.mlflow.log_metrics(run_id, {"workers": group["workers"]}, step=step, at=group["start"])
             except Exception as exc:  # noqa: BLE001 - the result does not depend on it
                 self.log.warning("Could not log the usage to MLflow run %s: %s", run_id, exc)
 

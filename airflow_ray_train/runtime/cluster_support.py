@@ -13,6 +13,7 @@ import importlib.util
 import os
 import platform
 import re
+from typing import Any
 
 #: The oldest Ray release the runtime is tested on (docs/versions.md).
 MIN_RAY_VERSION = (2, 52)
@@ -50,6 +51,35 @@ def cluster_problem(ray_version: str, python_version: str, train_v2: bool, has_t
             "cluster's Python on every node, or add it to the job's runtime_env (pip)."
         )
     return None
+
+
+def elastic_problem(ray_version: str, has_elastic: bool, workers: list[int]) -> str | None:
+    """Why a cluster cannot train with ``num_workers`` a range (Ray Train's elastic training, which Ray 2.52's
+    ``ScalingConfig`` lacks and 2.60's has), or None if it can."""
+    if has_elastic:
+        return None
+    return (
+        f"scaling_config.num_workers is {workers}, a range for elastic training, but this Ray cluster runs Ray "
+        f"{ray_version}, whose Ray Train has no elastic training (ScalingConfig(num_workers=(min, max)) came after "
+        f"it; Ray 2.60 has it). Fix: give a fixed number of workers, e.g. num_workers={workers[1]}, or upgrade "
+        "the cluster's Ray."
+    )
+
+
+def scaling_config_kwargs(scaling_config: dict[str, Any]) -> dict[str, Any]:
+    """``ScalingConfig`` kwargs from the spec's ``scaling_config``: a ``[min, max]`` range becomes the tuple Ray
+    Train takes for elastic training; raises ``UnsupportedClusterError`` where this Ray has none."""
+    import ray
+    from ray.train import ScalingConfig
+
+    kwargs = dict(scaling_config)
+    workers = kwargs.get("num_workers")
+    if isinstance(workers, list):
+        problem = elastic_problem(ray.__version__, hasattr(ScalingConfig, "elasticity_enabled"), workers)
+        if problem is not None:
+            raise UnsupportedClusterError(problem)
+        kwargs["num_workers"] = (int(workers[0]), int(workers[1]))
+    return kwargs
 
 
 def check_cluster() -> None:

@@ -23,7 +23,8 @@ SCHEMA_VERSION = 1
 #: The fields of Ray 2.60's ``ray.train.ScalingConfig`` that a JSON spec can set. ``trainer_resources`` is
 #: left out on purpose: Train V2 raises when it is used.
 SCALING_CONFIG_FIELDS: dict[str, tuple[type, ...]] = {
-    "num_workers": (int,),
+    # An int, or [min, max] for elastic training (JSON has no tuples; the driver hands Ray the tuple).
+    "num_workers": (int, list),
     "use_gpu": (bool,),
     "resources_per_worker": (dict,),
     "placement_strategy": (str,),
@@ -300,8 +301,25 @@ class TrainSpec:
         check_keys(doc, "scaling_config.", sc, SCALING_CONFIG_FIELDS, "ray.train.ScalingConfig")
         _check_types(doc, "scaling_config.", sc, SCALING_CONFIG_FIELDS)
         workers = sc.get("num_workers")
-        if workers is not None and workers < 1:
+        if isinstance(workers, list):
+            ints = all(isinstance(n, int) and not isinstance(n, bool) for n in workers)
+            if len(workers) != 2 or not ints or not 1 <= workers[0] <= workers[1]:
+                raise SpecError(
+                    doc,
+                    "scaling_config.num_workers",
+                    f"is {workers!r}",
+                    "give a number of workers, or [min, max] with 1 <= min <= max for elastic training "
+                    "(it starts once min workers fit and grows to max), e.g. [2, 4]",
+                )
+        elif workers is not None and workers < 1:
             raise SpecError(doc, "scaling_config.num_workers", f"is {workers}", "use 1 or more workers")
+        elif "elastic_resize_monitor_interval_s" in sc:
+            raise SpecError(
+                doc,
+                "scaling_config.elastic_resize_monitor_interval_s",
+                f"is set while num_workers is {workers!r}, a fixed number",
+                "give num_workers as [min, max] for elastic training, or leave the interval out",
+            )
         strategy = sc.get("placement_strategy")
         if strategy is not None and strategy not in PLACEMENT_STRATEGIES:
             raise SpecError(
@@ -369,6 +387,16 @@ class TrainSpec:
             if value is not None and value < -1:
                 raise SpecError(doc, f"run_config.failure_config.{key}", f"is {value}", "use -1 (no limit) or 0 and up")
         check_json_value(doc, "run_config", rc)
+
+    @property
+    def worker_range(self) -> tuple[int, int]:
+        """The fewest and the most workers ``scaling_config.num_workers`` allows (both the same unless elastic)."""
+        workers = self.scaling_config.get("num_workers") or 1
+        return (workers[0], workers[1]) if isinstance(workers, list) else (workers, workers)
+
+    @property
+    def elastic(self) -> bool:
+        return isinstance(self.scaling_config.get("num_workers"), list)
 
     @property
     def effective_run_name(self) -> str:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from airflow_ray_train.runtime.checkpoints import resolve_checkpoints
-from airflow_ray_train.runtime.cluster_support import check_cluster
+from airflow_ray_train.runtime.cluster_support import check_cluster, scaling_config_kwargs
 from airflow_ray_train.runtime.frameworks import import_function
 from airflow_ray_train.runtime.learning_curve import learning_curve_png
 from airflow_ray_train.runtime.reports import history_csv, make_recorder, make_report_callback, read_reports
@@ -284,7 +284,7 @@ def fit(spec: TrainSpec, paths: RunPaths, stop: StopSignal, tracker: RunTracker 
         trainer = TorchTrainer(
             train_loop_per_worker=train_func,
             train_loop_config=spec.train_loop_config,
-            scaling_config=ScalingConfig(**spec.scaling_config),
+            scaling_config=ScalingConfig(**scaling_config_kwargs(spec.scaling_config)),
             run_config=run_config,
         )
         print(

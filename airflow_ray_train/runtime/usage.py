@@ -16,6 +16,8 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+#: Each worker group Ray Train starts is said in the job log behind this prefix.
+WORKER_GROUP_PREFIX = "[airflow-ray-train] worker group"
 #: The figures a try's usage carries that add up over a series of tries.
 SUMMED = ("train_run_s", "worker_s", "cpu_s", "gpu_s")
 
@@ -35,6 +37,7 @@ def make_group_callback(recorder: Any) -> Any | None:
 
         def __init__(self, handle: Any) -> None:
             self.recorder = handle
+            self.sizes: list[int] = []
 
         def _send(self, event: dict[str, Any]) -> None:
             try:
@@ -52,6 +55,11 @@ def make_group_callback(recorder: Any) -> Any | None:
                 for w in worker_group.get_workers()
             ]
             self._send({"event": "start", "time": time.time(), "workers": workers})
+            # Each (re)start in the job log as it happens: an elastic run's resizes, a fixed one's restarts.
+            was = f" (was {self.sizes[-1]})" if self.sizes else ""
+            self.sizes.append(len(workers))
+            nodes = len({w["node_id"] for w in workers})
+            print(f"{WORKER_GROUP_PREFIX} {len(self.sizes)}: {len(workers)} workers on {nodes} nodes{was}", flush=True)
 
         def before_worker_group_shutdown(self, worker_group: Any) -> None:
             self._send({"event": "end", "time": time.time()})

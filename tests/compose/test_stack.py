@@ -442,6 +442,92 @@ def test_a_ray_head_restart_after_the_job_ended_but_before_the_task_collected_it
     stack.wait_for_two_nodes()
 
 
+ELASTIC_DAG = "compose_test_elastic_train"
+FIXED_DAG = "compose_test_fixed_train"
+ELASTIC_EPOCHS = 16
+#: How soon after its node went away an elastic training must report again, with the one worker left.
+SHRINK_WITHIN_S = 150
+WORKER_GROUP = "[airflow-ray-train] worker group"
+
+
+def _job_log(stack: Stack, job_id: str) -> str:
+    return str(stack.ray.get(f"/api/jobs/{job_id}/logs").raise_for_status().json()["logs"])
+
+
+def _groups(stack: Stack, job_id: str) -> list[str]:
+    """The job log's worker-group lines (the runtime says each group Ray Train starts)."""
+    return [line[line.index(WORKER_GROUP) :] for line in _job_log(stack, job_id).splitlines() if WORKER_GROUP in line]
+
+
+def _start_on_both_nodes(stack: Stack, dag_id: str) -> tuple[str, str]:
+    stack.wait_for_two_nodes()
+    run_id = stack.trigger(dag_id, {"epochs": ELASTIC_EPOCHS, "sleep_s": 2.0})
+    job_id = wait_for("the training to submit", lambda: stack.xcom(dag_id, run_id, "train", key="job_id"), 300)
+    wait_for("a first checkpoint", lambda: stack.job_reports(job_id) >= 1, 300, interval=1)
+    assert _groups(stack, job_id)[0].endswith("2 workers on 2 nodes"), _groups(stack, job_id)
+    return run_id, job_id
+
+
+def test_an_elastic_training_goes_on_without_a_lost_node_and_grows_back_when_it_returns(stack):
+    """num_workers [1, 2], one worker per node: the worker node's container is stopped mid-training. Ray Train
+    restarts the group with the one worker that fits, from the latest checkpoint, without waiting for the node;
+    when the node is back, the group grows to two again. The training ends right, each epoch counted once."""
+    run_id, job_id = _start_on_both_nodes(stack, ELASTIC_DAG)
+    stopped = time.monotonic()
+    stack.compose.run("stop", "ray-worker", timeout=120)
+    before = stack.job_reports(job_id)
+    wait_for(
+        "the group to shrink to one worker and train on",
+        lambda: (
+            any(g.endswith("1 workers on 1 nodes (was 2)") for g in _groups(stack, job_id))
+            and stack.job_reports(job_id) > before
+        ),
+        SHRINK_WITHIN_S,
+        interval=1,
+    )
+    shrunk_s = time.monotonic() - stopped
+    stack.compose.run("start", "ray-worker", timeout=120)
+    wait_for(
+        "the group to grow back to two workers",
+        lambda: _groups(stack, job_id)[-1].endswith("2 workers on 2 nodes (was 1)"),
+        300,
+        interval=2,
+    )
+    stack.wait_for_run(ELASTIC_DAG, run_id)
+    result = stack.xcom(ELASTIC_DAG, run_id, "train")
+    # One job, one try: the training went on through the resizes; slow_counter's total is right only if every
+    # restart resumed from the latest checkpoint.
+    assert result["job_id"] == job_id and stack.task_instance(ELASTIC_DAG, run_id, "train")["try_number"] == 1
+    metrics = result["metrics"]
+    assert (metrics["epoch"], metrics["total"]) == (ELASTIC_EPOCHS - 1, sum(range(ELASTIC_EPOCHS))), metrics
+    assert stack.xcom(ELASTIC_DAG, run_id, "read_checkpoint")["total"] == metrics["total"]
+    # The result says how the group changed, and usage counts the workers it held, not the maximum.
+    sizes = [g["workers"] for g in result["usage"]["worker_groups"]]
+    assert sizes[0] == 2 and 1 in sizes and sizes[-1] == 2, result["usage"]["worker_groups"]
+    held = sum((g["end"] - g["start"]) * g["workers"] for g in result["usage"]["worker_groups"])
+    assert result["usage"]["worker_s"] == pytest.approx(held, abs=0.1)
+    print(f"elastic: trained on with 1 worker {shrunk_s:.0f} s after the node went; groups {sizes}")
+
+
+def test_a_fixed_group_waits_for_the_lost_node(stack):
+    """The same training with num_workers 2: while the node is gone the group cannot start again, so nothing
+    trains (Ray's behaviour without elastic training); once the node is back it resumes from its checkpoint."""
+    run_id, job_id = _start_on_both_nodes(stack, FIXED_DAG)
+    stack.compose.run("stop", "ray-worker", timeout=120)
+    time.sleep(10)  # the group's failure noticed, the last report in
+    reports = stack.job_reports(job_id)
+    time.sleep(SHRINK_WITHIN_S - 60)
+    assert stack.job_reports(job_id) == reports, "a fixed group of two trained on one node"
+    assert not any("1 workers" in g for g in _groups(stack, job_id)), _groups(stack, job_id)
+    stack.compose.run("start", "ray-worker", timeout=120)
+    stack.wait_for_run(FIXED_DAG, run_id)
+    result = stack.xcom(FIXED_DAG, run_id, "train")
+    metrics = result["metrics"]
+    assert (metrics["epoch"], metrics["total"]) == (ELASTIC_EPOCHS - 1, sum(range(ELASTIC_EPOCHS))), metrics
+    assert all(g["workers"] == 2 for g in result["usage"]["worker_groups"]), result["usage"]
+    stack.wait_for_two_nodes()
+
+
 def test_a_stack_that_does_not_come_up_fails_with_the_laggards_last_log_lines(compose_project, tmp_path):
     """``wait_until_healthy`` on a real (tiny) project whose service never turns healthy and whose one-shot
     service fails."""

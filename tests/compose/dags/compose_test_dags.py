@@ -17,6 +17,13 @@ from ray_train_test_loops import STATE_FILE
 
 from airflow_ray_train.operators.ray_train import RayTrainOperator
 
+
+def read_checkpoint(checkpoint_path: str) -> dict[str, Any]:
+    """In the Airflow container: open the checkpoint the Ray side wrote on the shared volume."""
+    with open(os.path.join(checkpoint_path, STATE_FILE)) as handle:
+        return dict(json.load(handle))
+
+
 # The same training waited for in a worker and in the triggerer; ``register_model`` (a run conf param, empty:
 # none) registers its best checkpoint, so a fault test can count the versions.
 for dag_id, deferrable in (("compose_test_slow_train", False), ("compose_test_slow_train_deferred", True)):
@@ -40,10 +47,32 @@ for dag_id, deferrable in (("compose_test_slow_train", False), ("compose_test_sl
             retry_delay=timedelta(seconds=5),
         )
 
-        @task
-        def read_checkpoint(checkpoint_path: str) -> dict[str, Any]:
-            """In the Airflow container: open the checkpoint the Ray side wrote on the shared volume."""
-            with open(os.path.join(checkpoint_path, STATE_FILE)) as handle:
-                return json.load(handle)
+        task(read_checkpoint)(train.output["checkpoint_path"])
 
-        read_checkpoint(train.output["checkpoint_path"])
+
+# The elastic training against the same training held to a fixed group: each worker takes a whole node's 2 CPUs,
+# so two workers need both Ray nodes and stopping the worker node's container takes one away.
+for dag_id, num_workers in (("compose_test_elastic_train", [1, 2]), ("compose_test_fixed_train", 2)):
+    with DAG(
+        dag_id=dag_id,
+        schedule=None,
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        params={"epochs": 16, "sleep_s": 2.0},
+    ):
+        scaling: dict[str, Any] = {"num_workers": num_workers, "resources_per_worker": {"CPU": 2}}
+        if isinstance(num_workers, list):
+            scaling["elastic_resize_monitor_interval_s"] = 10
+        train = RayTrainOperator(
+            task_id="train",
+            train_func="ray_train_test_loops:slow_counter",
+            train_loop_config={"epochs": "{{ params.epochs }}", "sleep_s": "{{ params.sleep_s }}"},
+            scaling_config=scaling,
+            # A lost node fails the worker group: elastic training restarts it with the workers that fit.
+            run_config={"failure_config": {"max_failures": 4, "controller_failure_limit": 6}},
+            poll_interval=2.0,
+            retries=1,
+            retry_delay=timedelta(seconds=5),
+        )
+
+        task(read_checkpoint)(train.output["checkpoint_path"])
