@@ -91,6 +91,22 @@ def train_func_path(train_func: str | Callable[..., Any]) -> str:
     return f"{train_func.__module__}:{qualname}"
 
 
+def check_declarative_config(spec: TrainSpec) -> None:
+    """A declarative loop's config (``LightningConfig``, ``SequenceClassificationConfig``) is checked before
+    submitting, as the cluster would check it: a bad field fails here, naming it, not in every worker."""
+    from airflow_ray_train.runtime.lightning import LIGHTNING_TRAIN_LOOP, LightningConfig
+    from airflow_ray_train.runtime.transformers import TRANSFORMERS_TRAIN_LOOP, SequenceClassificationConfig
+
+    config_class = {LIGHTNING_TRAIN_LOOP: LightningConfig, TRANSFORMERS_TRAIN_LOOP: SequenceClassificationConfig}
+    declared = config_class.get(spec.train_func)
+    if declared is None:
+        return
+    try:
+        declared.from_train_loop_config(spec.train_loop_config)  # type: ignore[attr-defined]
+    except SpecError as exc:
+        raise RayTrainConfigError(f"train_loop_config: {exc}", field=f"train_loop_config.{exc.field}") from exc
+
+
 class RayTrainOperator(BaseOperator):
     """Run a Ray Train ``TorchTrainer`` on a Ray cluster and return its checkpoint and metrics.
 
@@ -266,6 +282,7 @@ class RayTrainOperator(BaseOperator):
         except TypeError as exc:
             raise RayTrainConfigError(f"Invalid TrainSpec: {exc}") from exc
         self.check_train_func(spec)
+        check_declarative_config(spec)
         return spec
 
     def stop_grace_period_s(self) -> float:

@@ -203,8 +203,6 @@ class LightningConfig(DeclarativeConfig):
     :param top_k: how many checkpoints to keep (``num_to_keep``); None or -1 keeps all.
     :param seed: ``pl.seed_everything`` seed, or None.
     :param progress_every_n_steps: rank 0 prints the step's metrics every that many steps (0: never).
-    :param graceful_stop: add :func:`graceful_stop_callback`: a stopped job's training saves a checkpoint at its
-        next step and ends.
     """
 
     module: str
@@ -241,6 +239,16 @@ class LightningConfig(DeclarativeConfig):
                     f"trainer_kwargs.{reserved}",
                     "is set by the Ray loop",
                     "use LightningConfig.strategy/strategy_kwargs; write your own train_func for custom callbacks",
+                )
+        for count in ("max_epochs", "min_epochs", "max_steps", "min_steps"):
+            value = self.trainer_kwargs.get(count)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise SpecError(
+                    doc,
+                    f"trainer_kwargs.{count}",
+                    f"is {value!r} ({type(value).__name__}); pl.Trainer takes a whole number",
+                    "give a number; a templated value renders as text unless the DAG sets "
+                    "render_template_as_native_obj=True",
                 )
         checkpoint_config(self.monitor, self.mode, self.top_k)
 

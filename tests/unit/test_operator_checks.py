@@ -244,3 +244,19 @@ def test_a_cluster_too_small_fails_a_first_try_at_once_and_is_waited_for_on_a_re
         operator._check_cluster_resources(operator.hook, spec, retry=True)
     assert not isinstance(raised.value, AirflowFailException)
     assert sum(path.startswith("/api/v0/nodes") for path in stub_ray.paths()) >= 3  # asked again while it waited
+
+
+def test_a_declarative_config_is_checked_before_submitting():
+    from airflow_ray_train.runtime.lightning import LIGHTNING_TRAIN_LOOP, LightningConfig
+
+    good = LightningConfig(module="pkg.mod:Module", trainer_kwargs={"max_epochs": 8}).train_loop_config()
+    RayTrainOperator(task_id="ok", train_func=LIGHTNING_TRAIN_LOOP, train_loop_config=good).build_spec({})  # type: ignore[arg-type]
+    # A templated max_epochs rendered as text: pl.Trainer would fail every worker with a bare AssertionError.
+    rendered = {**good, "trainer_kwargs": {"max_epochs": "8"}}
+    operator = RayTrainOperator(task_id="t", train_func=LIGHTNING_TRAIN_LOOP, train_loop_config=rendered)
+    with pytest.raises(RayTrainConfigError, match="render_template_as_native_obj=True") as info:
+        operator.build_spec({})  # type: ignore[arg-type]
+    assert info.value.field == "train_loop_config.trainer_kwargs.max_epochs"
+    unknown = {**good, "modul": "x"}
+    with pytest.raises(RayTrainConfigError, match="did you mean 'module'"):
+        RayTrainOperator(task_id="u", train_func=LIGHTNING_TRAIN_LOOP, train_loop_config=unknown).build_spec({})  # type: ignore[arg-type]
