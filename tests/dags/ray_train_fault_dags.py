@@ -200,7 +200,7 @@ with DAG(dag_id="test_ray_train_graceful_timeout", schedule=None, start_date=STA
     RayTrainOperator(
         task_id="train_times_out",
         train_func="ray_train_test_loops:stoppable_counter",
-        train_loop_config={"epochs": 100, "steps": 10, "step_s": 0.35},
+        train_loop_config={"epochs": 100, "steps": 40, "step_s": 0.2},
         scaling_config={"num_workers": 2},
         deferrable=True,
         execution_timeout=timedelta(seconds=50),

@@ -20,7 +20,10 @@ from airflow_ray_train.runtime.spec import ResultManifest, manifest_from_log
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-STEPS = 10  # per epoch of stoppable_counter
+#: Steps per epoch of stoppable_counter, STEP_S each: a stop asked just after an epoch's report must land before
+#: the next epoch's end (CI measured up to 3 s from the request to the workers' agreement on a busy machine).
+STEPS = 40
+STEP_S = 0.2
 
 
 @pytest.fixture
@@ -71,11 +74,11 @@ def stopped_manifest(hook: RayTrainHook, job_id: str) -> ResultManifest:
 
 
 def stoppable_counter(task_id: str, workers: int, grace: float) -> RayTrainOperator:
-    """Four epochs of ``STEPS`` steps of 0.3 s, the plain loop that calls ``stop_requested()`` before each step."""
+    """Four epochs of ``STEPS`` steps of ``STEP_S``, the plain loop that calls ``stop_requested()`` before each step."""
     return RayTrainOperator(
         task_id=task_id,
         train_func="ray_train_test_loops:stoppable_counter",
-        train_loop_config={"epochs": 4, "steps": STEPS, "step_s": 0.3},
+        train_loop_config={"epochs": 4, "steps": STEPS, "step_s": STEP_S},
         scaling_config={"num_workers": workers},
         stop_grace_period=grace,
         poll_interval=1.0,
@@ -85,7 +88,7 @@ def stoppable_counter(task_id: str, workers: int, grace: float) -> RayTrainOpera
 def test_a_killed_plain_loop_saves_the_step_it_reached_and_the_cleared_task_goes_on_from_it(hook, direct_deployment):
     operator = stoppable_counter("graceful_plain", workers=2, grace=60)
     ti = FakeTaskInstance("graceful_plain")
-    # Killed a third of the way into the second epoch: its last epoch checkpoint is at step 10.
+    # Killed early in the second epoch: its last epoch checkpoint is at step STEPS.
     job_id, error = kill_mid_epoch(operator, ti, hook, "report 1:")
     assert isinstance(error, RayTrainJobError) and error.status == "STOPPED"
     manifest = stopped_manifest(hook, job_id)
@@ -139,7 +142,7 @@ def test_a_killed_declarative_lightning_run_saves_the_step_it_reached_and_goes_o
 
     run = LightningConfig(
         module="ray_train_slow_lightning:SlowDigits",
-        module_kwargs={"step_s": 0.25, "hidden": 32},
+        module_kwargs={"step_s": 0.5, "hidden": 32},
         datamodule="ray_train_examples.lightning_digits:DigitsDataModule",
         datamodule_kwargs={"data_path": prepare_digits(str(tmp_path)), "batch_size": 32},
         trainer_kwargs={"max_epochs": 3, "log_every_n_steps": 5},
