@@ -91,7 +91,7 @@ test: lint docs
 # v2: as root on Debian 12, scripts/docker-engine.sh installs and starts both. Without them it skips (fails
 # under CI=true).
 compose-test: install
-	$(PY) -m pytest tests/compose -q -rs
+	ART_COMPOSE_FULL=1 $(PY) -m pytest tests/compose -q -rs
 
 clean:
 	rm -rf $(VENV) .demo

@@ -10,6 +10,7 @@ reason where no Docker engine answers; under CI (``CI=true``) they fail instead.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -442,6 +443,11 @@ def test_a_ray_head_restart_after_the_job_ended_but_before_the_task_collected_it
     stack.wait_for_two_nodes()
 
 
+#: The fixed-group comparison and the elastic Lightning run (about 8 min together) run where ART_COMPOSE_FULL=1
+#: (`make compose-test` sets it): in `make test` they would take CI past its time budget.
+full_compose_only = pytest.mark.skipif(
+    os.environ.get("ART_COMPOSE_FULL") != "1", reason="a long compose fault test: ART_COMPOSE_FULL=1 runs it"
+)
 ELASTIC_DAG = "compose_test_elastic_train"
 FIXED_DAG = "compose_test_fixed_train"
 ELASTIC_EPOCHS = 16
@@ -529,6 +535,7 @@ def test_an_elastic_training_goes_on_without_a_lost_node_and_grows_back_when_it_
     print(f"elastic: trained on with 1 worker {shrunk_s:.0f} s after the node went; groups {sizes}")
 
 
+@full_compose_only
 def test_a_fixed_group_waits_for_the_lost_node(stack):
     """The same training with num_workers 2: while the node is gone the group cannot start again, so nothing
     trains (Ray's behaviour without elastic training); once the node is back it resumes from its checkpoint."""
@@ -547,6 +554,7 @@ def test_a_fixed_group_waits_for_the_lost_node(stack):
     stack.wait_for_two_nodes()
 
 
+@full_compose_only
 def test_the_declarative_lightning_loop_trains_elastically_each_epoch_once(stack):
     """The declarative Lightning loop under the same fault: it goes on with one worker and grows back, resuming
     each time from the latest epoch checkpoint: every epoch is reported once, and the model learns."""
