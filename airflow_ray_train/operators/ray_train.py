@@ -516,12 +516,7 @@ class RayTrainOperator(BaseOperator):
         """An earlier try's job succeeded (its task died before it could say so): its result, or None when it
         left no readable successful manifest, in its log or in storage."""
         job_id = job.submission_id
-        follower = LogFollower()
-        try:
-            hook.read_log(job_id, follower)
-        except RayTrainClusterError as exc:
-            self.log.warning("Could not read the log of the earlier try's Ray job %s: %s", job_id, exc)
-        manifest = self._manifest(hook, job, spec, follower.manifest_line)
+        manifest = self._read_manifest(hook, job, spec)
         if manifest is None or not manifest.succeeded:
             self.log.warning(
                 "An earlier try's Ray job %s SUCCEEDED but left no readable manifest: training under a new job "
@@ -731,6 +726,15 @@ class RayTrainOperator(BaseOperator):
             self.log.info("Ray job %s: %s; its manifest was read from %s", info.submission_id, why, where)
         return stored
 
+    def _read_manifest(self, hook: RayTrainHook, info: JobInfo, spec: TrainSpec) -> ResultManifest | None:
+        """An ended job's manifest, read after the fact: its whole log (bounded), else storage (``_manifest``)."""
+        follower = LogFollower()
+        try:
+            hook.read_log(info.submission_id, follower)
+        except RayTrainClusterError as exc:
+            self.log.warning("Could not read the log of Ray job %s: %s", info.submission_id, exc)
+        return self._manifest(hook, info, spec, follower.manifest_line)
+
     @staticmethod
     def _stored_manifest(
         hook: RayTrainHook, spec: TrainSpec, run_name: str, job_id: str
@@ -826,10 +830,7 @@ class RayTrainOperator(BaseOperator):
     def _stopped_manifest(self, hook: RayTrainHook, job_id: str, spec: TrainSpec) -> ResultManifest | None:
         """After this task stopped its job: the job's STOPPED manifest (its log, else storage), None if unread."""
         try:
-            info = hook.get_job_info(job_id)
-            follower = LogFollower()
-            hook.read_log(job_id, follower)
-            return self._manifest(hook, info, spec, follower.manifest_line)
+            return self._read_manifest(hook, hook.get_job_info(job_id), spec)
         except Exception as exc:  # noqa: BLE001 - the stop itself is what matters here
             self.log.warning("Could not read the manifest of the stopped Ray job %s: %s", job_id, exc)
             return None
