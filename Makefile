@@ -77,14 +77,14 @@ compat: install
 
 # CI's share of the matrix: one older Airflow and one older Ray, with shorter test lists.
 compat-ci: install
-	$(PY) scripts/compat.py run --ci
+	$(PY) scripts/compat.py run --ci --parallel
 
 test: lint docs
 	@# A Docker engine installed here but not running (a machine restarted) is started for the compose stack.
 	@if [ "$$(id -u)" = 0 ] && command -v dockerd >/dev/null && ! docker info >/dev/null 2>&1; then \
 		bash scripts/docker-engine.sh; fi
 	$(PY) -m pytest tests -q -rs
-	$(PY) scripts/compat.py run --ci
+	$(PY) scripts/compat.py run --ci --parallel
 
 .PHONY: compose-test
 # The docker-compose stack for real (tests/compose/; part of `make test` too). Needs a Docker engine and Compose

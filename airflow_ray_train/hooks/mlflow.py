@@ -28,6 +28,10 @@ from airflow_ray_train.hooks.settings import as_bool
 
 DEFAULT_CONN_ID = "mlflow_default"
 API = "/api/2.0/mlflow"
+#: How often an alias set refused as a raced insert is sent (``MlflowHook.set_alias``).
+ALIAS_SET_ATTEMPTS = 3
+#: A unique key broken by a racing insert, as SQLite, PostgreSQL and MySQL word it in MLflow's reason.
+RACED_INSERT_SIGNS = ("UNIQUE constraint failed", "duplicate key value", "Duplicate entry")
 
 
 @dataclass(frozen=True)
@@ -370,8 +374,21 @@ class MlflowHook(BaseHook):
         return dict(self.call("GET", "model-versions/get", params={"name": name, "version": version})["model_version"])
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
-        """Point ``alias`` at ``version`` (moving it from the version that had it)."""
-        self.call("POST", "registered-models/alias", json={"name": name, "alias": alias, "version": version})
+        """Point ``alias`` at ``version`` (moving it from the version that had it).
+
+        MLflow's SQL store reads, then inserts a new alias: two callers setting a free alias at once break its
+        unique key, and the second gets HTTP 400. That set is sent again (at most twice more); it then finds
+        the alias and moves it."""
+        body = {"name": name, "alias": alias, "version": version}
+        for attempt in range(1, ALIAS_SET_ATTEMPTS + 1):
+            try:
+                self.call("POST", "registered-models/alias", json=body)
+                return
+            except RayTrainMlflowError as exc:
+                raced = exc.http_status == 400 and any(sign in (exc.reason or "") for sign in RACED_INSERT_SIGNS)
+                if not raced or attempt == ALIAS_SET_ATTEMPTS:
+                    raise
+                self.log.info("Setting alias %r of %r raced another set; sending it again.", alias, name)
 
     def set_model_version_tag(self, name: str, version: str, key: str, value: str) -> None:
         body = {"name": name, "version": version, "key": key, "value": value}

@@ -242,6 +242,8 @@ class LightningConfig(DeclarativeConfig):
                 )
         for count in ("max_epochs", "min_epochs", "max_steps", "min_steps"):
             value = self.trainer_kwargs.get(count)
+            if isinstance(value, str) and "{{" in value:
+                continue  # a template not rendered yet (the DAG file): checked again after rendering
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise SpecError(
                     doc,

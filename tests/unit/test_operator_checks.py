@@ -251,6 +251,8 @@ def test_a_declarative_config_is_checked_before_submitting():
 
     good = LightningConfig(module="pkg.mod:Module", trainer_kwargs={"max_epochs": 8}).train_loop_config()
     RayTrainOperator(task_id="ok", train_func=LIGHTNING_TRAIN_LOOP, train_loop_config=good).build_spec({})  # type: ignore[arg-type]
+    # In the DAG file the value is still a template: it is checked once the task has rendered it.
+    LightningConfig(module="pkg.mod:Module", trainer_kwargs={"max_epochs": "{{ params.max_epochs }}"})
     # A templated max_epochs rendered as text: pl.Trainer would fail every worker with a bare AssertionError.
     rendered = {**good, "trainer_kwargs": {"max_epochs": "8"}}
     operator = RayTrainOperator(task_id="t", train_func=LIGHTNING_TRAIN_LOOP, train_loop_config=rendered)

@@ -26,6 +26,13 @@ MODEL = "digits"
 TAG = f"{CONTENDER_TAG_PREFIX}champion"
 
 
+#: What MLflow's SQL store answered in CI when two first promotions set a free alias at once.
+RACED_INSERT = (
+    "(sqlite3.IntegrityError) UNIQUE constraint failed: registered_model_aliases.workspace, "
+    "registered_model_aliases.name, registered_model_aliases.alias"
+)
+
+
 class Registry:
     """One registered model's versions (their tags) and aliases, answering MLflow's REST calls."""
 
@@ -33,6 +40,8 @@ class Registry:
         self.tags: dict[str, dict[str, str]] = {}
         self.aliases: dict[str, str] = {}
         self.calls: list[tuple[str, str]] = []
+        #: Alias sets refused as a racing insert is (another promotion created the alias first).
+        self.refuse_sets = 0
         #: The most versions a page holds, whatever max_results asks (a server may answer with fewer).
         self.page_size = 1000
 
@@ -69,6 +78,9 @@ class Registry:
         elif endpoint == "model-versions/delete-tag":
             self.tags[body["version"]].pop(body["key"], None)
         elif endpoint == "registered-models/alias":
+            if self.refuse_sets:
+                self.refuse_sets -= 1
+                return httpx.Response(400, json={"error_code": "BAD_REQUEST", "message": RACED_INSERT})
             self.aliases[body["alias"]] = body["version"]
         else:
             raise AssertionError(f"unexpected call {request.method} {endpoint}")
@@ -240,3 +252,17 @@ def test_a_race_that_never_settles_gives_up_after_bounded_rounds_and_keeps_its_m
     with pytest.raises(RayTrainMlflowError, match=rf"moved in each of {MAX_ROUNDS} rounds of promotion"):
         operator.execute({})  # type: ignore[arg-type]
     assert TAG in registry.tags[version]
+
+
+def test_an_alias_set_refused_as_a_raced_insert_is_sent_again(registry):
+    """Two first promotions set a free alias at once: the server's second insert breaks its unique key (HTTP
+    400, seen in CI). The set is sent again, and now updates the alias the other promotion made."""
+    version = registry.add()
+    registry.refuse_sets = 1
+    result = run(registry, version, metric_value=0.9)
+    assert result["moved"] and registry.aliases == {"champion": version}
+    assert registry.sets() == 2
+    registry.refuse_sets = 5  # a server that keeps refusing: its reason reaches the task
+    other = registry.add()
+    with pytest.raises(RayTrainMlflowError, match="UNIQUE constraint failed"):
+        run(registry, other, metric_value=0.95)
