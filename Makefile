@@ -4,14 +4,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint docs unit integration e2e clean
+.PHONY: install demo test lint docs unit integration e2e clean dist
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml runtime/pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of torch first: any other torch pulls a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[local,dev,frameworks,mlflow]"
+	# The runtime (its own distribution, runtime/) and the provider, which depends on it, in one resolve.
+	$(PY) -m pip install -q -e ./runtime -e ".[local,dev,frameworks,mlflow]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,7 +23,12 @@ demo: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy airflow_ray_train
+	$(VENV)/bin/mypy airflow_ray_train runtime/airflow_ray_train_runtime
+
+# The two distributions (docs/distributions.md): airflow-ray-train and airflow-ray-train-runtime, wheels and
+# sdists into dist/, checked with twine. tests/unit/test_dist.py builds and inspects them in `make test`.
+dist: install
+	$(PY) scripts/dist.py --outdir dist
 
 # The docs site (mkdocs.yml, docs/): strict, so a broken link or a page missing from the nav fails.
 docs: install

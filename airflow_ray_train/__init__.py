@@ -1,13 +1,18 @@
 """airflow-ray-train: run Ray Train jobs as Airflow 3 tasks.
 
-This module stays free of Airflow and Ray imports: it is shipped to the cluster with the runtime.
+The Ray-side runtime is the distribution ``airflow-ray-train-runtime`` (package ``airflow_ray_train_runtime``);
+this package is the Airflow side only. Importing it imports no Airflow and no Ray (the provider's entry point).
 """
 
 from __future__ import annotations
 
+from importlib import metadata
 from typing import Any
 
-__version__ = "0.1.0"
+try:
+    __version__ = metadata.version("airflow-ray-train")
+except metadata.PackageNotFoundError:  # a source tree on sys.path, not installed: the one version file
+    from airflow_ray_train_runtime.spec import RUNTIME_VERSION as __version__
 
 
 def get_provider_info() -> dict[str, Any]:

@@ -77,6 +77,15 @@ SETTINGS: dict[str, Setting] = {
         "after this window does the try end (a retry attaches to the job).",
         "600",
     ),
+    "ship_runtime": Setting(
+        str,
+        "auto",
+        "Whether each job carries the provider's Ray-side runtime (airflow-ray-train-runtime) in its runtime_env. "
+        "auto: ship it unless the cluster's Python has the same version installed (asked once an hour per cluster "
+        "with a small probe job); always: ship it; never: use the runtime installed on the cluster (no upload), "
+        "and fail before submitting when it is missing or of another major.minor.",
+        "never",
+    ),
     "stop_grace_period": Setting(
         float,
         60.0,

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airflow_ray_train.packaging import RUNTIME_PACKAGE, CodeLookupError, Package, build_zip
+from airflow_ray_train.packaging import PROVIDER_PACKAGE, CodeLookupError, Package, build_zip
 
 #: Annotations stay strings in the generated module: a name used only in one need not travel.
 _FUTURE = "from __future__ import annotations\n"
@@ -66,7 +66,7 @@ def _short(value: Any) -> str:
 
 def _from_airflow(module: str) -> bool:
     top = module.split(".")[0]
-    return top == "airflow" or (top == RUNTIME_PACKAGE and not module.startswith(f"{RUNTIME_PACKAGE}.runtime"))
+    return top in ("airflow", PROVIDER_PACKAGE)
 
 
 def _literal(value: Any) -> str | None:

@@ -39,13 +39,16 @@ from typing import TYPE_CHECKING, BinaryIO
 from pathspec import GitIgnoreSpec
 
 if TYPE_CHECKING:
-    from airflow_ray_train.runtime.spec import TrainSpec
+    from airflow_ray_train_runtime.spec import TrainSpec
 
 log = logging.getLogger(__name__)
 
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 _CHUNK = 1024 * 1024
-RUNTIME_PACKAGE = "airflow_ray_train"
+#: The Ray-side runtime (its own distribution, ``airflow-ray-train-runtime``) and the provider: neither ships
+#: as the user's code; the runtime ships as itself (``runtime_package``).
+RUNTIME_PACKAGE = "airflow_ray_train_runtime"
+PROVIDER_PACKAGE = "airflow_ray_train"
 IGNORE_FILES = (".gitignore", ".rayignore")
 #: Files that likely hold credentials (gitignore syntax, at any depth): environment files, private keys and
 #: keystores, cloud service-account and credentials files, secrets files, tokens, Terraform state and
@@ -329,11 +332,11 @@ def _tree(root: Path, arc_root: str) -> list[tuple[str, Path | str]]:
 
 
 def runtime_package() -> Package:
-    """The Ray-side core: ``airflow_ray_train/__init__.py`` and ``airflow_ray_train/runtime/``."""
-    root = Path(__file__).resolve().parent
-    entries: list[tuple[str, Path | str]] = [(f"{RUNTIME_PACKAGE}/__init__.py", root / "__init__.py")]
-    entries += _tree(root / "runtime", f"{RUNTIME_PACKAGE}/runtime")
-    return build_zip(str(root / "runtime"), entries)
+    """The Ray-side core, the ``airflow_ray_train_runtime`` package where Airflow imports it from."""
+    import airflow_ray_train_runtime
+
+    root = Path(airflow_ray_train_runtime.__file__).resolve().parent
+    return build_zip(str(root), _tree(root, RUNTIME_PACKAGE))
 
 
 def spec_package(spec: TrainSpec, credentials: dict[str, str] | None = None) -> Package:
@@ -455,7 +458,7 @@ def code_package(module_name: str, *, required: bool = True) -> Package | None:
     for this provider's own runtime (shipped separately), and, unless ``required``, for a module Airflow
     cannot import (it must be installed on the cluster)."""
     top = module_name.split(".")[0]
-    if top == RUNTIME_PACKAGE or top in sys.stdlib_module_names:
+    if top in (RUNTIME_PACKAGE, PROVIDER_PACKAGE) or top in sys.stdlib_module_names:
         return None
     spec = importlib.util.find_spec(top)
     if spec is None:

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, TypeGuard
 
 from airflow_ray_train.exceptions import RayTrainConfigError
-from airflow_ray_train.runtime.lightning import LIGHTNING_TRAIN_LOOP
-from airflow_ray_train.runtime.reports import REPORT_PREFIX
-from airflow_ray_train.runtime.transformers import TRANSFORMERS_TRAIN_LOOP
+from airflow_ray_train_runtime.lightning import LIGHTNING_TRAIN_LOOP
+from airflow_ray_train_runtime.reports import REPORT_PREFIX
+from airflow_ray_train_runtime.transformers import TRANSFORMERS_TRAIN_LOOP
 
 #: The pace is measured over this many timed reports (so over one less interval between them).
 RECENT_REPORTS = 4

@@ -9,7 +9,15 @@ from typing import Any
 
 from airflow_ray_train.exceptions import RayTrainJobError, RayTrainJobSetupError
 from airflow_ray_train.hooks.jobs_api import last_exception_line
-from airflow_ray_train.runtime.spec import JobStatus, ResultManifest, SpecError, manifest_from_log
+from airflow_ray_train.packaging import RUNTIME_PACKAGE
+from airflow_ray_train_runtime.spec import (
+    RUNTIME_DISTRIBUTION,
+    RUNTIME_VERSION,
+    JobStatus,
+    ResultManifest,
+    SpecError,
+    manifest_from_log,
+)
 
 #: Keys pushed to XCom on their own besides ``return_value``.
 XCOM_KEYS = ("checkpoint_path", "metrics", "best_checkpoint_path", "usage")
@@ -111,6 +119,9 @@ def job_failure(
             )
     elif status == JobStatus.SUCCEEDED:
         parts.append("The job succeeded but printed no readable manifest; was it run by this provider's runtime?")
+    runtime_refused = runtime_problem(log_tail)
+    if runtime_refused:
+        parts.append(runtime_refused)
     if info.get("message"):
         ray_message = str(info["message"]).strip()
         shown = last_exception_line(ray_message) if setup_failed else None
@@ -122,7 +133,7 @@ def job_failure(
         if manifest.checkpoint_path:
             parts.append(f"Latest checkpoint (kept; a retry resumes from it): {manifest.checkpoint_path}")
     parts.append(f"Dashboard: {dashboard_url}")
-    error_class = RayTrainJobSetupError if setup_failed or code_missing else RayTrainJobError
+    error_class = RayTrainJobSetupError if setup_failed or code_missing or runtime_refused else RayTrainJobError
     return error_class(
         "\n".join(parts),
         job_id=job_id,
@@ -199,3 +210,20 @@ def push_result(ti: Any, result: Mapping[str, Any]) -> None:
     """The keys of the result that are pushed on their own besides ``return_value``."""
     for key in XCOM_KEYS:
         ti.xcom_push(key=key, value=result[key])
+
+
+def runtime_problem(log_tail: Sequence[str] | None) -> str | None:
+    """What the log says about the cluster's runtime, when the job could not run it: none installed where the
+    job ran without shipping it, or one of another major.minor that refused the spec. A retry cannot fix it."""
+    text = "\n".join(log_tail or ())
+    if f"No module named '{RUNTIME_PACKAGE}'" in text:
+        return (
+            f"The cluster's Python has no {RUNTIME_DISTRIBUTION} (the job ran without shipping it: ship_runtime "
+            f"'never'). Fix: install '{RUNTIME_DISTRIBUTION}=={RUNTIME_VERSION}' on every Ray node (the cluster's "
+            "image), or set ship_runtime to 'auto'. A retry cannot fix this."
+        )
+    if "Invalid TrainSpec: runtime_version" in text:
+        return (
+            f"The cluster's {RUNTIME_DISTRIBUTION} refused this provider's spec (see the log). A retry cannot fix this."
+        )
+    return None

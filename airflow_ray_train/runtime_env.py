@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from airflow_ray_train.exceptions import RayTrainConfigError
-from airflow_ray_train.runtime.spec import SpecError, check_json_value
-from airflow_ray_train.runtime.stop import STOP_WAIT_ENV, stop_wait_s
+from airflow_ray_train_runtime.spec import SpecError, check_json_value
+from airflow_ray_train_runtime.stop import STOP_WAIT_ENV, stop_wait_s
 
 #: The top-level ``runtime_env`` fields Ray 2.60 knows (``ray.runtime_env.RuntimeEnv.known_fields``).
 RUNTIME_ENV_FIELDS = (

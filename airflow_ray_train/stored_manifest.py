@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 
-from airflow_ray_train.runtime.spec import ResultManifest, SpecError
-from airflow_ray_train.runtime.storage import Storage, job_folder
+from airflow_ray_train_runtime.spec import ResultManifest, SpecError
+from airflow_ray_train_runtime.storage import Storage, job_folder
 
 #: Where Ray Train keeps runs whose ``storage_path`` is not set, on the driver's node.
 RAY_DEFAULT_STORAGE = "~/ray_results"

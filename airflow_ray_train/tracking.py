@@ -17,7 +17,7 @@ from typing import Any
 from airflow_ray_train.exceptions import RayTrainMlflowError
 from airflow_ray_train.hooks.mlflow import MlflowHook
 from airflow_ray_train.identity import TryIdentity
-from airflow_ray_train.runtime.spec import MLFLOW_RUN_STATUS, TrackingSpec, TrainSpec
+from airflow_ray_train_runtime.spec import MLFLOW_RUN_STATUS, TrackingSpec, TrainSpec
 
 #: The run tag holding the Train run name: how a retry finds its series' MLflow run again.
 TRAIN_RUN_TAG = "airflow_ray_train.train_run"

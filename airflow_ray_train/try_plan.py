@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from airflow_ray_train.hooks.jobs_api import JobInfo
 from airflow_ray_train.identity import TryIdentity, other_spec
-from airflow_ray_train.runtime.spec import JobStatus
+from airflow_ray_train_runtime.spec import JobStatus
 
 
 class Action(enum.StrEnum):

@@ -109,9 +109,9 @@ class WaitOnRayJobOperator(BaseOperator):
 
         from airflow_ray_train.exceptions import RayTrainJobExistsError
         from airflow_ray_train.hooks.ray_train import RayTrainHook
-        from airflow_ray_train.runtime.reports import REPORT_PREFIX
-        from airflow_ray_train.runtime.spec import MANIFEST_MARKER
         from airflow_ray_train.triggers.ray_train import RayTrainJobTrigger
+        from airflow_ray_train_runtime.reports import REPORT_PREFIX
+        from airflow_ray_train_runtime.spec import MANIFEST_MARKER
 
         release = os.path.join(os.environ["BENCH_RELEASE_DIR"], context["dag"].dag_id)
         # Released, it ends the way the runtime's driver does: its manifest line, then a second of shutting down.

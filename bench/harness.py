@@ -234,7 +234,7 @@ def beside(head: Any | None = None, seconds: float = 2.0, top: int = 6) -> list[
 
 def make_spec(tag: str, storage: Path) -> Any:
     """The benchmark's Train job under a fresh name and submission id."""
-    from airflow_ray_train.runtime.spec import TrainSpec
+    from airflow_ray_train_runtime.spec import TrainSpec
 
     name = f"bench-{tag}-{uuid.uuid4().hex[:8]}"
     return TrainSpec(

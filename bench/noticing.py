@@ -106,8 +106,8 @@ def child(args: dict[str, Any]) -> dict[str, Any]:
     import psutil
 
     from airflow_ray_train.hooks.ray_train import AsyncRayTrainHook, RayTrainHook
-    from airflow_ray_train.runtime.spec import MANIFEST_MARKER
     from airflow_ray_train.triggers.ray_train import RayTrainJobTrigger
+    from airflow_ray_train_runtime.spec import MANIFEST_MARKER
 
     n, jobs, release, stagger = args["n"], args["jobs"], Path(args["release_dir"]), args["stagger_s"]
     polls = {"status": 0}

@@ -63,7 +63,7 @@ def run_direct(bench: Bench) -> dict[str, Any]:
     spawned = time.time()
     started = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "airflow_ray_train.runtime", spec.to_arg()], env=env, capture_output=True, text=True
+        [sys.executable, "-m", "airflow_ray_train_runtime", spec.to_arg()], env=env, capture_output=True, text=True
     )
     wall = time.perf_counter() - started
     if proc.returncode != 0:
@@ -90,7 +90,7 @@ def run_cli(bench: Bench) -> dict[str, Any]:
         "--",
         "python",
         "-m",
-        "airflow_ray_train.runtime",
+        "airflow_ray_train_runtime",
         spec.to_arg(),
     ]
     spawned = time.time()
@@ -216,7 +216,7 @@ def phases(log: str, start: float, end: float) -> dict[str, float | None]:
 
 def manifest_at(log: str) -> float | None:
     """When the driver finished its result manifest (its ``finished_at``; the driver prints it right after)."""
-    from airflow_ray_train.runtime.spec import MANIFEST_MARKER
+    from airflow_ray_train_runtime.spec import MANIFEST_MARKER
 
     for line in log.splitlines():
         if line.startswith(MANIFEST_MARKER):
@@ -442,7 +442,7 @@ def plot(results: dict[str, Any], out: Path) -> list[str]:
 PEERS_TEXT = """### Peers
 
 Both peers install beside Airflow 3.3.2 + Ray 2.60.0 (Python 3.11) and ran the same job: the same
-`python -m airflow_ray_train.runtime <spec>` entrypoint and `py_modules`, through `dag.test()` from their own
+`python -m airflow_ray_train_runtime <spec>` entrypoint and `py_modules`, through `dag.test()` from their own
 venvs (`bench/peers.py`). **astro-provider-ray 0.4.0** (its last release) warns on import that it is no longer
 maintained and imports Airflow's deprecated `airflow.utils.context` shim; 0.3.1 fails on the current Kubernetes
 provider (`ImportError: cannot import name 'PodOperatorHookProtocol'`). Its `SubmitRayJob` always defers to

@@ -4,7 +4,7 @@ provider's Ray job operator instead of ``RayTrainOperator``.
 Each peer lives in its own virtual environment (Airflow 3.3.2 + Ray 2.60.0 + the peer; both peers need Ray
 installed next to Airflow), never in the project's ``.venv``. ``run_peer`` writes a one-task DAG for the peer's
 operator, runs it with ``dag.test()`` in that venv's Python (a subprocess with its own ``AIRFLOW_HOME`` and SQLite
-DB), and submits the same entrypoint ``python -m airflow_ray_train.runtime <spec_arg>`` with the same
+DB), and submits the same entrypoint ``python -m airflow_ray_train_runtime <spec_arg>`` with the same
 ``runtime_env={"py_modules": [...]}`` (the URIs the shipping section already uploaded) to the private head.
 The driver itself runs on the head, with the head's Python, exactly as in (b) and (c).
 
@@ -138,13 +138,13 @@ def _job_by_entrypoint(head: Any, entrypoint: str) -> dict[str, Any]:
 
 
 def run_peer(name: str, head: Any, py_modules: list[str], spec_arg: str) -> dict[str, Any]:
-    """Run ``python -m airflow_ray_train.runtime <spec_arg>`` through peer ``name``'s operator (``dag.test()``).
+    """Run ``python -m airflow_ray_train_runtime <spec_arg>`` through peer ``name``'s operator (``dag.test()``).
 
     ``wall_s`` is ``dag.test()`` in the peer's process (like (c)); ``process_s`` is the whole subprocess
     (interpreter, Airflow and provider imports, and on a peer's first call also creating its SQLite DB).
     ``job_s`` and ``latency_s`` (``dag.test()`` returned minus the job's ``end_time``) come from the head.
     """
-    from airflow_ray_train.runtime.spec import TrainSpec
+    from airflow_ray_train_runtime.spec import TrainSpec
 
     python = venv_of(name) / "bin" / "python"
     if not python.exists():
@@ -153,7 +153,7 @@ def run_peer(name: str, head: Any, py_modules: list[str], spec_arg: str) -> dict
     script = home / f"peer_{name}_dag.py"
     task = "\n".join(f"    {line}" if line else "" for line in _TASKS[name].strip("\n").splitlines())
     script.write_text(_SCRIPT.format(name=name, task=task))
-    entrypoint = f"python -m airflow_ray_train.runtime {spec_arg}"
+    entrypoint = f"python -m airflow_ray_train_runtime {spec_arg}"
     db_file = home / "airflow.db"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RAY_", "BENCH_", "PYTHON"))}
     env.update(

@@ -63,11 +63,11 @@ WHAT_RUNS = [
     f"`scaling_config={json.dumps(SCALING_CONFIG)}`, local storage.",
     "- (a) `RAY_ADDRESS=<gcs> RAY_AUTH_MODE=token RAY_AUTH_TOKEN=... PYTHONPATH=example_dags:. "
     'RAY_JOB_CONFIG_JSON_ENV_VAR=\'{"runtime_env": {"py_modules": [<same gcs:// URIs>]}}\' '
-    "python -m airflow_ray_train.runtime b64:<spec>`: the same driver as a plain Ray driver, with the same "
+    "python -m airflow_ray_train_runtime b64:<spec>`: the same driver as a plain Ray driver, with the same "
     "shipped code (that env var is how the Jobs API's supervisor hands a driver its runtime_env).",
     "- (b) `RAY_AUTH_MODE=token RAY_AUTH_TOKEN=... ray job submit --address http://127.0.0.1:<port> "
     "--submission-id <id> --runtime-env-json '{\"py_modules\": [<the gcs:// URIs the hook uploaded>]}' "
-    "-- python -m airflow_ray_train.runtime b64:<spec>`. It waits by default: Ray 2.60's CLI has "
+    "-- python -m airflow_ray_train_runtime b64:<spec>`. It waits by default: Ray 2.60's CLI has "
     "`--no-wait` but no `--wait` flag.",
     "- (c) `bench/bench_dags.py` `bench_overhead_sync`: one `RayTrainOperator` (subclassed only to record "
     "when `execute()` started and returned and to count the hook's HTTP requests), run by `dag.test()` in "

@@ -5,8 +5,8 @@ Modes (each a plain Ray driver subprocess against the same head, launched the sa
 ``RAY_ADDRESS``/token env, ``PYTHONPATH=example_dags:.:bench``, the same ``py_modules`` in
 ``RAY_JOB_CONFIG_JSON_ENV_VAR``):
 
-- ``runtime-N``: ``python -m airflow_ray_train.runtime b64:<TrainSpec>`` with the declarative loop
-  ``airflow_ray_train.runtime.lightning:train_loop`` and the example DAG's ``LightningConfig`` (monitor
+- ``runtime-N``: ``python -m airflow_ray_train_runtime b64:<TrainSpec>`` with the declarative loop
+  ``airflow_ray_train_runtime.lightning:train_loop`` and the example DAG's ``LightningConfig`` (monitor
   ``val_accuracy``/max, top_k 2, seed 0, ``progress_every_n_steps=10``, ``log_every_n_steps=5``).
 - ``handwritten-N``: ``python bench/lightning_handwritten.py`` (Ray's Lightning guide, same classes,
   hyperparameters, checkpoint config and ``pl.Trainer`` flags).
@@ -155,8 +155,8 @@ def driver_env(head: Any, py_modules: list[str]) -> dict[str, str]:
 
 
 def runtime_command(workers: int, epochs: int, data: Path, storage: Path, timing: Path, name: str) -> list[str]:
-    from airflow_ray_train.runtime.lightning import LIGHTNING_TRAIN_LOOP, LightningConfig
-    from airflow_ray_train.runtime.spec import TrainSpec
+    from airflow_ray_train_runtime.lightning import LIGHTNING_TRAIN_LOOP, LightningConfig
+    from airflow_ray_train_runtime.spec import TrainSpec
 
     config = LightningConfig(
         module="lightning_handwritten:TimedDigitsClassifier",
@@ -178,7 +178,7 @@ def runtime_command(workers: int, epochs: int, data: Path, storage: Path, timing
         scaling_config={"num_workers": workers, "use_gpu": False},
         run_config={"storage_path": str(storage), "checkpoint_config": config.checkpoint_config()},
     )
-    return [sys.executable, "-m", "airflow_ray_train.runtime", spec.to_arg()]
+    return [sys.executable, "-m", "airflow_ray_train_runtime", spec.to_arg()]
 
 
 def handwritten_command(workers: int, epochs: int, data: Path, storage: Path, timing: Path, name: str) -> list[str]:
@@ -382,8 +382,8 @@ def throughput_section(results: dict[str, Any]) -> list[str]:
         f"{cfg['batch_size']})`, seed {cfg['seed']}, {cfg['epochs']} epochs, training split repeated "
         f"{cfg['repeat']}x ({cfg['train_samples']} samples/epoch, validation {cfg['val_samples']}), "
         "checkpoint + report every epoch (top 2 by `val_accuracy`), DDP on CPU (gloo), head `num_cpus=4`.",
-        "- runtime-N: `python -m airflow_ray_train.runtime b64:<spec>` with `train_func="
-        "airflow_ray_train.runtime.lightning:train_loop` and the example DAG's `LightningConfig`; "
+        "- runtime-N: `python -m airflow_ray_train_runtime b64:<spec>` with `train_func="
+        "airflow_ray_train_runtime.lightning:train_loop` and the example DAG's `LightningConfig`; "
         "handwritten-N: `bench/lightning_handwritten.py` (Ray's Lightning guide: `TorchTrainer`, "
         "`RayDDPStrategy`, `RayLightningEnvironment`, `RayTrainReportCallback`, `prepare_trainer`, same "
         "`pl.Trainer` flags). Both plain Ray drivers, same env and `py_modules`; modes rotate every round.",

@@ -23,7 +23,7 @@ from airflow.sdk import DAG, Param, task
 
 from airflow_ray_train.operators.mlflow import PromoteModelVersionOperator
 from airflow_ray_train.operators.ray_train import RayTrainOperator
-from airflow_ray_train.runtime.lightning import LIGHTNING_TRAIN_LOOP, LightningConfig
+from airflow_ray_train_runtime.lightning import LIGHTNING_TRAIN_LOOP, LightningConfig
 
 MODEL_NAME = "digits-lightning"
 SCORE = "test_accuracy"
@@ -79,7 +79,7 @@ with DAG(
         from ray_train_examples.lightning_digits import evaluate_checkpoint
 
         from airflow_ray_train.hooks.mlflow import mlflow_hook
-        from airflow_ray_train.runtime.lightning import checkpoint_file
+        from airflow_ray_train_runtime.lightning import checkpoint_file
 
         # The best checkpoint by val_accuracy, and what training reported with it.
         checkpoint_path = training["best_checkpoint_path"]

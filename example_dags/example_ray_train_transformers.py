@@ -26,7 +26,7 @@ from airflow.sdk import DAG, Param, task
 
 from airflow_ray_train.operators.mlflow import PromoteModelVersionOperator
 from airflow_ray_train.operators.ray_train import RayTrainOperator
-from airflow_ray_train.runtime.transformers import TRANSFORMERS_TRAIN_LOOP, SequenceClassificationConfig
+from airflow_ray_train_runtime.transformers import TRANSFORMERS_TRAIN_LOOP, SequenceClassificationConfig
 
 MODEL_NAME = "text-classifier-transformers"
 SCORE = "test_accuracy"

@@ -1,4 +1,4 @@
-"""The GPU check: a Ray head on this machine, then the runtime driver (``python -m airflow_ray_train.runtime
+"""The GPU check: a Ray head on this machine, then the runtime driver (``python -m airflow_ray_train_runtime
 SPEC``, no Airflow) for the plain PyTorch, the Lightning and the Transformers examples, and what each run left.
 
 For each run it checks the exit status, the ``ResultManifest`` (in the log and on storage: SUCCEEDED, the
@@ -43,9 +43,9 @@ REVIEWS = REPO / "tests" / "data" / "reviews.csv"
 sys.path[:0] = [str(REPO), str(EXAMPLES)]
 
 from airflow_ray_train.local_cluster import start_ray_head  # noqa: E402
-from airflow_ray_train.runtime.spec import ResultManifest, TrainSpec, manifest_from_log  # noqa: E402
+from airflow_ray_train_runtime.spec import ResultManifest, TrainSpec, manifest_from_log  # noqa: E402
 
-#: What ``airflow_ray_train.runtime.frameworks.worker_device`` prints in each Train worker.
+#: What ``airflow_ray_train_runtime.frameworks.worker_device`` prints in each Train worker.
 DEVICE_LINE = re.compile(r"\[(\w+)\] worker (\d+)/(\d+) trains on (\S+?)(?: \((.+)\))?$", re.MULTILINE)
 LOG_COPY_LIMIT = 4 * 2**20
 
@@ -85,8 +85,8 @@ def prepare_examples(work: Path, use_gpu: bool, num_workers: int) -> list[Exampl
     from ray_train_examples.lightning_digits import prepare_digits
     from ray_train_examples.transformers_text import make_tiny_bert, prepare_splits
 
-    from airflow_ray_train.runtime.lightning import LIGHTNING_TRAIN_LOOP, LightningConfig
-    from airflow_ray_train.runtime.transformers import TRANSFORMERS_TRAIN_LOOP, SequenceClassificationConfig
+    from airflow_ray_train_runtime.lightning import LIGHTNING_TRAIN_LOOP, LightningConfig
+    from airflow_ray_train_runtime.transformers import TRANSFORMERS_TRAIN_LOOP, SequenceClassificationConfig
 
     digits = prepare_digits(str(work / "digits"))
     splits = prepare_splits(str(work / "reviews"), dataset_name="csv", data_files=str(REVIEWS))
@@ -194,10 +194,10 @@ class GpuMemoryPeak:
 
 
 def run_driver(example: Example, work: Path, log_path: Path, env: dict[str, str], timeout: float) -> int | None:
-    """``python -m airflow_ray_train.runtime SPEC`` in its own process group; the exit code, None on timeout."""
+    """``python -m airflow_ray_train_runtime SPEC`` in its own process group; the exit code, None on timeout."""
     spec_file = work / f"{example.name}.spec.json"
     spec_file.write_text(example.spec.to_json())
-    cmd = [sys.executable, "-m", "airflow_ray_train.runtime", str(spec_file)]
+    cmd = [sys.executable, "-m", "airflow_ray_train_runtime", str(spec_file)]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:

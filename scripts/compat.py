@@ -247,8 +247,10 @@ def run_cell(cell: Cell, *, ci: bool) -> dict[str, object]:
     setup_s = sum(venv.ensure() for venv in cell.venvs)
     airflow_python, ray_bin = bin_dir(cell.airflow) / "python", bin_dir(cell.ray)
     if cell.airflow is not None:
-        # The provider from this tree, without touching the venv's pins (its entry point registers it).
-        install = [str(airflow_python), "-m", "pip", "install", "-q", "--no-deps", "-e", str(REPO)]
+        # The runtime and the provider from this tree, without touching the venv's pins (the provider's entry
+        # point registers it).
+        install = [str(airflow_python), "-m", "pip", "install", "-q", "--no-deps", "-e", str(REPO / "runtime")]
+        install += ["-e", str(REPO)]
         installed = subprocess.run(install, capture_output=True, text=True, check=False)
         if installed.returncode != 0:
             raise SystemExit(f"{' '.join(install)} failed:\n{installed.stdout}{installed.stderr}")

@@ -41,6 +41,9 @@ os.environ.update(
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{AIRFLOW_HOME / 'airflow.db'}",
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__RAY_TRAIN__DEFAULT_STORAGE_PATH": str(STORAGE_PATH),
+        # The session's head runs this venv, which has the runtime installed: `auto` would run every job on it.
+        # The suite ships it, as to a cluster without it; test_runtime_distribution.py covers auto and never.
+        "AIRFLOW__RAY_TRAIN__SHIP_RUNTIME": "always",
         "ART_TEST_RESULTS_DIR": str(RESULTS_DIR),
         # The embedded cluster of a test run never touches the user's own (~/.airflow_ray_train).
         "AIRFLOW_RAY_TRAIN_LOCAL_DIR": str(_ROOT / "embedded"),

@@ -25,7 +25,7 @@ from airflow_ray_train.exceptions import RayTrainConfigError
 from airflow_ray_train.function_shipping import function_package
 from airflow_ray_train.operators.ray_train import RayTrainOperator
 from airflow_ray_train.packaging import CodeLookupError, Package, code_package
-from airflow_ray_train.runtime.spec import TrainSpec
+from airflow_ray_train_runtime.spec import TrainSpec
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

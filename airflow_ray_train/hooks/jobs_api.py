@@ -16,8 +16,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from airflow_ray_train.exceptions import RayTrainAuthError, RayTrainClusterError
 from airflow_ray_train.hooks.settings import ClusterSettings
-from airflow_ray_train.runtime.spec import JobStatus
-from airflow_ray_train.runtime.stop import STOP_WAIT_ENV
+from airflow_ray_train_runtime.spec import JobStatus
+from airflow_ray_train_runtime.stop import STOP_WAIT_ENV
 
 #: What a sent call gives its caller (the reply itself, or the client's response object).
 Answer = TypeVar("Answer")

@@ -14,7 +14,7 @@ import codecs
 import json
 import re
 
-from airflow_ray_train.runtime.spec import MANIFEST_MARKER
+from airflow_ray_train_runtime.spec import MANIFEST_MARKER
 
 #: A log line is cut here before it reaches the task log (the rest, to its newline, is skipped).
 MAX_LINE_CHARS = 16_384

@@ -38,7 +38,7 @@ from typing import Any
 from airflow_ray_train.exceptions import RayTrainAuthError, RayTrainClusterError
 from airflow_ray_train.hooks.jobs_api import STOP_POLL_S, STOP_TIMEOUT_S, JobInfo, RetryPolicy
 from airflow_ray_train.hooks.log_follower import LogFollower, LogReader
-from airflow_ray_train.runtime.spec import JobStatus
+from airflow_ray_train_runtime.spec import JobStatus
 
 #: Seconds between status polls once the log shows the job is ending (manifest printed, stream closed).
 FINISHING_POLL_INTERVAL = 0.2

@@ -27,6 +27,7 @@ from airflow_ray_train.hooks.log_follower import LogFollower, as_record
 from airflow_ray_train.hooks.mlflow import MlflowHook, mlflow_hook
 from airflow_ray_train.hooks.ray_train import RayTrainHook
 from airflow_ray_train.hooks.resources import cluster_shortfall
+from airflow_ray_train.hooks.shipping import ShipRuntime
 from airflow_ray_train.identity import (
     RUN_NAME_KEY,
     SERIES_RUN_KEY,
@@ -57,13 +58,13 @@ from airflow_ray_train.results import (
     push_result,
     read_manifest,
 )
-from airflow_ray_train.runtime.spec import JobStatus, ResultManifest, SpecError, TrainSpec
 from airflow_ray_train.runtime_env import check_runtime_env, with_py_modules, with_stop_wait
 from airflow_ray_train.stored_manifest import read_stored_manifest
 from airflow_ray_train.tracking import MLFLOW_WARNING_KEY, TaskTracking
 from airflow_ray_train.triggers.ray_train import LOG_TAIL_LINES, Event, RayTrainJobTrigger
 from airflow_ray_train.try_plan import Action, free_submission_id, plan_try
 from airflow_ray_train.usage import task_usage, usage_metrics, usage_sentence
+from airflow_ray_train_runtime.spec import JobStatus, ResultManifest, SpecError, TrainSpec
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -94,8 +95,8 @@ def train_func_path(train_func: str | Callable[..., Any]) -> str:
 def check_declarative_config(spec: TrainSpec) -> None:
     """A declarative loop's config (``LightningConfig``, ``SequenceClassificationConfig``) is checked before
     submitting, as the cluster would check it: a bad field fails here, naming it, not in every worker."""
-    from airflow_ray_train.runtime.lightning import LIGHTNING_TRAIN_LOOP, LightningConfig
-    from airflow_ray_train.runtime.transformers import TRANSFORMERS_TRAIN_LOOP, SequenceClassificationConfig
+    from airflow_ray_train_runtime.lightning import LIGHTNING_TRAIN_LOOP, LightningConfig
+    from airflow_ray_train_runtime.transformers import TRANSFORMERS_TRAIN_LOOP, SequenceClassificationConfig
 
     config_class = {LIGHTNING_TRAIN_LOOP: LightningConfig, TRANSFORMERS_TRAIN_LOOP: SequenceClassificationConfig}
     declared = config_class.get(spec.train_func)
@@ -164,9 +165,13 @@ class RayTrainOperator(BaseOperator):
     :param stop_grace_period: seconds (or a timedelta) a stopped job's training may take to save a checkpoint at
         its next step and end, when the task is killed, marked or times out (default ``[ray_train]
         stop_grace_period``, 60 s; 0: stopped at once). The declarative loops take part by themselves, a loop of your
-        own by calling ``airflow_ray_train.runtime.stop.stop_requested()`` between steps; a loop that does not is
+        own by calling ``airflow_ray_train_runtime.stop.stop_requested()`` between steps; a loop that does not is
         stopped at once. XCom then names that checkpoint (``status`` STOPPED), and a retry, or clearing the task,
         goes on from it.
+    :param ship_runtime: ``"auto"``, ``"always"`` or ``"never"``: whether the job carries the provider's Ray-side
+        runtime or runs on the one installed on the cluster (default ``[ray_train] ship_runtime``, ``auto``: ship it
+        unless the cluster has the same version installed). ``never`` fails before submitting when the cluster has
+        none, or one of another major.minor. ``ship_code`` is the same choice for your own code.
 
     Retries neither train twice nor start over, and use only this task's own jobs (see ``identity``): a
     retry resumes the series' Train run from its latest checkpoint, attaches to its job still running, or
@@ -218,6 +223,7 @@ class RayTrainOperator(BaseOperator):
         register_model: str | None = None,
         mlflow_required: bool = True,
         stop_grace_period: float | timedelta | None = None,
+        ship_runtime: str | None = None,
         **kwargs: Any,
     ) -> None:
         if model_asset is not None:
@@ -242,6 +248,9 @@ class RayTrainOperator(BaseOperator):
         self.deferrable = deferrable
         self.check_cluster_resources = check_cluster_resources
         self.stop_grace_period = stop_grace_period
+        self.ship_runtime = ShipRuntime.parse(
+            ray_train_setting("ship_runtime") if ship_runtime is None else ship_runtime
+        )
         self._task_context: Context | None = None
         self.mlflow_conn_id = mlflow_conn_id
         self.mlflow_experiment = mlflow_experiment
@@ -352,7 +361,9 @@ class RayTrainOperator(BaseOperator):
         check_runtime_env(self.runtime_env)
         draft = self.build_spec(context)
         hook.ensure_embedded_head()
-        runtime_env, packages = hook.job_runtime_env(self.runtime_env, self.packages_to_ship(draft))
+        runtime_env, packages = hook.job_runtime_env(
+            self.runtime_env, self.packages_to_ship(draft), ship_runtime=hook.ships_runtime(self.ship_runtime)
+        )
         digest = self.spec_digest(draft, runtime_env)
         identity = TryIdentity.from_context(context, deployment_id(), self.retries or 0)
         found = hook.find_jobs([identity.submission_id(), *identity.earlier_submission_ids()])

@@ -24,7 +24,7 @@ from airflow_ray_train import compat
 from airflow_ray_train.hooks.log_follower import LogFollower, as_record, cut_line
 from airflow_ray_train.hooks.ray_train_async import AsyncRayTrainHook
 from airflow_ray_train.progress import Progress
-from airflow_ray_train.runtime.spec import JobStatus
+from airflow_ray_train_runtime.spec import JobStatus
 
 
 class Event(enum.StrEnum):

@@ -1,7 +1,7 @@
 """A PyTorch Lightning image classifier for scikit-learn's 8x8 handwritten digits, trained on Ray Train.
 
 An ordinary Lightning script's pieces (a ``LightningModule`` and a ``LightningDataModule``), with nothing
-Ray-specific in them: the provider's declarative loop (``airflow_ray_train.runtime.lightning:train_loop``)
+Ray-specific in them: the provider's declarative loop (``airflow_ray_train_runtime.lightning:train_loop``)
 builds them from import paths and fits them with Ray's strategy on every worker. ``prepare_digits`` and
 ``evaluate_checkpoint`` are what the DAG's Airflow tasks run around the training.
 
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from airflow_ray_train.runtime.lightning import import_lightning, load_module
+from airflow_ray_train_runtime.lightning import import_lightning, load_module
 
 pl = import_lightning()
 

@@ -48,7 +48,7 @@ def train_func(config: dict[str, Any]) -> None:
     import ray.train.torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    from airflow_ray_train.runtime.frameworks import worker_device
+    from airflow_ray_train_runtime.frameworks import worker_device
 
     hidden = int(config.get("hidden", 32))
     epochs = int(config.get("epochs", 5))

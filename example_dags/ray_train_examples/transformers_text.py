@@ -1,6 +1,6 @@
 """Data preparation and evaluation around a HuggingFace sequence-classification fine-tuning on Ray Train.
 
-The training itself is the provider's declarative loop (``airflow_ray_train.runtime.transformers:train_loop``,
+The training itself is the provider's declarative loop (``airflow_ray_train_runtime.transformers:train_loop``,
 Ray's Transformers guide from a config). These are the DAG's Airflow-side steps: ``prepare_splits`` loads the
 dataset with ``load_dataset`` (a hub name such as ``yelp_review_full``, or ``csv`` with ``data_files``) and
 writes train / validation / held-out test CSVs every Ray worker can read; ``evaluate_checkpoint`` loads the
@@ -66,7 +66,7 @@ def evaluate_checkpoint(
     import torch
     from datasets import load_dataset
 
-    from airflow_ray_train.runtime.transformers import load_for_sequence_classification, model_dir
+    from airflow_ray_train_runtime.transformers import load_for_sequence_classification, model_dir
 
     model, tokenizer = load_for_sequence_classification(checkpoint_path)
     test = load_dataset("csv", data_files={"test": test_file})["test"]

@@ -626,7 +626,14 @@ def test_the_ray_dockerfile_installs_torch_and_the_example_frameworks():
     assert re.search(r'--index-url "\$\{TORCH_INDEX_URL\}"[^\n]*"torch==\$\{TORCH_VERSION\}\$\{TORCH_VARIANT\}"', runs)
     assert dockerfile_args(RAY_DOCKERFILE)["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
     assert "-r /tmp/requirements-frameworks.txt" in runs
-    assert "airflow" not in runs.replace("airflow_ray_train", ""), "the cluster needs neither Airflow nor the provider"
+    assert not re.search(r"apache-airflow|\bairflow-ray-train[\s=\"]", runs), (
+        "the cluster needs neither Airflow nor the provider"
+    )
+    # The runtime: a wheel built from this checkout's runtime/, installed without dependencies.
+    text = RAY_DOCKERFILE.read_text()
+    assert re.search(r"^COPY (?:--\S+ )*runtime /tmp/airflow-ray-train-runtime$", text, re.MULTILINE)
+    assert re.search(r"pip wheel --no-deps [^\n]*/tmp/airflow-ray-train-runtime", runs)
+    assert re.search(r"pip install [^\n]*--no-deps [^\n]*airflow_ray_train_runtime-\*\.whl", runs)
     pins = dict(
         line.split("==", 1)
         for line in FRAMEWORKS_FILE.read_text().splitlines()
@@ -644,11 +651,14 @@ def test_both_images_use_the_torch_version_the_project_pins():
         assert airflow_torch == makefile_pin.group(1)
 
 
-def test_the_airflow_build_context_sends_only_what_the_image_copies():
-    ignore = (REPO / "docker" / "airflow" / "Dockerfile.dockerignore").read_text().splitlines()
+@pytest.mark.parametrize("dockerfile", [AIRFLOW_DOCKERFILE, RAY_DOCKERFILE], ids=["airflow", "ray"])
+def test_each_build_context_sends_only_what_its_image_copies(dockerfile):
+    """Both images build from the repository root; each Dockerfile's .dockerignore lets through exactly what
+    it copies (the provider and the runtime; the framework list)."""
+    ignore = dockerfile.with_name("Dockerfile.dockerignore").read_text().splitlines()
     assert next(line for line in ignore if line and not line.startswith("#")) == "*", "exclude everything first"
     allowed = {line[1:] for line in ignore if line.startswith("!")}
-    for match in re.finditer(r"^COPY (?:--\S+ )*(.+) \S+$", AIRFLOW_DOCKERFILE.read_text(), re.MULTILINE):
+    for match in re.finditer(r"^COPY (?:--\S+ )*(.+) \S+$", dockerfile.read_text(), re.MULTILINE):
         for source in match.group(1).split():
             name = re.sub(r"\[(.)\]", r"\1", source)  # README.m[d] -> README.md
             assert name in allowed, f"COPY {source}: not let through by Dockerfile.dockerignore"

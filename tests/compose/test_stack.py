@@ -21,7 +21,7 @@ import httpx
 import pytest
 from compose_support import LONG_RUNNING, MLFLOW_SERVICE, RAY_SERVICES, ComposeProject, StackError
 
-from airflow_ray_train.runtime.reports import REPORT_PREFIX
+from airflow_ray_train_runtime.reports import REPORT_PREFIX
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -272,8 +272,25 @@ def test_the_pytorch_example_trains_on_both_nodes_and_evaluates_its_checkpoint_i
     assert evaluation["test_accuracy"] > 0.5, evaluation
 
     job_id = result["job_id"]
-    assert stack.job(job_id)["status"] == "SUCCEEDED"
+    job = stack.job(job_id)
+    assert job["status"] == "SUCCEEDED"
     assert stack.train_worker_nodes(job_id) == nodes, "the 2 Train workers did not run one on each node"
+    # Shipping the runtime is off ([ray_train] ship_runtime = never): the job ran on the runtime the Ray image
+    # installed from this checkout's wheel, and only the DAG's code travelled.
+    shipped = (job.get("runtime_env") or {}).get("py_modules") or []
+    runtime_uri = stack.compose.exec(
+        "airflow-scheduler",
+        "python",
+        "-c",
+        "from airflow_ray_train.packaging import runtime_package as p; print(p().uri)",
+    ).strip()
+    assert shipped and runtime_uri not in shipped, (runtime_uri, shipped)
+    installed = stack.compose.exec(
+        "ray-head", "python", "-c", "import airflow_ray_train_runtime as r; print(r.__version__, r.__file__)"
+    ).split()
+    assert "site-packages" in installed[1], installed
+    manifest = json.loads(stack.compose.exec("airflow-scheduler", "cat", result["manifest_path"]))
+    assert manifest["runtime_version"] == installed[0]
 
     links = stack.api.get(f"{stack.run_path(PYTORCH_DAG, run_id)}/taskInstances/train/links").json()
     link = urlsplit(links["extra_links"]["Ray Job"])

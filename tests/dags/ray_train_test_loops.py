@@ -72,7 +72,7 @@ def stoppable_counter(config: dict[str, Any]) -> None:
     goes on from that step (mid-epoch). Reports ``step`` (global), ``epoch``, ``start_step`` and ``stopped``."""
     import ray.train
 
-    from airflow_ray_train.runtime.stop import stop_requested
+    from airflow_ray_train_runtime.stop import stop_requested
 
     epochs, steps = int(config.get("epochs", 4)), int(config.get("steps", 5))
     step_s = float(config.get("step_s", 0.5))

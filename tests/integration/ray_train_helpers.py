@@ -22,7 +22,7 @@ import psutil
 
 from airflow_ray_train.hooks.jobs_api import JobInfo
 from airflow_ray_train.hooks.ray_train import RayTrainHook
-from airflow_ray_train.runtime.spec import JobStatus
+from airflow_ray_train_runtime.spec import JobStatus
 
 FAULT_DAGS = "ray_train_fault_dags"
 _WORKER_PID_RE = re.compile(r"\(RayTrainWorker pid=(\d+)")

@@ -15,7 +15,7 @@ from airflow_ray_train.compat import AirflowFailException
 from airflow_ray_train.exceptions import RayTrainJobSetupError
 from airflow_ray_train.hooks.ray_train import RayTrainHook
 from airflow_ray_train.operators.ray_train import RayTrainOperator
-from airflow_ray_train.runtime.cluster_support import MIN_RAY_VERSION, TRAIN_V2_ENV
+from airflow_ray_train_runtime.cluster_support import MIN_RAY_VERSION, TRAIN_V2_ENV
 
 pytestmark = [pytest.mark.integration]
 _PROBE = (

@@ -32,7 +32,7 @@ from airflow_ray_train.exceptions import RayTrainJobError
 from airflow_ray_train.hooks.mlflow import MlflowHook
 from airflow_ray_train.hooks.ray_train import RayTrainHook
 from airflow_ray_train.operators.ray_train import RayTrainOperator
-from airflow_ray_train.runtime.spec import ResultManifest, manifest_from_log
+from airflow_ray_train_runtime.spec import ResultManifest, manifest_from_log
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -13,7 +13,7 @@ from ray_train_helpers import FakeTaskInstance
 from airflow_ray_train.exceptions import RayTrainJobError
 from airflow_ray_train.hooks.ray_train import RayTrainHook
 from airflow_ray_train.operators.ray_train import RayTrainOperator
-from airflow_ray_train.runtime.spec import MANIFEST_MARKER, ResultManifest
+from airflow_ray_train_runtime.spec import MANIFEST_MARKER, ResultManifest
 
 pytestmark = [pytest.mark.integration]
 

@@ -15,8 +15,8 @@ from ray_train_helpers import ExecuteInThread, FakeTaskInstance, failure, run_da
 from airflow_ray_train.exceptions import RayTrainJobError
 from airflow_ray_train.hooks.ray_train import RayTrainHook
 from airflow_ray_train.operators.ray_train import RayTrainOperator
-from airflow_ray_train.runtime.lightning import LIGHTNING_TRAIN_LOOP, LightningConfig, checkpoint_file
-from airflow_ray_train.runtime.spec import ResultManifest, manifest_from_log
+from airflow_ray_train_runtime.lightning import LIGHTNING_TRAIN_LOOP, LightningConfig, checkpoint_file
+from airflow_ray_train_runtime.spec import ResultManifest, manifest_from_log
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -18,7 +18,7 @@ import pytest
 from airflow_ray_train.hooks.log_follower import LogFollower
 from airflow_ray_train.hooks.ray_train import RayTrainHook
 from airflow_ray_train.packaging import code_package
-from airflow_ray_train.runtime.spec import MANIFEST_MARKER, JobStatus, TrainSpec, manifest_from_log
+from airflow_ray_train_runtime.spec import MANIFEST_MARKER, JobStatus, TrainSpec, manifest_from_log
 
 pytestmark = [pytest.mark.integration]
 
@@ -245,7 +245,7 @@ def test_a_repeat_submit_uploads_nothing_and_changed_code_uploads_again(hook, tm
     # The shipped code is what the job imports on the cluster.
     job_id = hook.submit_job(
         entrypoint=_python(
-            "import shipped_pkg, airflow_ray_train.runtime.spec as s; print('VALUE', shipped_pkg.VALUE)"
+            "import shipped_pkg, airflow_ray_train_runtime.spec as s; print('VALUE', shipped_pkg.VALUE)"
         ),
         submission_id=_id("shipped"),
         runtime_env=env2,

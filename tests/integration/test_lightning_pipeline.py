@@ -107,7 +107,7 @@ def test_lightning_pipeline_learns_evaluates_and_promotes_only_a_better_model(
     from mlflow import pytorch as mlflow_pytorch
     from ray_train_examples.lightning_digits import DigitsClassifier
 
-    from airflow_ray_train.runtime.lightning import load_module
+    from airflow_ray_train_runtime.lightning import load_module
 
     served = mlflow_pytorch.load_model(f"models:/{MODEL}@champion")
     assert same_weights(served.state_dict(), load_module(DigitsClassifier, best["path"]).state_dict())

@@ -17,8 +17,8 @@ from airflow_ray_train.hooks.mlflow import MlflowHook
 from airflow_ray_train.hooks.ray_train import RayTrainHook
 from airflow_ray_train.identity import TryIdentity
 from airflow_ray_train.operators.ray_train import RayTrainOperator
-from airflow_ray_train.runtime.spec import TrainSpec
 from airflow_ray_train.tracking import TRAIN_RUN_TAG, start_run
+from airflow_ray_train_runtime.spec import TrainSpec
 
 pytestmark = [pytest.mark.integration]
 

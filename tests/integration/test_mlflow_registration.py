@@ -23,7 +23,7 @@ from airflow_ray_train.exceptions import RayTrainJobError
 from airflow_ray_train.hooks.mlflow import MlflowHook
 from airflow_ray_train.hooks.ray_train import RayTrainHook
 from airflow_ray_train.operators.ray_train import RayTrainOperator
-from airflow_ray_train.runtime.tracking import CHECKPOINT_MODEL_TYPE, CHECKPOINT_TAG
+from airflow_ray_train_runtime.tracking import CHECKPOINT_MODEL_TYPE, CHECKPOINT_TAG
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -119,7 +119,7 @@ def test_a_user_written_lightning_loop_registers_its_ckpt(
     import torch
     from ray_train_examples.lightning_digits import DigitsClassifier, evaluate_checkpoint, prepare_digits
 
-    from airflow_ray_train.runtime.lightning import load_module
+    from airflow_ray_train_runtime.lightning import load_module
 
     data_path = prepare_digits(str(tmp_path / "data"))
     result = _train(

@@ -114,7 +114,7 @@ def test_transformers_pipeline_learns_evaluates_and_promotes_only_a_better_model
     # MLflow's own client loads the champion: the model fine-tuned into the best checkpoint.
     from mlflow import transformers as mlflow_transformers
 
-    from airflow_ray_train.runtime.transformers import load_for_sequence_classification
+    from airflow_ray_train_runtime.transformers import load_for_sequence_classification
 
     served = mlflow_transformers.load_model(f"models:/{MODEL}@champion", return_type="components")["model"]
     trained, _ = load_for_sequence_classification(result["best_checkpoint_path"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_ray_train.runtime.cluster_support import MIN_RAY_VERSION, cluster_problem, version_tuple
+from airflow_ray_train_runtime.cluster_support import MIN_RAY_VERSION, cluster_problem, version_tuple
 
 OLDEST = ".".join(map(str, MIN_RAY_VERSION))
 

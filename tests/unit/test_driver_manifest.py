@@ -12,8 +12,8 @@ import pytest
 
 from airflow_ray_train.exceptions import RayTrainClusterError
 from airflow_ray_train.hooks.ray_train import AsyncRayTrainHook, RayTrainHook
-from airflow_ray_train.runtime.spec import ResultManifest, TrainSpec, manifest_from_log
-from airflow_ray_train.runtime.trainer import (
+from airflow_ray_train_runtime.spec import ResultManifest, TrainSpec, manifest_from_log
+from airflow_ray_train_runtime.trainer import (
     MANIFEST_DIR,
     TRAINED_FILE,
     JobStopped,
@@ -90,7 +90,7 @@ def test_the_stop_handler_survives_ray_init_taking_sigterm():
 def test_a_failed_workers_own_exception_is_the_error_also_where_ray_wraps_it():
     """Ray 2.52's WorkerGroupError holds each worker's exception wrapped (UserExceptionWithTraceback: the
     exception and its traceback as text); Ray 2.60's holds the exception itself. The manifest names the user's."""
-    from airflow_ray_train.runtime.trainer import _error_dict
+    from airflow_ray_train_runtime.trainer import _error_dict
 
     class UserExceptionWithTraceback(Exception):  # Ray 2.52's shape
         def __init__(self, exc: BaseException, traceback_str: str) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from airflow_ray_train.runtime.spec import TrainSpec
-from airflow_ray_train.runtime.trainer import JOB_CONFIG_ENV, keep_spec_package_from_workers
+from airflow_ray_train_runtime.spec import TrainSpec
+from airflow_ray_train_runtime.trainer import JOB_CONFIG_ENV, keep_spec_package_from_workers
 
 CODE = ["gcs://_ray_pkg_aaaa.zip", "gcs://_ray_pkg_bbbb.zip"]
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from airflow_ray_train.hooks.resources import cluster_shortfall
-from airflow_ray_train.runtime.cluster_support import elastic_problem
-from airflow_ray_train.runtime.spec import SpecError, TrainSpec
+from airflow_ray_train_runtime.cluster_support import elastic_problem
+from airflow_ray_train_runtime.spec import SpecError, TrainSpec
 
 
 def spec(**scaling):

@@ -10,8 +10,8 @@ import re
 import pytest
 
 from airflow_ray_train.results import read_manifest
-from airflow_ray_train.runtime.spec import MANIFEST_MARKER, ResultManifest, SpecError, TrainSpec, manifest_from_log
-from airflow_ray_train.runtime.trainer import QuotedStream, RunPaths, print_outcome, publish, quoted_output
+from airflow_ray_train_runtime.spec import MANIFEST_MARKER, ResultManifest, SpecError, TrainSpec, manifest_from_log
+from airflow_ray_train_runtime.trainer import QuotedStream, RunPaths, print_outcome, publish, quoted_output
 
 JOB = "airflow-dag.train-0123456789abcdef-try1"
 #: What the log follower strips before it looks for the marker (hooks/log_follower.py).

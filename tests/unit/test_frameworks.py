@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from airflow_ray_train.runtime import lightning as rl
-from airflow_ray_train.runtime import transformers as rt
-from airflow_ray_train.runtime.frameworks import FrameworkNotInstalledError, import_object
-from airflow_ray_train.runtime.learning_curve import learning_curve_panels, learning_curve_png
-from airflow_ray_train.runtime.spec import ResultManifest, SpecError
+from airflow_ray_train_runtime import lightning as rl
+from airflow_ray_train_runtime import transformers as rt
+from airflow_ray_train_runtime.frameworks import FrameworkNotInstalledError, import_object
+from airflow_ray_train_runtime.learning_curve import learning_curve_panels, learning_curve_png
+from airflow_ray_train_runtime.spec import ResultManifest, SpecError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,7 +65,7 @@ def test_lightning_config_is_the_loop_config_the_checkpoint_config_and_the_modul
         "checkpoint_score_order": "min",
     }
     assert config.code_modules() == ["my_models.digits", "my_data.digits"]
-    assert rl.LIGHTNING_TRAIN_LOOP == "airflow_ray_train.runtime.lightning:train_loop"
+    assert rl.LIGHTNING_TRAIN_LOOP == "airflow_ray_train_runtime.lightning:train_loop"
     with pytest.raises(SpecError, match="max_epoch"):
         rl.LightningConfig.from_train_loop_config({**loop_config, "max_epoch": 3})
 
@@ -158,8 +158,8 @@ class Block(importlib.abc.MetaPathFinder):
         if fullname.split(".")[0] in {blocked!r}:
             raise ImportError("blocked " + fullname)
 sys.meta_path.insert(0, Block())
-from airflow_ray_train.runtime.lightning import LightningConfig
-from airflow_ray_train.runtime.transformers import SequenceClassificationConfig
+from airflow_ray_train_runtime.lightning import LightningConfig
+from airflow_ray_train_runtime.transformers import SequenceClassificationConfig
 print(LightningConfig(module="m:C", monitor="val_loss").checkpoint_config()["checkpoint_score_attribute"])
 """
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)

@@ -17,7 +17,7 @@ import check  # noqa: E402
 import kit  # noqa: E402
 from depcheck import Dist, read_names, unmet  # noqa: E402
 
-from airflow_ray_train.runtime.spec import ResultManifest, TrainSpec  # noqa: E402
+from airflow_ray_train_runtime.spec import ResultManifest, TrainSpec  # noqa: E402
 
 EXECUTABLE = 0o100755 << 16
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from airflow_ray_train.runtime import stop
+from airflow_ray_train_runtime import stop
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ def agreed(monkeypatch):
 
 
 def test_the_lightning_callback_ends_the_epoch_after_the_batch_once_a_stop_is_agreed(agreed, monkeypatch):
-    from airflow_ray_train.runtime.lightning import graceful_stop_callback, import_lightning
+    from airflow_ray_train_runtime.lightning import graceful_stop_callback, import_lightning
 
     import_lightning()  # lightning.pytorch or pytorch_lightning, as Ray's own choice
 
@@ -39,7 +39,7 @@ def test_the_lightning_callback_ends_the_epoch_after_the_batch_once_a_stop_is_ag
 
 def test_the_transformers_callback_saves_then_ends_once_a_stop_is_agreed(agreed, monkeypatch):
     transformers = pytest.importorskip("transformers")
-    from airflow_ray_train.runtime.transformers import graceful_stop_callback
+    from airflow_ray_train_runtime.transformers import graceful_stop_callback
 
     monkeypatch.setattr("ray.train.get_context", lambda: SimpleNamespace(get_world_rank=lambda: 1))
     callback = graceful_stop_callback()

@@ -11,9 +11,9 @@ from airflow_ray_train.exceptions import RayTrainConfigError
 from airflow_ray_train.hooks.jobs_api import STOP_TIMEOUT_S, JobInfo
 from airflow_ray_train.identity import TryIdentity
 from airflow_ray_train.operators.ray_train import RayTrainOperator
-from airflow_ray_train.runtime.spec import SpecError, TrainSpec
-from airflow_ray_train.runtime.stop import STOP_WAIT_ENV, WRAP_UP_S, stop_wait_s
 from airflow_ray_train.runtime_env import with_stop_wait
+from airflow_ray_train_runtime.spec import SpecError, TrainSpec
+from airflow_ray_train_runtime.stop import STOP_WAIT_ENV, WRAP_UP_S, stop_wait_s
 
 
 def operator(**kwargs):

@@ -11,8 +11,8 @@ import pytest
 
 from airflow_ray_train.hooks.jobs_api import JobInfo
 from airflow_ray_train.identity import SPEC_DIGEST_KEY, TryIdentity, other_spec, spec_digest
-from airflow_ray_train.runtime.spec import TrainSpec
 from airflow_ray_train.try_plan import plan_try
+from airflow_ray_train_runtime.spec import TrainSpec
 
 STARTED = datetime(2026, 3, 2, 0, 0, 1, 123456, tzinfo=UTC)
 

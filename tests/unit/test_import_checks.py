@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from airflow_ray_train.runtime.frameworks import import_class, import_function
-from airflow_ray_train.runtime.trainer import TrainFuncImportError, load_train_func
+from airflow_ray_train_runtime.frameworks import import_class, import_function
+from airflow_ray_train_runtime.trainer import TrainFuncImportError, load_train_func
 
 USER_MODULE = """
 import lightning_base as pl
@@ -31,7 +31,7 @@ class Data(pl.LightningDataModule):
 
 @pytest.fixture
 def user_module(tmp_path, monkeypatch):
-    from airflow_ray_train.runtime.lightning import import_lightning
+    from airflow_ray_train_runtime.lightning import import_lightning
 
     monkeypatch.setitem(sys.modules, "lightning_base", import_lightning())
     (tmp_path / "conf_chosen.py").write_text(USER_MODULE)
@@ -65,7 +65,7 @@ def test_lightning_classes_must_be_the_kind_the_field_names(user_module):
     assert import_class("conf_chosen:Model", "module", pl.LightningModule).__name__ == "Model"
     with pytest.raises(TypeError, match=r"module 'conf_chosen:Data' is the class conf_chosen\.Data, not a subclass of"):
         import_class("conf_chosen:Data", "module", pl.LightningModule)
-    from airflow_ray_train.runtime.lightning import load_module
+    from airflow_ray_train_runtime.lightning import load_module
 
     with pytest.raises(TypeError, match=r"module 'subprocess:Popen' is the class subprocess\.Popen, not a subclass"):
         load_module("subprocess:Popen", "/nowhere/checkpoint")

@@ -6,7 +6,7 @@ import json
 import random
 
 from airflow_ray_train.hooks.log_follower import MAX_LINE_CHARS, MAX_MANIFEST_CHARS, LogFollower, LogReader
-from airflow_ray_train.runtime.spec import MANIFEST_MARKER
+from airflow_ray_train_runtime.spec import MANIFEST_MARKER
 
 ALPHABET = ["a", "b", " ", "\n", '"', "\\", "\\n", "\t", "é", "€", "😀", "\x1b[0m", "\u2028", "{", "}"]
 

@@ -15,8 +15,8 @@ from airflow_ray_train.exceptions import RayTrainAuthError, RayTrainConfigError,
 from airflow_ray_train.hooks import ray_train as ray_train_hook
 from airflow_ray_train.hooks.resources import cluster_shortfall, worker_resources
 from airflow_ray_train.operators.ray_train import RayTrainOperator
-from airflow_ray_train.runtime.trainer import DEFAULT_CONTROLLER_FAILURE_LIMIT, failure_config_kwargs
 from airflow_ray_train.runtime_env import check_runtime_env
+from airflow_ray_train_runtime.trainer import DEFAULT_CONTROLLER_FAILURE_LIMIT, failure_config_kwargs
 
 CPU_NODE = {"node_id": "a", "resources": {"CPU": 4.0, "memory": 8e9}}
 GPU_NODE = {"node_id": "b", "resources": {"CPU": 8.0, "GPU": 2.0, "memory": 16e9}}
@@ -187,9 +187,9 @@ class _XComTI(_TI):
 def test_a_job_the_cluster_no_longer_has_is_collected_from_its_manifest_in_storage(stub_ray, tmp_path):
     """A head restarted without fault tolerance forgets its jobs (HTTP 404); a job that ended before it did left
     its manifest.json in storage: that is its result, not a retry that trains again."""
-    from airflow_ray_train.runtime.spec import ResultManifest
-    from airflow_ray_train.runtime.storage import Storage
     from airflow_ray_train.stored_manifest import manifest_file
+    from airflow_ray_train_runtime.spec import ResultManifest
+    from airflow_ray_train_runtime.storage import Storage
 
     run = "clf.airflow-d.t"
     Storage(str(tmp_path)).write_text(
@@ -231,7 +231,7 @@ def test_a_cluster_too_small_fails_a_first_try_at_once_and_is_waited_for_on_a_re
     retryably."""
     from airflow_ray_train.exceptions import RayTrainClusterError, RayTrainConfigError
     from airflow_ray_train.operators import ray_train as operator_module
-    from airflow_ray_train.runtime.spec import TrainSpec
+    from airflow_ray_train_runtime.spec import TrainSpec
 
     one_cpu = {"data": {"result": {"result": [{"node_id": "n1", "state": "ALIVE", "resources_total": {"CPU": 1.0}}]}}}
     stub_ray.respond = lambda method, path: (200, one_cpu) if path.startswith("/api/v0/nodes") else (404, {})
@@ -247,7 +247,7 @@ def test_a_cluster_too_small_fails_a_first_try_at_once_and_is_waited_for_on_a_re
 
 
 def test_a_declarative_config_is_checked_before_submitting():
-    from airflow_ray_train.runtime.lightning import LIGHTNING_TRAIN_LOOP, LightningConfig
+    from airflow_ray_train_runtime.lightning import LIGHTNING_TRAIN_LOOP, LightningConfig
 
     good = LightningConfig(module="pkg.mod:Module", trainer_kwargs={"max_epochs": 8}).train_loop_config()
     RayTrainOperator(task_id="ok", train_func=LIGHTNING_TRAIN_LOOP, train_loop_config=good).build_spec({})  # type: ignore[arg-type]

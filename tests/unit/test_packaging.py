@@ -20,7 +20,7 @@ from airflow_ray_train.packaging import (
     code_package,
     runtime_package,
 )
-from airflow_ray_train.runtime.spec import TrainSpec
+from airflow_ray_train_runtime.spec import TrainSpec
 
 
 def _names(package: Package | None) -> list[str]:
@@ -48,10 +48,10 @@ def test_runtime_package_is_reproducible_and_holds_only_the_runtime():
     assert first.file is not second.file and first.read_bytes() == second.read_bytes()
     assert first.uri == second.uri and first.uri.startswith("gcs://_ray_pkg_") and first.uri.endswith(".zip")
     names = _names(first)
-    assert "airflow_ray_train/__init__.py" in names
-    assert "airflow_ray_train/runtime/spec.py" in names and "airflow_ray_train/runtime/__main__.py" in names
-    # The Airflow side (hooks, operators) stays home; no bytecode travels.
-    assert all(n == "airflow_ray_train/__init__.py" or n.startswith("airflow_ray_train/runtime/") for n in names)
+    assert "airflow_ray_train_runtime/spec.py" in names and "airflow_ray_train_runtime/__main__.py" in names
+    assert "airflow_ray_train_runtime/VERSION" in names  # its __version__ reads it on the cluster
+    # The Airflow side (the provider's package: hooks, operators) stays home; no bytecode travels.
+    assert all(n.startswith("airflow_ray_train_runtime/") for n in names)
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
 
 
@@ -71,7 +71,7 @@ def test_single_file_module_is_shipped_at_the_zip_top_level(user_code):
 
 def test_installed_packages_and_the_runtime_are_not_shipped_as_user_code():
     assert code_package("httpx") is None
-    assert code_package("airflow_ray_train.runtime.trainer") is None
+    assert code_package("airflow_ray_train_runtime.trainer") is None
 
 
 def test_train_func_is_checked_without_importing_the_users_module(user_code):

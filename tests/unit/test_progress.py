@@ -11,10 +11,10 @@ import pytest
 from airflow_ray_train.exceptions import RayTrainConfigError
 from airflow_ray_train.operators.ray_train import RayTrainOperator
 from airflow_ray_train.progress import Progress, ProgressSpec, declared_progress, duration
-from airflow_ray_train.runtime.lightning import LIGHTNING_TRAIN_LOOP
-from airflow_ray_train.runtime.reports import REPORT_PREFIX
-from airflow_ray_train.runtime.transformers import TRANSFORMERS_TRAIN_LOOP
 from airflow_ray_train.triggers.ray_train import RayTrainJobTrigger
+from airflow_ray_train_runtime.lightning import LIGHTNING_TRAIN_LOOP
+from airflow_ray_train_runtime.reports import REPORT_PREFIX
+from airflow_ray_train_runtime.transformers import TRANSFORMERS_TRAIN_LOOP
 
 EPOCHS_0_BASED = ProgressSpec(key="epoch", total=10, first=0)
 

@@ -12,8 +12,8 @@ from airflow_ray_train.exceptions import RayTrainAuthError, RayTrainClusterError
 from airflow_ray_train.hooks.jobs_api import Attempts, Reply, RetryPolicy, Step, ray_says
 from airflow_ray_train.hooks.settings import ClusterSettings
 from airflow_ray_train.results import ASSET_EXTRA_KEYS, job_failure, manifest_to_xcom, read_manifest
-from airflow_ray_train.runtime.spec import MANIFEST_MARKER, CheckpointRecord, ResultManifest
 from airflow_ray_train.runtime_env import merge_runtime_env, with_py_modules
+from airflow_ray_train_runtime.spec import MANIFEST_MARKER, CheckpointRecord, ResultManifest
 
 MANIFEST = ResultManifest(
     status="FAILED",
@@ -124,3 +124,26 @@ def test_rays_tracebacks_are_cut_to_their_last_exception_line():
     )
     assert ray_says(traceback) == "ValueError: Job with id x exists"
     assert ray_says("x" * 5000).startswith("...") and len(ray_says("x" * 5000)) == 1503
+
+
+@pytest.mark.parametrize(
+    ("log_line", "says"),
+    [
+        (
+            "ModuleNotFoundError: No module named 'airflow_ray_train_runtime'",
+            "Fix: install 'airflow-ray-train-runtime==",
+        ),
+        (
+            "[airflow-ray-train] Invalid TrainSpec: runtime_version is '0.1.0' (the provider's), and the cluster's "
+            "airflow-ray-train-runtime is '0.2.0'",
+            "refused this provider's spec",
+        ),
+    ],
+    ids=["not installed", "another major.minor"],
+)
+def test_a_job_the_clusters_runtime_could_not_run_fails_without_retries_saying_why(log_line, says):
+    error = job_failure("job-1", {"status": "FAILED"}, None, [log_line], "http://ray/#/jobs/job-1")
+    assert isinstance(error, RayTrainJobSetupError) and says in str(error)
+    # Any other failure without a manifest is retried.
+    other = job_failure("job-1", {"status": "FAILED"}, None, ["RuntimeError: boom"], "http://ray/#/jobs/job-1")
+    assert not isinstance(other, RayTrainJobSetupError)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from airflow_ray_train.runtime.spec import (
+from airflow_ray_train_runtime.spec import (
     MANIFEST_MARKER,
     SCHEMA_VERSION,
     CheckpointRecord,

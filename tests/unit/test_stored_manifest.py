@@ -7,9 +7,9 @@ import json
 
 from airflow_ray_train.config import SETTINGS, provider_config, ray_train_setting
 from airflow_ray_train.results import XCOM_MAX_BYTES, capped
-from airflow_ray_train.runtime.spec import ResultManifest
-from airflow_ray_train.runtime.storage import Storage
 from airflow_ray_train.stored_manifest import manifest_file, read_stored_manifest
+from airflow_ray_train_runtime.spec import ResultManifest
+from airflow_ray_train_runtime.storage import Storage
 
 
 def manifest(submission_id: str, storage: str) -> ResultManifest:

@@ -9,9 +9,9 @@ import pytest
 
 from airflow_ray_train.hooks.mlflow import MlflowSettings, mlflow_hook
 from airflow_ray_train.packaging import spec_package
-from airflow_ray_train.runtime.frameworks import FrameworkNotInstalledError, require
-from airflow_ray_train.runtime.spec import SpecError, TrackingSpec, TrainSpec
-from airflow_ray_train.runtime.tracking import (
+from airflow_ray_train_runtime.frameworks import FrameworkNotInstalledError, require
+from airflow_ray_train_runtime.spec import SpecError, TrackingSpec, TrainSpec
+from airflow_ray_train_runtime.tracking import (
     flat_params,
     metric_values,
     read_credentials,
@@ -91,7 +91,7 @@ def test_only_finite_numbers_become_metrics_under_keys_mlflow_accepts():
 
 def test_params_flatten_the_configs_and_name_the_framework_and_versions():
     spec = TrainSpec(
-        train_func="airflow_ray_train.runtime.lightning:train_loop",
+        train_func="airflow_ray_train_runtime.lightning:train_loop",
         run_name="r",
         submission_id="s",
         train_loop_config={"module_kwargs": {"lr": 0.002, "hidden": 64}, "datamodule": "m:D", "top_k": None},

@@ -18,8 +18,8 @@ from stub_ray import STUB_TOKEN, StubRay
 from airflow_ray_train.hooks.log_follower import LogFollower
 from airflow_ray_train.hooks.ray_train import AsyncRayTrainHook
 from airflow_ray_train.local_cluster import free_port
-from airflow_ray_train.runtime.spec import MANIFEST_MARKER
 from airflow_ray_train.triggers.ray_train import RayTrainJobTrigger
+from airflow_ray_train_runtime.spec import MANIFEST_MARKER
 
 TOKEN = STUB_TOKEN
 JOB = "airflow-dag.task.run-abc-try1"

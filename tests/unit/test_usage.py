@@ -5,8 +5,8 @@ Airflow side; summed over the jobs that trained one Train run."""
 from __future__ import annotations
 
 from airflow_ray_train.hooks.jobs_api import JobInfo
-from airflow_ray_train.runtime.usage import series_usage, try_usage, worker_groups
 from airflow_ray_train.usage import task_usage, usage_metrics, usage_sentence
+from airflow_ray_train_runtime.usage import series_usage, try_usage, worker_groups
 
 
 def start(t, *workers):

@@ -24,7 +24,7 @@ from airflow_ray_train.hooks.watch import (
     Do,
     Watch,
 )
-from airflow_ray_train.runtime.spec import MANIFEST_MARKER
+from airflow_ray_train_runtime.spec import MANIFEST_MARKER
 
 RUNNING = JobInfo.from_api({"submission_id": "j", "status": "RUNNING"})
 SUCCEEDED = JobInfo.from_api({"submission_id": "j", "status": "SUCCEEDED"})

@@ -16,7 +16,7 @@ from airflow.sdk import DAG, task
 from ray_train_test_loops import STATE_FILE
 
 from airflow_ray_train.operators.ray_train import RayTrainOperator
-from airflow_ray_train.runtime.lightning import LIGHTNING_TRAIN_LOOP, LightningConfig
+from airflow_ray_train_runtime.lightning import LIGHTNING_TRAIN_LOOP, LightningConfig
 
 
 def read_checkpoint(checkpoint_path: str) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from types import ModuleType
 from typing import Any
 
-from airflow_ray_train.runtime.frameworks import (
+from airflow_ray_train_runtime.frameworks import (
     DeclarativeConfig,
     fit_or_resume,
     import_function,
@@ -37,14 +37,14 @@ from airflow_ray_train.runtime.frameworks import (
     require,
     worker_device,
 )
-from airflow_ray_train.runtime.spec import SpecError, check_json_value
+from airflow_ray_train_runtime.spec import SpecError, check_json_value
 
 #: The declarative loop, for the operator's ``train_func``.
-TRANSFORMERS_TRAIN_LOOP = "airflow_ray_train.runtime.transformers:train_loop"
+TRANSFORMERS_TRAIN_LOOP = "airflow_ray_train_runtime.transformers:train_loop"
 #: The directory Ray's ``RayTrainReportCallback`` copies Trainer's checkpoint into.
 CHECKPOINT_DIR = "checkpoint"
 _RAY_NAMES = ("RayTrainReportCallback", "prepare_trainer")
-_PURPOSE = "airflow_ray_train.runtime.transformers"
+_PURPOSE = "airflow_ray_train_runtime.transformers"
 #: TrainingArguments that suit Ray workers; yours override them. Evaluation and saving on the same schedule
 #: keep the reported metrics up to date with each checkpoint (what Ray's callback asks for).
 DEFAULT_TRAINING_ARGS: dict[str, Any] = {
@@ -108,7 +108,7 @@ def graceful_stop_callback() -> Any:
     job, Trainer saves a checkpoint after the current step (``RayTrainReportCallback`` reports it) and ends.
     For a ``Trainer`` of your own: ``trainer.add_callback(graceful_stop_callback())``."""
     transformers = import_transformers()
-    from airflow_ray_train.runtime.stop import stop_requested
+    from airflow_ray_train_runtime.stop import stop_requested
 
     class GracefulStop(transformers.TrainerCallback):  # type: ignore[name-defined,misc]
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:

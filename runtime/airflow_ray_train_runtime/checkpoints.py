@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from airflow_ray_train.runtime.reports import json_safe
-from airflow_ray_train.runtime.spec import CheckpointRecord, TrainSpec
-from airflow_ray_train.runtime.storage import uri_for
+from airflow_ray_train_runtime.reports import json_safe
+from airflow_ray_train_runtime.spec import CheckpointRecord, TrainSpec
+from airflow_ray_train_runtime.storage import uri_for
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import math
 import time
 from typing import Any
 
-from airflow_ray_train.runtime.storage import uri_for
+from airflow_ray_train_runtime.storage import uri_for
 
 #: Each ``ray.train.report`` is echoed in the job log behind this prefix, so a person can follow training.
 REPORT_PREFIX = "[airflow-ray-train] report"
@@ -41,7 +41,7 @@ def make_recorder() -> Any:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from airflow_ray_train.runtime.stop import recorder_name
+    from airflow_ray_train_runtime.stop import recorder_name
 
     @ray.remote(num_cpus=0)
     class ReportRecorder:

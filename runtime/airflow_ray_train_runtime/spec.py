@@ -19,6 +19,32 @@ from enum import StrEnum
 from typing import Any
 
 SCHEMA_VERSION = 1
+#: This runtime's version (both distributions', from the one ``VERSION`` file that ships with the package).
+RUNTIME_VERSION = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "VERSION")).read().strip()
+#: The distribution a cluster installs (``pip install airflow-ray-train-runtime``).
+RUNTIME_DISTRIBUTION = "airflow-ray-train-runtime"
+
+
+def release_line(version: str) -> str:
+    """``major.minor`` of a version (``0.1.3`` -> ``0.1``): the provider and the runtime work together when
+    theirs match; a patch release on either side changes neither document."""
+    parts = re.match(r"(\d+)\.(\d+)", str(version))
+    return f"{parts[1]}.{parts[2]}" if parts else str(version)
+
+
+def runtime_version_problem(provider_side: str, cluster_side: str) -> tuple[str, str] | None:
+    """Why a cluster's runtime ``cluster_side`` cannot run a job from a provider whose runtime is
+    ``provider_side``, as (problem, fix) naming both versions, or None when they share ``major.minor``."""
+    if release_line(provider_side) == release_line(cluster_side):
+        return None
+    wanted = release_line(provider_side)
+    return (
+        f"is {provider_side!r} (the provider's), and the cluster's {RUNTIME_DISTRIBUTION} is {cluster_side!r}: the "
+        f"two speak the same spec and manifest only within one major.minor",
+        f"install '{RUNTIME_DISTRIBUTION}=={wanted}.*' on every Ray node (the cluster's image), or let the provider "
+        "ship its runtime with each job ([ray_train] ship_runtime = auto or always)",
+    )
+
 
 #: The fields of Ray 2.60's ``ray.train.ScalingConfig`` that a JSON spec can set. ``trainer_resources`` is
 #: left out on purpose: Train V2 raises when it is used.
@@ -253,10 +279,15 @@ class TrainSpec:
     run_config: dict[str, Any] = field(default_factory=dict)
     tracking: TrackingSpec | None = None
     stop_grace_period_s: float = 0.0
+    #: The runtime version of the provider that wrote the spec; the cluster's runtime checks it first.
+    runtime_version: str = RUNTIME_VERSION
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
         doc = "TrainSpec"
+        problem = runtime_version_problem(self.runtime_version, RUNTIME_VERSION)
+        if problem:
+            raise SpecError(doc, "runtime_version", *problem)
         if self.schema_version != SCHEMA_VERSION:
             raise SpecError(
                 doc,
@@ -519,6 +550,8 @@ class ResultManifest:
     started_at: float | None = None
     finished_at: float | None = None
     ray_version: str | None = None
+    #: The airflow-ray-train-runtime that ran the job (shipped with it, or installed on the cluster).
+    runtime_version: str | None = None
     mlflow_run_id: str | None = None
     mlflow_run_url: str | None = None
     model_version: str | None = None
@@ -591,6 +624,12 @@ def _loads(document: str, text: str) -> Any:
 def _document_kwargs(document: str, cls: type, data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SpecError(document, "(document)", f"is a {type(data).__name__}", "send a JSON object")
+    # The version first: a provider of another release line may send keys this runtime does not know, and
+    # the version says why (a spec from before runtime_version existed is checked by schema_version).
+    if document == "TrainSpec" and isinstance(data.get("runtime_version"), str):
+        problem = runtime_version_problem(data["runtime_version"], RUNTIME_VERSION)
+        if problem:
+            raise SpecError(document, "runtime_version", *problem)
     allowed = {f.name: None for f in fields(cls)}
     check_keys(document, "", data, allowed, document)
     version = data.get("schema_version", SCHEMA_VERSION)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any, Self
 
-from airflow_ray_train.runtime.spec import check_keys
+from airflow_ray_train_runtime.spec import check_keys
 
 #: The pip command for each optional framework, as the error message gives it.
 PIP_INSTALL = {

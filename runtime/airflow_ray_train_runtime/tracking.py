@@ -25,9 +25,9 @@ import traceback
 from collections.abc import Iterator
 from typing import Any
 
-from airflow_ray_train.runtime.frameworks import require
-from airflow_ray_train.runtime.reports import json_safe
-from airflow_ray_train.runtime.spec import (
+from airflow_ray_train_runtime.frameworks import require
+from airflow_ray_train_runtime.reports import json_safe
+from airflow_ray_train_runtime.spec import (
     MLFLOW_RUN_STATUS,
     ResultManifest,
     TrackingSpec,
@@ -137,8 +137,8 @@ def flat_params(prefix: str, value: Any) -> dict[str, str]:
 
 def framework_of(train_func: str) -> str:
     """``lightning`` or ``transformers`` for the declarative loops, else ``torch``."""
-    from airflow_ray_train.runtime.lightning import LIGHTNING_TRAIN_LOOP
-    from airflow_ray_train.runtime.transformers import TRANSFORMERS_TRAIN_LOOP
+    from airflow_ray_train_runtime.lightning import LIGHTNING_TRAIN_LOOP
+    from airflow_ray_train_runtime.transformers import TRANSFORMERS_TRAIN_LOOP
 
     return {LIGHTNING_TRAIN_LOOP: "lightning", TRANSFORMERS_TRAIN_LOOP: "transformers"}.get(train_func, "torch")
 
@@ -427,7 +427,7 @@ class RunTracker:
         if framework == "lightning":
             import mlflow.pytorch
 
-            from airflow_ray_train.runtime.lightning import LightningConfig, load_module
+            from airflow_ray_train_runtime.lightning import LightningConfig, load_module
 
             config = LightningConfig.from_train_loop_config(self.spec.train_loop_config)
             # Pickled: MLflow's default, a traced graph, needs an input example this loop cannot know.
@@ -439,7 +439,7 @@ class RunTracker:
         if framework == "transformers":
             import mlflow.transformers
 
-            from airflow_ray_train.runtime.transformers import load_for_sequence_classification
+            from airflow_ray_train_runtime.transformers import load_for_sequence_classification
 
             # Loaded, not by path: MLflow's path route reads pipeline metadata transformers 5 no longer has.
             model, tokenizer = load_for_sequence_classification(directory)

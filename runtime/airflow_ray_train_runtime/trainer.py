@@ -1,7 +1,7 @@
 """The job driver: ``TrainSpec`` -> ``TorchTrainer.fit()`` -> ``ResultManifest``, printed in the job log and
 written next to the run.
 
-Runs on the Ray cluster (``python -m airflow_ray_train.runtime SPEC``). Never imports Airflow. The manifest is
+Runs on the Ray cluster (``python -m airflow_ray_train_runtime SPEC``). Never imports Airflow. The manifest is
 printed before anything else is written (the metrics history CSV, the learning curve, the MLflow run's
 artifacts and registered model): Ray kills a stopped job's driver 3 s after its SIGTERM, and a storage or a
 tracking server that fails must not cost Airflow the result.
@@ -22,13 +22,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from airflow_ray_train.runtime.checkpoints import resolve_checkpoints
-from airflow_ray_train.runtime.cluster_support import check_cluster, scaling_config_kwargs
-from airflow_ray_train.runtime.frameworks import import_function
-from airflow_ray_train.runtime.learning_curve import learning_curve_png
-from airflow_ray_train.runtime.reports import history_csv, make_recorder, make_report_callback, read_reports
-from airflow_ray_train.runtime.spec import (
+from airflow_ray_train_runtime.checkpoints import resolve_checkpoints
+from airflow_ray_train_runtime.cluster_support import check_cluster, scaling_config_kwargs
+from airflow_ray_train_runtime.frameworks import import_function
+from airflow_ray_train_runtime.learning_curve import learning_curve_png
+from airflow_ray_train_runtime.reports import history_csv, make_recorder, make_report_callback, read_reports
+from airflow_ray_train_runtime.spec import (
     MANIFEST_MARKER,
+    RUNTIME_VERSION,
     JobStatus,
     ResultManifest,
     SpecError,
@@ -36,9 +37,9 @@ from airflow_ray_train.runtime.spec import (
     quote_log_line,
     shipped_dir,
 )
-from airflow_ray_train.runtime.storage import MANIFEST_DIR, Storage, job_folder
-from airflow_ray_train.runtime.tracking import RunTracker
-from airflow_ray_train.runtime.usage import make_group_callback, series_usage, try_usage
+from airflow_ray_train_runtime.storage import MANIFEST_DIR, Storage, job_folder
+from airflow_ray_train_runtime.tracking import RunTracker
+from airflow_ray_train_runtime.usage import make_group_callback, series_usage, try_usage
 
 PRINT_PATCH_ENV = "RAY_TRAIN_ENABLE_PRINT_PATCH"
 #: How the Jobs API's supervisor hands its driver the job's config (runtime_env included); ``ray.init()`` reads it.
@@ -514,6 +515,7 @@ def run(spec: TrainSpec) -> ResultManifest:
             started_at=started,
             finished_at=time.time(),
             ray_version=ray.__version__,
+            runtime_version=RUNTIME_VERSION,
             mlflow_run_id=spec.tracking.run_id if spec.tracking else None,
             mlflow_run_url=spec.tracking.run_url if spec.tracking else None,
             mlflow_warning=tracker.warning if tracker else None,
@@ -596,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print(
-            "usage: python -m airflow_ray_train.runtime SPEC  (b64:..., inline JSON, or a JSON file)", file=sys.stderr
+            "usage: python -m airflow_ray_train_runtime SPEC  (b64:..., inline JSON, or a JSON file)", file=sys.stderr
         )
         return 2
     try:

@@ -5,7 +5,7 @@ Two ways to use it:
 - **Your own loop** (``train_func`` is yours): build the ``pl.Trainer`` with :func:`build_trainer`, which sets
   what Ray's guide asks for (``devices="auto"``, ``accelerator="auto"``, ``RayDDPStrategy`` or its FSDP /
   DeepSpeed variant, ``RayLightningEnvironment``, ``RayTrainReportCallback``) and calls ``prepare_trainer``.
-  Ray's names are also importable from here (``from airflow_ray_train.runtime.lightning import
+  Ray's names are also importable from here (``from airflow_ray_train_runtime.lightning import
   RayDDPStrategy``), resolved on first use.
 - **Declarative** (the role Ray's removed ``LightningTrainer``/``LightningConfigBuilder`` played): point the
   operator's ``train_func`` at :data:`LIGHTNING_TRAIN_LOOP` and describe the run with :class:`LightningConfig`:
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from airflow_ray_train.runtime.frameworks import (
+from airflow_ray_train_runtime.frameworks import (
     DeclarativeConfig,
     FrameworkNotInstalledError,
     fit_or_resume,
@@ -37,10 +37,10 @@ from airflow_ray_train.runtime.frameworks import (
     require,
     worker_device,
 )
-from airflow_ray_train.runtime.spec import SpecError, check_json_value
+from airflow_ray_train_runtime.spec import SpecError, check_json_value
 
 #: The declarative loop, for the operator's ``train_func``.
-LIGHTNING_TRAIN_LOOP = "airflow_ray_train.runtime.lightning:train_loop"
+LIGHTNING_TRAIN_LOOP = "airflow_ray_train_runtime.lightning:train_loop"
 #: The file Ray's ``RayTrainReportCallback`` saves in each checkpoint directory.
 CHECKPOINT_FILE = "checkpoint.ckpt"
 #: ``strategy`` names and the Ray strategy class each maps to.
@@ -53,7 +53,7 @@ _RAY_NAMES = (
     "RayTrainReportCallback",
     "prepare_trainer",
 )
-_PURPOSE = "airflow_ray_train.runtime.lightning"
+_PURPOSE = "airflow_ray_train_runtime.lightning"
 
 
 def import_lightning() -> ModuleType:
@@ -135,7 +135,7 @@ def graceful_stop_callback() -> Any:
     a checkpoint of that step, and the fit ends. For a ``pl.Trainer`` of your own:
     ``callbacks=[graceful_stop_callback(), ...]``."""
     pl = import_lightning()
-    from airflow_ray_train.runtime.stop import stop_requested
+    from airflow_ray_train_runtime.stop import stop_requested
 
     class GracefulStop(pl.Callback):  # type: ignore[name-defined,misc]
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
