@@ -45,6 +45,7 @@ from airflow_ray_train.packaging import (
     check_train_func_defined,
     code_package,
     refuse_standard_library,
+    runtime_package,
     spec_package,
 )
 from airflow_ray_train.progress import Progress, ProgressSpec, declared_progress
@@ -311,14 +312,22 @@ class RayTrainOperator(BaseOperator):
 
     def spec_digest(self, spec: TrainSpec, runtime_env: dict[str, Any]) -> str:
         """What makes two jobs the same run: the spec's content (not its names), the runtime_env with the
-        shipped code's content-addressed URIs, and the driver's resources."""
+        shipped code's content-addressed URIs, and the driver's resources. The runtime counts by its version,
+        not by whether it shipped: ``auto`` may ship it on one try and not on the next (a probe that gave no
+        answer), and the retry must still resume the run."""
+        runtime_uri = runtime_package().uri
+        env = {key: value for key, value in runtime_env.items() if key != "py_modules"}
+        modules = [uri for uri in runtime_env.get("py_modules") or [] if uri != runtime_uri]
+        if modules:
+            env["py_modules"] = modules
         return spec_digest(
             {
                 "train_func": spec.train_func,
                 "train_loop_config": spec.train_loop_config,
                 "scaling_config": spec.scaling_config,
                 "run_config": spec.run_config,
-                "runtime_env": runtime_env,
+                "runtime_env": env,
+                "runtime_version": spec.runtime_version,
                 "entrypoint": [
                     self.entrypoint_num_cpus,
                     self.entrypoint_num_gpus,

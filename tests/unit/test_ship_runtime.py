@@ -3,6 +3,7 @@ probe job; the stub Jobs API plays the cluster. The real probe runs in test_runt
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -99,3 +100,19 @@ def test_never_runs_on_a_patch_release_and_on_no_answer_leaves_the_check_to_the_
     cluster(stub_ray, None, status="PENDING")  # the probe never ends
     assert RayTrainHook("ray_stub").installed_runtime() is None
     assert RayTrainHook("ray_stub").ships_runtime(ShipRuntime.NEVER) is False
+
+
+def test_whether_the_runtime_shipped_never_changes_the_runs_identity(stub_ray):
+    """auto may ship the runtime on one try and not on the next (a probe with no answer): the retry must still
+    resume the same Train run, so the spec digest counts the runtime by its version only."""
+    operator = RayTrainOperator(task_id="t", train_func="m:f", runtime_env={"env_vars": {"A": "1"}}, ship_code=False)
+    spec = operator.build_spec({})  # type: ignore[arg-type]
+    hook = RayTrainHook("ray_stub")
+    shipped, _ = hook.job_runtime_env(operator.runtime_env, ship_runtime=True)
+    installed, _ = hook.job_runtime_env(operator.runtime_env, ship_runtime=False)
+    assert shipped != installed
+    assert operator.spec_digest(spec, shipped) == operator.spec_digest(spec, installed)
+    other_code = {**shipped, "py_modules": [*shipped["py_modules"], "gcs://_ray_pkg_user.zip"]}
+    assert operator.spec_digest(spec, other_code) != operator.spec_digest(spec, shipped)
+    newer = dataclasses.replace(spec, runtime_version=RUNTIME_VERSION + ".post1")
+    assert operator.spec_digest(newer, shipped) != operator.spec_digest(spec, shipped)
