@@ -127,13 +127,13 @@ class CodeShipping:
         installed = self.installed_runtime()
         if mode is ShipRuntime.AUTO:
             ships = installed != RUNTIME_VERSION
+            if installed is None:
+                found = f"The probe of the cluster's {RUNTIME_DISTRIBUTION} gave no answer"
+            else:
+                found = f"The cluster's Python has {RUNTIME_DISTRIBUTION} {installed or '(none)'}"
             self.log.info(
-                "The cluster has %s installed: %s",
-                f"{RUNTIME_DISTRIBUTION} {installed}"
-                if installed
-                else f"no {RUNTIME_DISTRIBUTION}"
-                if installed == ""
-                else f"{RUNTIME_DISTRIBUTION} (the probe gave no answer)",
+                "%s: %s",
+                found,
                 f"shipping the runtime {RUNTIME_VERSION} with the job" if ships else "the job runs on it (no upload)",
             )
             return ships
