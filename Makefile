@@ -89,7 +89,7 @@ test: lint docs
 	@# A Docker engine installed here but not running (a machine restarted) is started for the compose stack.
 	@if [ "$$(id -u)" = 0 ] && command -v dockerd >/dev/null && ! docker info >/dev/null 2>&1; then \
 		bash scripts/docker-engine.sh; fi
-	$(PY) -m pytest tests -q -rs
+	$(PY) -m pytest tests -q -rs --durations=40
 	$(PY) scripts/compat.py run --ci --parallel
 
 .PHONY: compose-test

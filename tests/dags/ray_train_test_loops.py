@@ -18,11 +18,16 @@ STATE_FILE = "state.json"
 
 def slow_counter(config: dict[str, Any]) -> None:
     """``epochs`` epochs of ``sleep_s`` seconds each; reports ``epoch``, ``start_epoch`` and a running
-    ``total`` (the sum of the epoch numbers so far, which only comes out right if resumes carry state)."""
+    ``total`` (the sum of the epoch numbers so far, which only comes out right if resumes carry state).
+
+    ``sleep_alone_s`` (default ``sleep_s``) is an epoch's length while the group has a single worker: an elastic
+    test that shrinks the group to one worker keeps the training going long enough to see it grow back."""
     import ray.train
 
     epochs = int(config.get("epochs", 3))
     sleep_s = float(config.get("sleep_s", 1.0))
+    if ray.train.get_context().get_world_size() == 1:
+        sleep_s = float(config.get("sleep_alone_s") or sleep_s)
     start_epoch, total = 0, 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:

@@ -59,7 +59,7 @@ for dag_id, num_workers in (("compose_test_elastic_train", [1, 2]), ("compose_te
         schedule=None,
         start_date=datetime(2026, 1, 1),
         catchup=False,
-        params={"epochs": 16, "sleep_s": 2.0},
+        params={"epochs": 16, "sleep_s": 2.0, "sleep_alone_s": 2.0},
     ):
         scaling: dict[str, Any] = {"num_workers": num_workers}
         if isinstance(num_workers, list):
@@ -67,7 +67,11 @@ for dag_id, num_workers in (("compose_test_elastic_train", [1, 2]), ("compose_te
         train = RayTrainOperator(
             task_id="train",
             train_func="ray_train_test_loops:slow_counter",
-            train_loop_config={"epochs": "{{ params.epochs }}", "sleep_s": "{{ params.sleep_s }}"},
+            train_loop_config={
+                "epochs": "{{ params.epochs }}",
+                "sleep_s": "{{ params.sleep_s }}",
+                "sleep_alone_s": "{{ params.sleep_alone_s }}",
+            },
             scaling_config=scaling,
             # A lost node fails the worker group: elastic training restarts it with the workers that fit.
             run_config={"failure_config": {"max_failures": 4, "controller_failure_limit": 6}},
