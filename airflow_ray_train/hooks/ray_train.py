@@ -28,6 +28,7 @@ from airflow_ray_train.hooks.shipping import CodeShipping
 from airflow_ray_train.hooks.watch import (
     HEARTBEAT_S,
     MAX_MESSAGE_BYTES,
+    POLL_INTERVAL_S,
     STREAM_CLOSE_TIMEOUT_S,
     Do,
     OnLines,
@@ -263,7 +264,7 @@ class RayTrainHook(CodeShipping, JobsApiHook):
         *,
         follower: LogFollower | None = None,
         on_lines: OnLines = lambda lines: None,
-        poll_interval: float = 5.0,
+        poll_interval: float = POLL_INTERVAL_S,
         deadline: float | None = None,
         window: float | None = None,
     ) -> JobInfo:

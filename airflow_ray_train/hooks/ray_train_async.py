@@ -26,6 +26,7 @@ from airflow_ray_train.hooks.settings import DEFAULT_CONN_ID, ClusterSettings, s
 from airflow_ray_train.hooks.watch import (
     HEARTBEAT_S,
     MAX_MESSAGE_BYTES,
+    POLL_INTERVAL_S,
     STREAM_CLOSE_TIMEOUT_S,
     STREAM_SLOTS,
     Do,
@@ -154,7 +155,7 @@ class AsyncRayTrainHook(JobsApiHook):
         *,
         follower: LogFollower,
         on_lines: OnLines,
-        poll_interval: float = 5.0,
+        poll_interval: float = POLL_INTERVAL_S,
         deadline: float | None = None,
         window: float | None = None,
         on_status: Any = None,

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from airflow_ray_train.config import SETTINGS, ray_train_setting
 from airflow_ray_train.exceptions import RayTrainAuthError, RayTrainClusterError
 from airflow_ray_train.hooks.jobs_api import STOP_POLL_S, STOP_TIMEOUT_S, JobInfo, RetryPolicy
 from airflow_ray_train.hooks.log_follower import LogFollower, LogReader
@@ -67,8 +68,10 @@ STREAM_CLOSE_TIMEOUT_S = 0.0
 #: The websocket close codes: Ray's own close after the job ended, and a message over the size cap.
 NORMAL_CLOSE = 1000
 MESSAGE_TOO_BIG = 1009
-#: How long a cluster that does not answer is waited for, unless ``[ray_train] contact_window`` says otherwise.
-CONTACT_WINDOW_S = 600.0
+#: How long a cluster that does not answer is waited for, unless ``[ray_train] contact_window`` says otherwise;
+#: and the status poll's pause where the log cannot be streamed (``[ray_train] poll_interval``): their defaults.
+CONTACT_WINDOW_S: float = SETTINGS["contact_window"].default
+POLL_INTERVAL_S: float = SETTINGS["poll_interval"].default
 #: The pause between status polls while contact is lost grows to this; the loss is logged this often.
 CONTACT_POLL_MAX_S = 30.0
 CONTACT_LOG_EVERY_S = 60.0
@@ -100,8 +103,6 @@ class Step:
 
 
 def contact_window() -> float:
-    from airflow_ray_train.config import ray_train_setting
-
     return float(ray_train_setting("contact_window"))
 
 
@@ -122,7 +123,7 @@ class Watch:
         job_id: str,
         follower: LogFollower,
         *,
-        poll_interval: float = 5.0,
+        poll_interval: float = POLL_INTERVAL_S,
         deadline: float | None = None,
         contact_window: float = CONTACT_WINDOW_S,
         log: Any = None,

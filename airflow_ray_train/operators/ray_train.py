@@ -651,7 +651,10 @@ class RayTrainOperator(BaseOperator):
         spec = dataclasses.replace(
             self.build_spec(context), run_name=info.metadata.get(RUN_NAME_KEY) or "unnamed", submission_id=job_id
         )
-        manifest = self._manifest(hook, info, spec, event.get("manifest"))
+        if event.get("manifest_in_event") is False:  # too big for the event: the job's log, else storage
+            manifest = self._read_manifest(hook, info, spec)
+        else:
+            manifest = self._manifest(hook, info, spec, event.get("manifest"))
         return self.collect_result(hook, info, context, manifest, event.get("log_tail") or [])
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:

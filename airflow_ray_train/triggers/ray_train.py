@@ -23,6 +23,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_ray_train import compat
 from airflow_ray_train.hooks.log_follower import LogFollower, as_record, cut_line
 from airflow_ray_train.hooks.ray_train_async import AsyncRayTrainHook
+from airflow_ray_train.hooks.watch import POLL_INTERVAL_S
 from airflow_ray_train.progress import Progress
 from airflow_ray_train_runtime.spec import JobStatus
 
@@ -86,7 +87,7 @@ class RayTrainJobTrigger(BaseTrigger):
         *,
         job_id: str,
         ray_conn_id: str = AsyncRayTrainHook.default_conn_name,
-        poll_interval: float = 5.0,
+        poll_interval: float = POLL_INTERVAL_S,
         timeout_at: float | None = None,
         timeout_label: str = "the deadline",
         progress: dict[str, Any] | None = None,

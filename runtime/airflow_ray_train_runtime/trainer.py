@@ -474,23 +474,7 @@ def run(spec: TrainSpec) -> ResultManifest:
     with StopSignal(spec.stop_grace_period_s) as stop:
         outcome = fit(spec, paths, stop, tracker)
         stop.raising = False
-        if stop.requested and outcome.status == JobStatus.SUCCEEDED:
-            # The loop took part in a graceful stop: it saved a checkpoint at its next step and returned.
-            outcome.status, outcome.error = (
-                JobStatus.STOPPED,
-                _error_dict(
-                    JobStopped(
-                        "the Ray job was stopped; its training saved a checkpoint at its next step and ended "
-                        "(graceful stop)"
-                    )
-                ),
-            )
-        if stop.requested and outcome.status == JobStatus.FAILED:
-            # Ray's blocking calls may turn the handler's exception into one of their own: still a stop.
-            outcome.status, outcome.error = (
-                JobStatus.STOPPED,
-                _error_dict(JobStopped("the Ray job was stopped (SIGTERM)")),
-            )
+        _count_as_stopped(stop, outcome)
         stopping = stop.requested or outcome.status == JobStatus.STOPPED
         hard_stop = stopping and not stop.graceful
         reports = (
@@ -524,6 +508,19 @@ def run(spec: TrainSpec) -> ResultManifest:
         publish(manifest, paths)
         with quoted_output():
             return _after_the_manifest(manifest, paths, tracker, reports, stop, stopping)
+
+
+def _count_as_stopped(stop: StopSignal, outcome: FitOutcome) -> None:
+    """A fit that ended while its job was being stopped is STOPPED, whether the loop returned (it took part in a
+    graceful stop: it saved a checkpoint at its next step) or failed (Ray's blocking calls may turn the signal
+    handler's exception into one of their own)."""
+    if not stop.requested or outcome.status not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+        return
+    if outcome.status == JobStatus.SUCCEEDED:
+        why = "the Ray job was stopped; its training saved a checkpoint at its next step and ended (graceful stop)"
+    else:
+        why = "the Ray job was stopped (SIGTERM)"
+    outcome.status, outcome.error = JobStatus.STOPPED, _error_dict(JobStopped(why))
 
 
 def job_usage(spec: TrainSpec, paths: RunPaths, outcome: FitOutcome, timeout: float, series: bool) -> dict[str, Any]:

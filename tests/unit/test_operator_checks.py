@@ -262,3 +262,42 @@ def test_a_declarative_config_is_checked_before_submitting():
     unknown = {**good, "modul": "x"}
     with pytest.raises(RayTrainConfigError, match="did you mean 'module'"):
         RayTrainOperator(task_id="u", train_func=LIGHTNING_TRAIN_LOOP, train_loop_config=unknown).build_spec({})  # type: ignore[arg-type]
+
+
+def test_a_manifest_too_big_for_the_trigger_event_is_read_from_the_jobs_log(stub_ray, tmp_path):
+    """A manifest line over EVENT_MANIFEST_CHARS stays out of the event (it is stored in the metadata DB): the
+    resumed task reads it from the job's log, and only when that fails from storage (here empty)."""
+    from airflow_ray_train.identity import RUN_NAME_KEY
+    from airflow_ray_train.triggers.ray_train import EVENT_MANIFEST_CHARS
+    from airflow_ray_train_runtime.spec import MANIFEST_MARKER, ResultManifest
+
+    run = "clf.airflow-d.t"
+    metrics = {f"class_{i}_accuracy": 0.5 for i in range(EVENT_MANIFEST_CHARS // 20)}
+    manifest = ResultManifest(
+        status="SUCCEEDED",
+        submission_id="j1",
+        run_name=run,
+        run_path=f"{tmp_path}/{run}",
+        manifest_path=f"{tmp_path}/{run}/airflow_ray_train/j1/manifest.json",
+        checkpoint_path=f"{tmp_path}/{run}/checkpoint_000002",
+        metrics=metrics,
+    ).to_json()
+    assert len(manifest) > EVENT_MANIFEST_CHARS
+    log = f"epoch 0\n{MANIFEST_MARKER}{manifest}\ndone\n"
+    job = {"submission_id": "j1", "status": "SUCCEEDED", "message": "", "metadata": {RUN_NAME_KEY: run}}
+    job.update(start_time=1_000, end_time=61_000)
+    stub_ray.respond = lambda method, path: (
+        (200, {"logs": log}) if path == "/api/jobs/j1/logs" else (200, job) if path == "/api/jobs/j1" else (404, {})
+    )
+    operator = RayTrainOperator(
+        task_id="t",
+        train_func="m:f",
+        ship_code=False,
+        ray_conn_id="ray_stub",
+        run_config={"storage_path": str(tmp_path)},
+    )
+    event = {"status": "success", "job_id": "j1", "job_status": "SUCCEEDED", "message": "", "manifest": None}
+    event.update(manifest_in_event=False, log_tail=["done"])
+    result = operator.execute_complete({"ti": _XComTI()}, event, run_name=run)  # type: ignore[arg-type]
+    assert result["status"] == "SUCCEEDED" and result["checkpoint_path"].endswith("checkpoint_000002")
+    assert "/api/jobs/j1/logs" in stub_ray.paths("GET")

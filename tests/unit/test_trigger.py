@@ -104,6 +104,25 @@ def test_failed_and_stopped_jobs_fire_their_own_event(stub, ray_status, event_st
     assert event["message"] == "Job failed due to an application error"
 
 
+def test_the_event_is_bounded_whatever_the_log_its_lines_the_message_and_the_manifest_are_cut(stub):
+    """The event is stored in the metadata DB: LOG_TAIL_LINES lines of at most TAIL_LINE_CHARS, a cut message,
+    and a manifest over EVENT_MANIFEST_CHARS left out (``manifest_in_event`` False; the task reads the log)."""
+    from airflow_ray_train.triggers.ray_train import EVENT_MANIFEST_CHARS, LOG_TAIL_LINES, TAIL_LINE_CHARS
+
+    huge_manifest = MANIFEST_MARKER + json.dumps({"metrics": "x" * EVENT_MANIFEST_CHARS})
+    lines = [f"line {i} " + "y" * (3 * TAIL_LINE_CHARS) for i in range(2 * LOG_TAIL_LINES)]
+    log = "\n".join([huge_manifest, *lines]) + "\n"
+    stub.respond = job_api(["RUNNING", "FAILED"], [log], message="m" * (100 * TAIL_LINE_CHARS))
+    event = run_trigger()
+    assert event["status"] == "failed" and event["manifest"] is None and event["manifest_in_event"] is False
+    assert len(event["log_tail"]) == LOG_TAIL_LINES and event["log_tail"][-1].startswith(
+        f"line {2 * LOG_TAIL_LINES - 1} "
+    )
+    assert all(len(line) <= TAIL_LINE_CHARS + 40 for line in event["log_tail"]), max(map(len, event["log_tail"]))
+    assert len(event["message"]) <= 4 * TAIL_LINE_CHARS + 40
+    assert len(json.dumps(event)) < (LOG_TAIL_LINES + 6) * TAIL_LINE_CHARS
+
+
 def test_a_job_that_is_gone_becomes_an_error_event(stub):
     stub.respond = lambda method, path: (404, {"detail": "not found"})
     event = run_trigger()
