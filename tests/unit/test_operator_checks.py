@@ -184,25 +184,32 @@ class _XComTI(_TI):
         return self.xcoms.get(key)
 
 
+def _succeeded_manifest(tmp_path: object, run: str, metrics: dict[str, object]) -> str:
+    """The manifest JSON of job j1 of Train run ``run`` in storage ``tmp_path``, SUCCEEDED at checkpoint 2."""
+    from airflow_ray_train.stored_manifest import manifest_file
+    from airflow_ray_train_runtime.spec import ResultManifest
+
+    return ResultManifest(
+        status="SUCCEEDED",
+        submission_id="j1",
+        run_name=run,
+        run_path=f"{tmp_path}/{run}",
+        manifest_path=f"{tmp_path}/{manifest_file(run, 'j1')}",
+        checkpoint_path=f"{tmp_path}/{run}/checkpoint_000002",
+        metrics=metrics,
+    ).to_json()
+
+
 def test_a_job_the_cluster_no_longer_has_is_collected_from_its_manifest_in_storage(stub_ray, tmp_path):
     """A head restarted without fault tolerance forgets its jobs (HTTP 404); a job that ended before it did left
     its manifest.json in storage: that is its result, not a retry that trains again."""
     from airflow_ray_train.stored_manifest import manifest_file
-    from airflow_ray_train_runtime.spec import ResultManifest
     from airflow_ray_train_runtime.storage import Storage
 
     run = "clf.airflow-d.t"
     Storage(str(tmp_path)).write_text(
         manifest_file(run, "j1"),
-        ResultManifest(
-            status="SUCCEEDED",
-            submission_id="j1",
-            run_name=run,
-            run_path=f"{tmp_path}/{run}",
-            manifest_path=f"{tmp_path}/{manifest_file(run, 'j1')}",
-            checkpoint_path=f"{tmp_path}/{run}/checkpoint_000002",
-            metrics={"epoch": 2},
-        ).to_json(),
+        _succeeded_manifest(tmp_path, run, {"epoch": 2}),
     )
     operator = RayTrainOperator(
         task_id="t",
@@ -269,19 +276,11 @@ def test_a_manifest_too_big_for_the_trigger_event_is_read_from_the_jobs_log(stub
     resumed task reads it from the job's log, and only when that fails from storage (here empty)."""
     from airflow_ray_train.identity import RUN_NAME_KEY
     from airflow_ray_train.triggers.ray_train import EVENT_MANIFEST_CHARS
-    from airflow_ray_train_runtime.spec import MANIFEST_MARKER, ResultManifest
+    from airflow_ray_train_runtime.spec import MANIFEST_MARKER
 
     run = "clf.airflow-d.t"
     metrics = {f"class_{i}_accuracy": 0.5 for i in range(EVENT_MANIFEST_CHARS // 20)}
-    manifest = ResultManifest(
-        status="SUCCEEDED",
-        submission_id="j1",
-        run_name=run,
-        run_path=f"{tmp_path}/{run}",
-        manifest_path=f"{tmp_path}/{run}/airflow_ray_train/j1/manifest.json",
-        checkpoint_path=f"{tmp_path}/{run}/checkpoint_000002",
-        metrics=metrics,
-    ).to_json()
+    manifest = _succeeded_manifest(tmp_path, run, metrics)
     assert len(manifest) > EVENT_MANIFEST_CHARS
     log = f"epoch 0\n{MANIFEST_MARKER}{manifest}\ndone\n"
     job = {"submission_id": "j1", "status": "SUCCEEDED", "message": "", "metadata": {RUN_NAME_KEY: run}}
