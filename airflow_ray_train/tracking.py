@@ -17,6 +17,7 @@ from typing import Any
 from airflow_ray_train.exceptions import RayTrainMlflowError
 from airflow_ray_train.hooks.mlflow import MlflowHook
 from airflow_ray_train.identity import TryIdentity
+from airflow_ray_train.usage import usage_metrics
 from airflow_ray_train_runtime.spec import MLFLOW_RUN_STATUS, TrackingSpec, TrainSpec
 
 #: The run tag holding the Train run name: how a retry finds its series' MLflow run again.
@@ -109,6 +110,18 @@ def end_if_running(hook: MlflowHook, run_id: str, job_status: str) -> None:
             hook.log.info("Ended MLflow run %s as %s: the Ray job %s before it could", run_id, status, job_status)
     except Exception as exc:  # noqa: BLE001 - the job's outcome matters more than the run's status
         hook.log.warning("Could not end MLflow run %s as %s: %s", run_id, status, exc)
+
+
+def log_usage(hook: MlflowHook, run_id: str, usage: Mapping[str, Any]) -> None:
+    """What the training used (XCom's ``usage``) as the run's ``usage_*`` metrics, and the worker group's size
+    over time (an elastic run's resizes) as ``workers``, one point at each group's start. Never raises: the
+    result does not depend on it."""
+    try:
+        hook.log_metrics(run_id, usage_metrics(usage))
+        for step, group in enumerate(usage.get("worker_groups") or []):
+            hook.log_metrics(run_id, {"workers": group["workers"]}, step=step, at=group["start"])
+    except Exception as exc:  # noqa: BLE001 - the result does not depend on it
+        hook.log.warning("Could not log the usage to MLflow run %s: %s", run_id, exc)
 
 
 class TaskTracking:

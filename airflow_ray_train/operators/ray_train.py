@@ -61,10 +61,10 @@ from airflow_ray_train.results import (
 )
 from airflow_ray_train.runtime_env import check_runtime_env, with_py_modules, with_stop_wait
 from airflow_ray_train.stored_manifest import read_stored_manifest
-from airflow_ray_train.tracking import MLFLOW_WARNING_KEY, TaskTracking
+from airflow_ray_train.tracking import MLFLOW_WARNING_KEY, TaskTracking, log_usage
 from airflow_ray_train.triggers.ray_train import LOG_TAIL_LINES, Event, RayTrainJobTrigger
 from airflow_ray_train.try_plan import Action, free_submission_id, plan_try
-from airflow_ray_train.usage import task_usage, usage_metrics, usage_sentence
+from airflow_ray_train.usage import task_usage, usage_sentence
 from airflow_ray_train_runtime.spec import JobStatus, ResultManifest, SpecError, TrainSpec
 
 if TYPE_CHECKING:
@@ -828,13 +828,7 @@ class RayTrainOperator(BaseOperator):
             self.log.warning("Could not add up the usage of Ray job %s: %s", info.submission_id, exc)
             return
         if run_id and self.mlflow is not None and result["usage"]:
-            try:
-                self.mlflow.log_metrics(run_id, usage_metrics(result["usage"]))
-                # The worker group's size over time (an elastic run's resizes), at each group's start.
-                for step, group in enumerate(result["usage"].get("worker_groups") or []):
-                    self.mlflow.log_metrics(run_id, {"workers": group["workers"]}, step=step, at=group["start"])
-            except Exception as exc:  # noqa: BLE001 - the result does not depend on it
-                self.log.warning("Could not log the usage to MLflow run %s: %s", run_id, exc)
+            log_usage(self.mlflow, run_id, result["usage"])
 
     def _log_usage(self, result: dict[str, Any]) -> None:
         if result.get("usage"):
