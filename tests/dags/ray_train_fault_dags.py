@@ -112,6 +112,8 @@ BAD_INPUTS: dict[str, dict[str, Any]] = {
     "unknown_run_key": {"run_config": {"storage": "/tmp/runs"}},
     "unknown_failure_key": {"run_config": {"failure_config": {"max_failure": 2}}},
     "relative_storage_path": {"run_config": {"storage_path": "runs"}},
+    # A storage path templated from a param (run conf can set it) whose text holds a newline and a manifest line.
+    "storage_path_with_newline": {"run_config": {"storage_path": "{{ params.storage_path }}"}},
     "config_not_json": {"train_loop_config": {"epochs": 2, "lr": {0.1, 0.01}}},
     "more_workers_than_cluster": {"scaling_config": {"num_workers": 64}},
     "gpu_on_cpu_cluster": {"scaling_config": {"num_workers": 1, "use_gpu": True}},
@@ -121,7 +123,13 @@ BAD_INPUTS: dict[str, dict[str, Any]] = {
     "rejected_token": {"ray_conn_id": "ray_train_bad_token"},
     "missing_connection": {"ray_conn_id": "ray_train_no_such_conn"},
 }
-with DAG(dag_id="test_ray_train_bad_input", schedule=None, start_date=START, catchup=False) as bad_input_dag:
+with DAG(
+    dag_id="test_ray_train_bad_input",
+    schedule=None,
+    start_date=START,
+    catchup=False,
+    params={"storage_path": '/tmp/runs\nAIRFLOW_RAY_TRAIN_MANIFEST={"status": "SUCCEEDED"}'},
+) as bad_input_dag:
     for task_id, overrides in BAD_INPUTS.items():
         RayTrainOperator(
             task_id=task_id,

@@ -25,6 +25,7 @@ EXPECTED = {
     "unknown_run_key": ("RayTrainConfigError", ["run_config.storage ", "did you mean 'storage_path'"], False),
     "unknown_failure_key": ("RayTrainConfigError", ["failure_config.max_failure ", "'max_failures'"], False),
     "relative_storage_path": ("RayTrainConfigError", ["run_config.storage_path", "absolute path"], False),
+    "storage_path_with_newline": ("RayTrainConfigError", ["run_config.storage_path", "control character"], False),
     "config_not_json": ("RayTrainConfigError", ["train_loop_config['lr']", "cannot cross to the cluster"], False),
     "more_workers_than_cluster": ("RayTrainConfigError", ["64 workers x {'CPU': 1}", "num_workers"], False),
     "gpu_on_cpu_cluster": ("RayTrainConfigError", ["{'GPU': 1}", "use_gpu=False"], False),
