@@ -180,8 +180,11 @@ TORCHLESS_TESTS = (
     "tests/integration/test_hook.py::test_driver_writes_a_failed_manifest_when_train_func_is_not_on_the_cluster",
 )
 #: CI's cells are a subset: one test per path.
-CI_AIRFLOW_TESTS = AIRFLOW_TESTS[:5] + AIRFLOW_TESTS[7:]
-CI_RAY_TESTS = RAY_TESTS[:6]
+#: CI's share (about 5 min a cell on 2 cores, side by side): the example DAG sync and deferred, the trigger's
+#: kill, the Jobs API replies, the provider's registration; the fault and bad-input runs, which exercise no
+#: API that differs between versions, are left to `make compat`.
+CI_AIRFLOW_TESTS = AIRFLOW_TESTS[:3] + AIRFLOW_TESTS[7:]
+CI_RAY_TESTS = RAY_TESTS[:4]
 
 
 @dataclass(frozen=True)
