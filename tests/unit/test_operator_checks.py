@@ -184,6 +184,18 @@ class _XComTI(_TI):
         return self.xcoms.get(key)
 
 
+def _stub_operator(tmp_path: object, **kwargs: object) -> RayTrainOperator:
+    """An operator on the stub cluster whose runs keep their files in ``tmp_path``."""
+    return RayTrainOperator(
+        task_id="t",
+        train_func="m:f",
+        ship_code=False,
+        ray_conn_id="ray_stub",
+        run_config={"storage_path": str(tmp_path)},
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
 def _succeeded_manifest(tmp_path: object, run: str, metrics: dict[str, object]) -> str:
     """The manifest JSON of job j1 of Train run ``run`` in storage ``tmp_path``, SUCCEEDED at checkpoint 2."""
     from airflow_ray_train.stored_manifest import manifest_file
@@ -211,14 +223,7 @@ def test_a_job_the_cluster_no_longer_has_is_collected_from_its_manifest_in_stora
         manifest_file(run, "j1"),
         _succeeded_manifest(tmp_path, run, {"epoch": 2}),
     )
-    operator = RayTrainOperator(
-        task_id="t",
-        train_func="m:f",
-        ship_code=False,
-        ray_conn_id="ray_stub",
-        run_config={"storage_path": str(tmp_path)},
-        retries=2,
-    )
+    operator = _stub_operator(tmp_path, retries=2)
     event = {"status": "error", "job_id": "j1", "message": "HTTP 404", "error_type": "X", "http_status": 404}
     ti = _XComTI()
     result = operator.execute_complete({"ti": ti}, event, run_name=run)  # type: ignore[arg-type]
@@ -288,13 +293,7 @@ def test_a_manifest_too_big_for_the_trigger_event_is_read_from_the_jobs_log(stub
     stub_ray.respond = lambda method, path: (
         (200, {"logs": log}) if path == "/api/jobs/j1/logs" else (200, job) if path == "/api/jobs/j1" else (404, {})
     )
-    operator = RayTrainOperator(
-        task_id="t",
-        train_func="m:f",
-        ship_code=False,
-        ray_conn_id="ray_stub",
-        run_config={"storage_path": str(tmp_path)},
-    )
+    operator = _stub_operator(tmp_path)
     event = {"status": "success", "job_id": "j1", "job_status": "SUCCEEDED", "message": "", "manifest": None}
     event.update(manifest_in_event=False, log_tail=["done"])
     result = operator.execute_complete({"ti": _XComTI()}, event, run_name=run)  # type: ignore[arg-type]
